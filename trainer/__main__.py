@@ -1,0 +1,5 @@
+"""`python -m trainer` runs the `quantlab-train` command line."""
+
+from trainer.cli import main
+
+raise SystemExit(main())

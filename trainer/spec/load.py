@@ -1,0 +1,119 @@
+"""Reading a JobSpec from YAML: every problem reported at once, each under its YAML path."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from trainer.errors import SpecError
+from trainer.spec.model import JobSpec
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Load and validate a JobSpec file; `overrides` are `a.b.c=value` strings."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read JobSpec {path}", [f"{exc.strerror or exc}"]) from None
+    return parse_spec(text, source=str(path), overrides=overrides)
+
+
+def parse_spec(text: str, source: str = "<spec>", overrides: Sequence[str] = ()) -> JobSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source} is not valid YAML", [str(exc)]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source} is not a JobSpec", ["the top level must be a mapping"])
+    for item in overrides:
+        _apply_override(raw, item, source)
+    return spec_from_dict(raw, source)
+
+
+def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors(include_url=False)]
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the JobSpec", problems) from None
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec (defaults filled in, job id set) as YAML: what travels with the model."""
+    data = spec.model_dump(mode="json")
+    data["job"]["id"] = spec.job_id
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def derived_job_id(spec: JobSpec) -> str:
+    """`job-` + 12 hex digits of the hash of everything in the spec but the id itself."""
+    data = spec.model_dump(mode="json")
+    data["job"].pop("id", None)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return f"job-{digest[:12]}"
+
+
+def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SpecError(f"{source}: bad override", [f"{item!r}: write it as path.to.key=value"])
+    node: dict[str, Any] = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"{source}: bad override", [f"{key}: {part} is not a section"])
+        node = child
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key{_suggest(loc)}"
+    if kind == "missing":
+        return f"{path}: required"
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    message = message.replace("Input should be", "must be").replace("String should", "must")
+    return f"{path}: {message}"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """` (did you mean 'lr'?)` for a misspelled key, from the fields of the enclosing section."""
+    fields = _fields_at(loc[:-1])
+    match = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = JobSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,313 @@
+"""The JobSpec sections: one closed pydantic model each, a docstring under every field."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from trainer.spec.dates import date_span, parse_yyyymmdd
+
+
+class Section(BaseModel):
+    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+Yyyymmdd = Annotated[str, Field(pattern=r"^\d{8}$")]
+JOB_ID_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+def _as_date_text(value: object) -> object:
+    # YAML reads 20251229 as an int; the layout writes it as text.
+    return str(value) if isinstance(value, int) else value
+
+
+class JobMeta(Section):
+    id: str | None = Field(default=None, pattern=JOB_ID_RE)
+    """Job id, the folder under `ml-artifacts/`. Default: derived from the spec's content
+    (`job-` + 12 hex digits), so the same spec always gets the same id."""
+    name: str = Field(default="", max_length=200)
+    """Human-readable name shown by `status` and `list`. Default: empty."""
+    tags: tuple[str, ...] = ()
+    """Free-form tags recorded in the manifest. Default: none."""
+
+
+class DateSelection(Section):
+    start: Yyyymmdd | None = None
+    """First day of an inclusive range, `YYYYMMDD`. Default: no range."""
+    end: Yyyymmdd | None = None
+    """Last day of the inclusive range, `YYYYMMDD`. Required with `start`."""
+    days: tuple[Yyyymmdd, ...] = ()
+    """Extra single days, `YYYYMMDD`, added to the range. Default: none."""
+
+    _dates = field_validator("start", "end", mode="before")(_as_date_text)
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _days_as_text(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [_as_date_text(v) for v in value]
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _real_day(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_yyyymmdd(value)
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _not_reversed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get("start")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"{value} is before start {start}")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _real_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for day in value:
+            parse_yyyymmdd(day)
+        return value
+
+    @model_validator(mode="after")
+    def _range_is_whole(self) -> DateSelection:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("give both `start` and `end`, or neither")
+        if self.start is None and not self.days:
+            raise ValueError("name at least one day: a `start`/`end` range or `days`")
+        return self
+
+    def resolve(self) -> tuple[str, ...]:
+        """Every selected day, sorted, without repeats."""
+        span = date_span(self.start, self.end) if self.start and self.end else []
+        return tuple(sorted(set(span) | set(self.days)))
+
+
+class SplitSpec(Section):
+    validation_days: int | None = Field(default=None, ge=1)
+    """Hold out the last N days for validation. Exclusive with `validation_fraction`."""
+    validation_fraction: float | None = Field(default=None, gt=0, lt=1)
+    """Hold out the last fraction of the period (by time) for validation. Default: 0.2 when
+    neither option is given."""
+    purge_sec: int | None = Field(default=None, ge=0)
+    """Seconds of training rows dropped before the validation start, so no training label
+    window reaches into validation. Default: the dataset's `label_horizon_sec`."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SplitSpec:
+        if self.validation_days is not None and self.validation_fraction is not None:
+            raise ValueError("give `validation_days` or `validation_fraction`, not both")
+        return self
+
+    @property
+    def fraction(self) -> float | None:
+        if self.validation_days is None and self.validation_fraction is None:
+            return 0.2
+        return self.validation_fraction
+
+
+class DataSpec(Section):
+    featureset: Literal["v1"] = "v1"
+    """Feature set version, the `featureset=` partition. Default: `v1`."""
+    exchange: str = Field(pattern=r"^[a-z0-9_-]+$")
+    """Exchange partition, e.g. `binance`."""
+    stream: str = Field(pattern=r"^[a-z0-9_-]+$")
+    """Stream partition, e.g. `bbo`."""
+    symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(min_length=1)
+    """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`."""
+    dates: DateSelection
+    """Which `date=` partitions to read."""
+    timestamp_column: str = "ts"
+    """Event time column, epoch milliseconds. Default: `ts`."""
+    label_column: str = "label"
+    """Target column. Default: `label`."""
+    features: tuple[str, ...] | Literal["auto"] = "auto"
+    """Feature columns in model input order, or `auto`: every numeric column but the timestamp
+    and the label, in file order. Default: `auto`."""
+    split: SplitSpec = SplitSpec()
+    """Chronological train/validation split."""
+    non_finite: Literal["drop", "fail"] = "drop"
+    """Rows whose label or any feature is NaN or infinite: `drop` (counted and reported) or
+    `fail` the job. Default: `drop`."""
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> DataSpec:
+        if self.timestamp_column == self.label_column:
+            raise ValueError("`timestamp_column` and `label_column` must differ")
+        if isinstance(self.features, tuple):
+            clash = {self.timestamp_column, self.label_column} & set(self.features)
+            if clash:
+                raise ValueError(f"`features` must not include {sorted(clash)}")
+            if len(set(self.features)) != len(self.features):
+                raise ValueError("`features` lists a column twice")
+        return self
+
+
+class ModelSpec(Section):
+    type: Literal["mlp"] = "mlp"
+    """Model family. `mlp`: a feed-forward baseline with input normalization built in."""
+    hidden: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = (256, 128)
+    """Hidden layer widths. Default: `[256, 128]`."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout after each hidden layer. Default: 0."""
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    """Hidden activation. Default: `gelu`."""
+
+
+class EarlyStopping(Section):
+    metric: Literal["val_loss", "ic"] = "val_loss"
+    """Validation metric watched: `val_loss` (lower is better) or `ic` (higher is better)."""
+    patience: int = Field(default=5, ge=1)
+    """Evaluations without improvement before training stops. Default: 5."""
+    min_delta: float = Field(default=0.0, ge=0)
+    """Smallest change that counts as an improvement. Default: 0."""
+
+
+class CheckpointSpec(Section):
+    every_steps: int | None = Field(default=None, ge=1)
+    """Checkpoint every N optimizer steps. Default: off (time-based only)."""
+    every_minutes: float | None = Field(default=10.0, gt=0)
+    """Checkpoint every N minutes of training. Default: 10. `null` turns time-based off."""
+    keep: int = Field(default=2, ge=1)
+    """Checkpoints kept in the store; older ones are deleted. Default: 2."""
+
+
+class TrainSpec(Section):
+    epochs: int | None = Field(default=3, ge=1)
+    """Passes over the training rows. Default: 3. With `max_steps`, whichever ends first."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps. Default: no step limit."""
+    batch_size: int = Field(default=4096, ge=1, le=1_048_576)
+    """Rows per optimizer step (per GPU). Default: 4096."""
+    optimizer: Literal["adamw"] = "adamw"
+    """Optimizer. Default: `adamw`."""
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    """Peak learning rate. Default: 1e-3."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up. Default: `cosine`."""
+    warmup_steps: int = Field(default=100, ge=0)
+    """Linear warm-up steps from 0 to `lr`. Default: 100."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW weight decay. Default: 0.01."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this value; `null` turns clipping off. Default: 1.0."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Autocast precision on CUDA. `bf16` falls back to fp32 on cards without bf16 and on
+    CPU. Default: `bf16`."""
+    seed: int = Field(default=0, ge=0)
+    """Seed for weights, shuffling and dropout. Default: 0."""
+    eval_every_steps: int = Field(default=500, ge=1)
+    """Evaluate on the validation rows every N steps, and at the end. Default: 500."""
+    log_every_steps: int = Field(default=50, ge=1)
+    """One progress line every N steps. Default: 50."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when the validation metric stops improving. Default: off."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    """Resumable checkpoints under `ml-artifacts/<jobId>/checkpoints/`."""
+    shuffle_buffer_row_groups: int = Field(default=4, ge=1)
+    """Row groups mixed together when shuffling rows. Default: 4."""
+
+    @model_validator(mode="after")
+    def _some_stop(self) -> TrainSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("give `epochs`, `max_steps` or both")
+        return self
+
+
+class ResourcesSpec(Section):
+    gpu_names: tuple[str, ...] = ("RTX 4090", "RTX 3090", "A100 SXM4", "H100 SXM")
+    """Accepted GPU models, as Vast.ai names them (`RTX 4090`)."""
+    num_gpus: int = Field(default=1, ge=1, le=16)
+    """GPUs on one machine; above 1 the job runs under `torchrun`. Default: 1."""
+    min_gpu_ram_gb: float = Field(default=16, gt=0)
+    """Minimum memory per GPU, GB. Default: 16."""
+    min_cuda: float = Field(default=12.1, ge=10)
+    """Minimum CUDA version the host driver supports. Default: 12.1."""
+    disk_gb: int = Field(default=40, ge=8, le=4096)
+    """Container disk, GB (Vast's minimum is 8). Default: 40."""
+    image: str = Field(default="ghcr.io/quantlab/trainer:0.1.0", min_length=1, max_length=1024)
+    """Container image with the training entrypoint."""
+    interruptible: bool = False
+    """Rent an interruptible (bid) instance, 50-80% cheaper, stopped when outbid. Default: no."""
+    bid_markup: float = Field(default=1.1, ge=1.0, le=5.0)
+    """Bid = offer's `min_bid` × this factor (interruptible only). Default: 1.1."""
+    max_price_per_hour: float = Field(default=2.0, gt=0, le=128)
+    """Highest price accepted, dollars per hour for the whole instance. Default: 2.0."""
+    min_reliability: float = Field(default=0.98, ge=0, le=1)
+    """Host reliability score floor. Default: 0.98."""
+    verified_only: bool = True
+    """Only Vast-verified hosts. Default: yes."""
+    min_download_mbps: float = Field(default=500, ge=0)
+    """Host download bandwidth floor, Mbit/s; the dataset streams over it. Default: 500."""
+
+
+class LimitsSpec(Section):
+    max_runtime_minutes: float = Field(default=240, gt=0)
+    """Wall-clock limit of the job from instance start; then it is destroyed. Default: 240."""
+    max_cost_usd: float = Field(default=20.0, gt=0)
+    """Money limit across all attempts of the job, dollars. Default: 20."""
+    provision_timeout_minutes: float = Field(default=15, gt=0)
+    """Time an instance may take from create to the first heartbeat. Default: 15."""
+    heartbeat_timeout_minutes: float = Field(default=30, ge=0)
+    """The container destroys itself when the launcher's heartbeat is older than this;
+    0 turns the dead-man switch off. Default: 30."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Instances rented for one job at most (interruptions, bad hosts). Default: 3."""
+
+
+class StorageSpec(Section):
+    raw_bucket: str = "quantlab-raw"
+    """Raw tick bucket (read-only, never written). Default: `quantlab-raw`."""
+    compact_bucket: str = "quantlab-compact"
+    """Curated data and feature bucket. Default: `quantlab-compact`."""
+    artifacts_bucket: str = "quantlab-artifacts"
+    """Job artifacts and production models. Default: `quantlab-artifacts`."""
+
+    @field_validator("raw_bucket", "compact_bucket", "artifacts_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError(f"{value!r} is not a valid S3 bucket name")
+        return value
+
+
+class PromotionSpec(Section):
+    auto: bool = False
+    """Promote to production after a successful launch, if the gate passes. Default: no."""
+    max_ic_drop: float = Field(default=0.0, ge=0)
+    """Gate: the candidate's validation IC may be at most this much below production's."""
+    min_ic: float | None = None
+    """Gate: the candidate's validation IC must be at least this. Default: no floor."""
+
+
+class JobSpec(Section):
+    """A complete training job: dataset, model, training, resources, limits, storage."""
+
+    job: JobMeta = JobMeta()
+    """Identity of the job."""
+    data: DataSpec
+    """Which feature partitions to train on, and how to split them."""
+    model: ModelSpec = ModelSpec()
+    """The model to train."""
+    train: TrainSpec = TrainSpec()
+    """Optimisation settings."""
+    resources: ResourcesSpec = ResourcesSpec()
+    """The GPU machine to rent on Vast.ai."""
+    limits: LimitsSpec = LimitsSpec()
+    """Runtime and money limits; reaching one destroys the instance."""
+    storage: StorageSpec = StorageSpec()
+    """Bucket names, per the storage layout."""
+    promotion: PromotionSpec = PromotionSpec()
+    """Production promotion rules."""
+
+    @property
+    def job_id(self) -> str:
+        """The explicit id, else the content-derived one."""
+        from trainer.spec.load import derived_job_id
+
+        return self.job.id or derived_job_id(self)

@@ -1,0 +1,27 @@
+"""Object storage behind one interface, chosen by the root URI: `s3://` or `file://<dir>`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from trainer.storage.base import ObjectInfo, ObjectStore
+from trainer.storage.local import LocalStore
+
+__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store"]
+
+
+def open_store(root: str, read_only_buckets: Iterable[str] = ()) -> ObjectStore:
+    """`s3://` → real S3 (or whatever `AWS_ENDPOINT_URL_S3` points at); `file:///dir` or a
+    plain path → a local folder holding one sub-folder per bucket."""
+    ro = frozenset(read_only_buckets)
+    if root.startswith("s3://"):
+        if root.rstrip("/") != "s3:":
+            raise ValueError(f"store root {root!r}: write just s3://, buckets come from the spec")
+        from trainer.storage.s3 import S3Store  # boto3 and the Arrow S3 client load only here
+
+        return S3Store(read_only_buckets=ro)
+    if root.startswith("file://"):
+        root = root.removeprefix("file://")
+    elif "://" in root:
+        raise ValueError(f"store root {root!r}: use s3:// or file://<dir>")
+    return LocalStore(root, read_only_buckets=ro)

@@ -1,0 +1,96 @@
+"""The object store interface every backend implements, and the record it returns."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.errors import StorageError
+from trainer.layout import Loc
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    loc: Loc
+    size: int
+    etag: str
+    """Changes whenever the object is rewritten; the token conditional writes compare."""
+
+
+class ObjectStore(abc.ABC):
+    """Whole-object reads and writes, listings, conditional puts, and an Arrow filesystem."""
+
+    def __init__(self, read_only_buckets: frozenset[str] = frozenset()) -> None:
+        self.read_only_buckets = read_only_buckets
+
+    @property
+    @abc.abstractmethod
+    def root(self) -> str:
+        """The root URI this store was opened with."""
+
+    @abc.abstractmethod
+    def uri(self, loc: Loc) -> str:
+        """Where the object really is, for messages: `s3://b/k` or `file:///dir/b/k`."""
+
+    @abc.abstractmethod
+    def get(self, loc: Loc) -> bytes:
+        """The object's bytes; ObjectNotFound when absent."""
+
+    @abc.abstractmethod
+    def head(self, loc: Loc) -> ObjectInfo | None:
+        """Size and etag, or None when absent."""
+
+    @abc.abstractmethod
+    def _put(self, loc: Loc, data: bytes, if_absent: bool, if_match: str | None) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def _upload(self, loc: Loc, path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: Loc) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix.key`, sorted by key."""
+
+    @abc.abstractmethod
+    def _delete(self, loc: Loc) -> None: ...
+
+    @abc.abstractmethod
+    def download(self, loc: Loc, path: Path) -> None:
+        """Copy an object to a local file."""
+
+    @abc.abstractmethod
+    def arrow_fs(self) -> pyarrow.fs.FileSystem:
+        """A pyarrow filesystem reading this store; paths come from `arrow_path`."""
+
+    @abc.abstractmethod
+    def arrow_path(self, loc: Loc) -> str: ...
+
+    # -- writes go through the raw-bucket guard -----------------------------------------
+    def put(
+        self, loc: Loc, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Write an object atomically. `if_absent`: fail with PreconditionFailed when it
+        exists. `if_match`: fail unless its etag is still this one."""
+        self._guard(loc)
+        return self._put(loc, data, if_absent, if_match)
+
+    def upload(self, loc: Loc, path: Path) -> None:
+        """Copy a local file to an object (streamed, multipart when large)."""
+        self._guard(loc)
+        self._upload(loc, path)
+
+    def delete(self, loc: Loc) -> None:
+        """Delete an object; deleting an absent object is not an error."""
+        self._guard(loc)
+        self._delete(loc)
+
+    def exists(self, loc: Loc) -> bool:
+        return self.head(loc) is not None
+
+    def _guard(self, loc: Loc) -> None:
+        if loc.bucket in self.read_only_buckets:
+            raise StorageError(f"refusing to write {loc}: bucket {loc.bucket} is read-only")

@@ -1,0 +1,169 @@
+"""Real S3 (or any S3-compatible endpoint) through boto3 and pyarrow's S3 client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+import boto3
+import pyarrow.fs
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
+from trainer.layout import Loc
+from trainer.storage.base import ObjectInfo, ObjectStore
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
+
+
+def endpoint_url() -> str | None:
+    """The S3 endpoint override, as the AWS tools read it (S3-specific variable first)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+class S3Store(ObjectStore):
+    """The standard AWS credential chain; `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` honoured
+    by both clients, so MinIO, R2 or a loopback S3 server work unchanged."""
+
+    def __init__(self, read_only_buckets: frozenset[str] = frozenset()) -> None:
+        super().__init__(read_only_buckets)
+        self._endpoint = endpoint_url()
+        config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+        self._client = boto3.client("s3", endpoint_url=self._endpoint, config=config)
+        self._arrow: pyarrow.fs.S3FileSystem | None = None
+
+    @property
+    def root(self) -> str:
+        return "s3://"
+
+    def uri(self, loc: Loc) -> str:
+        return str(loc)
+
+    def get(self, loc: Loc) -> bytes:
+        try:
+            body: bytes = self._client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+            return body
+        except (ClientError, BotoCoreError) as exc:
+            _raise(exc, "read", loc)
+
+    def head(self, loc: Loc) -> ObjectInfo | None:
+        try:
+            r = self._client.head_object(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            _raise(exc, "inspect", loc)
+        return ObjectInfo(loc, int(r["ContentLength"]), str(r["ETag"]))
+
+    def _put(self, loc: Loc, data: bytes, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        extra: dict[str, Any] = {}
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        try:
+            r = self._client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _PRECONDITION:
+                why = "already exists" if if_absent else "changed since it was read"
+                raise PreconditionFailed(f"{loc} {why}") from None
+            _raise(exc, "write", loc)
+        return ObjectInfo(loc, len(data), str(r["ETag"]))
+
+    def _upload(self, loc: Loc, path: Path) -> None:
+        try:
+            self._client.upload_file(str(path), loc.bucket, loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            _raise(exc, "upload", loc)
+        except boto3.exceptions.S3UploadFailedError as exc:
+            raise StorageError(f"cannot upload {path} to {loc}: {exc}") from None
+
+    def list(self, prefix: Loc) -> list[ObjectInfo]:
+        found = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=prefix.bucket, Prefix=prefix.key
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    found.append(
+                        ObjectInfo(Loc(prefix.bucket, obj["Key"]), int(obj["Size"]), obj["ETag"])
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            _raise(exc, "list", prefix)
+        return sorted(found, key=lambda o: o.loc.key)
+
+    def _delete(self, loc: Loc) -> None:
+        try:
+            self._client.delete_object(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) not in _NOT_FOUND:
+                _raise(exc, "delete", loc)
+
+    def download(self, loc: Loc, path: Path) -> None:
+        try:
+            self._client.download_file(loc.bucket, loc.key, str(path))
+        except (ClientError, BotoCoreError) as exc:
+            _raise(exc, "download", loc)
+
+    def arrow_fs(self) -> pyarrow.fs.FileSystem:
+        if self._arrow is None:
+            self._arrow = arrow_s3(self._endpoint)
+        return self._arrow
+
+    def arrow_path(self, loc: Loc) -> str:
+        return f"{loc.bucket}/{loc.key}"
+
+
+def arrow_s3(endpoint: str | None) -> pyarrow.fs.S3FileSystem:
+    """pyarrow's S3 client on the same endpoint and region boto3 would use."""
+    kwargs: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or endpoint
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _raise(exc: Exception, action: str, loc: Loc) -> NoReturn:
+    """Rewrite a provider error so it says what to do next; never echo credentials."""
+    code = _code(exc)
+    if code in _NOT_FOUND:
+        raise ObjectNotFound(f"{loc} does not exist") from None
+    if code == "NoSuchBucket":
+        raise StorageError(
+            f"cannot {action} {loc}: bucket {loc.bucket} does not exist; check the bucket "
+            "names in the spec's `storage` section and the S3 endpoint"
+        ) from None
+    if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        raise StorageError(
+            f"cannot {action} {loc}: access denied ({code}); check the AWS credentials and "
+            "that they may use this bucket and prefix"
+        ) from None
+    if isinstance(exc, NoCredentialsError):
+        raise StorageError(
+            f"cannot {action} {loc}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY or a profile, or use a local store (--store file://DIR)"
+        ) from None
+    detail = code or type(exc).__name__
+    where = f" at {endpoint_url()}" if endpoint_url() else ""
+    raise StorageError(
+        f"cannot {action} {loc}: S3{where} failed ({detail}); check the network and the "
+        "endpoint, then retry"
+    ) from None
