@@ -29,7 +29,7 @@ def test_missing_object_is_typed(store: ObjectStore) -> None:
     loc = Loc(ART, "ml-artifacts/nope/model.bin")
     assert store.head(loc) is None
     assert not store.exists(loc)
-    with pytest.raises(ObjectNotFound, match="nope/model.bin"):
+    with pytest.raises(ObjectNotFound, match=r"nope/model\.bin"):
         store.get(loc)
 
 

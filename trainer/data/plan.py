@@ -104,7 +104,7 @@ def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int =
 
     problems = [msg for f in footers for msg in f.problems]
     found = [(f.info, f.schema) for f in footers if f.info is not None and f.schema is not None]
-    problems += _agree(found, data, layout)
+    problems += _agree(found, data, layout, store)
     if problems or not found:
         raise DataError(
             f"dataset pre-flight failed: {len(problems)} problem(s) in {len(parts)} partition(s)",
@@ -212,7 +212,10 @@ def _row_group(md: pq.FileMetaData, index: int, ts_col: str) -> RowGroup:
 
 
 def _agree(
-    found: list[tuple[PartitionInfo, pa.Schema]], data: DataSpec, layout: Layout
+    found: list[tuple[PartitionInfo, pa.Schema]],
+    data: DataSpec,
+    layout: Layout,
+    store: ObjectStore,
 ) -> list[str]:
     """Cross-partition checks: one horizon, one config hash, one schema with the columns."""
     problems: list[str] = []
@@ -230,7 +233,8 @@ def _agree(
                 for info, _ in found:
                     if str(info.meta.get(key)) == value:
                         problems.append(
-                            f"{layout.feature_dir(info.part, data.featureset)}: {key}={value}, "
+                            f"{store.uri(layout.feature_dir(info.part, data.featureset))}: "
+                            f"{key}={value}, "
                             f"the other partitions have {majority}"
                         )
     # The schema most partitions share is the reference; the odd ones out are reported.
@@ -240,7 +244,7 @@ def _agree(
     ref_schema = next(s for _, s in found if counts[str(s)] == max(counts.values()))
     needed = _needed_columns(data)
     for info, schema in found:
-        where = layout.feature_dir(info.part, data.featureset)
+        where = store.uri(layout.feature_dir(info.part, data.featureset))
         column_problems = []
         for name in needed:
             if name not in schema.names:

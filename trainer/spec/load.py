@@ -103,17 +103,17 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = _section_type(field.annotation)
+        model = section_type(field.annotation)
         if model is None:
             return []
     return list(getattr(model, "model_fields", {}))
 
 
-def _section_type(annotation: Any) -> type[BaseModel] | None:
+def section_type(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _section_type(arg)
+        found = section_type(arg)
         if found is not None:
             return found
     return None

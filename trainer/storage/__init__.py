@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from trainer.storage.base import ObjectInfo, ObjectStore
 from trainer.storage.local import LocalStore
 
-__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store"]
+__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "default_store_root", "open_store"]
 
 
 def open_store(root: str, read_only_buckets: Iterable[str] = ()) -> ObjectStore:
@@ -25,3 +26,8 @@ def open_store(root: str, read_only_buckets: Iterable[str] = ()) -> ObjectStore:
     elif "://" in root:
         raise ValueError(f"store root {root!r}: use s3:// or file://<dir>")
     return LocalStore(root, read_only_buckets=ro)
+
+
+def default_store_root() -> str:
+    """`QUANTLAB_STORE` when set (e.g. `file://./.quantlab/store`), else real S3."""
+    return os.environ.get("QUANTLAB_STORE") or "s3://"

@@ -30,7 +30,7 @@ class LocalStore(ObjectStore):
 
     @property
     def root(self) -> str:
-        return self._root.as_uri()
+        return f"file://{self._root}"
 
     def path(self, loc: Loc) -> Path:
         if ".." in loc.key.split("/") or loc.key.startswith("/"):
@@ -38,7 +38,9 @@ class LocalStore(ObjectStore):
         return self._root / loc.bucket / loc.key
 
     def uri(self, loc: Loc) -> str:
-        return self.path(loc).as_uri()
+        # Not Path.as_uri(): it would percent-encode the `=` of the Hive partitions.
+        tail = "/" if loc.key.endswith("/") else ""
+        return f"file://{self.path(loc)}{tail}"
 
     def get(self, loc: Loc) -> bytes:
         try:

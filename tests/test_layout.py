@@ -1,0 +1,63 @@
+"""The storage layout v1, checked against the spec's own examples character for character."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.errors import StorageError
+from trainer.layout import Layout, Loc, Partition
+from trainer.spec.model import StorageSpec
+from trainer.storage import ObjectStore
+
+PART = Partition("binance", "bbo", "btcusdt", "20251229")
+
+
+def test_curated_example() -> None:
+    assert str(Layout().curated_dir(PART)) == (
+        "s3://quantlab-compact/curated/exchange=binance/stream=bbo/symbol=btcusdt/date=20251229/"
+    )
+
+
+def test_feature_example() -> None:
+    assert str(Layout().feature_data(PART)) == (
+        "s3://quantlab-compact/features/featureset=v1/exchange=binance/stream=bbo/"
+        "symbol=btcusdt/date=20251229/data.parquet"
+    )
+    assert str(Layout().feature_meta(PART)).endswith("date=20251229/meta.json")
+
+
+def test_artifact_and_production_examples() -> None:
+    layout = Layout()
+    assert str(layout.job_file("job-8271", "model.bin")) == (
+        "s3://quantlab-artifacts/ml-artifacts/job-8271/model.bin"
+    )
+    assert str(layout.production_file("btcusdt", "model.bin")) == (
+        "s3://quantlab-artifacts/models/production/btcusdt/model.bin"
+    )
+
+
+def test_buckets_are_overridable_for_staging() -> None:
+    layout = Layout(StorageSpec(artifacts_bucket="quantlab-artifacts-staging"))
+    assert str(layout.job_dir("j1")) == "s3://quantlab-artifacts-staging/ml-artifacts/j1/"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: Partition("binance", "bbo", "BTCUSDT", "20251229"),
+        lambda: Partition("binance", "bbo", "btcusdt", "20251332"),
+        lambda: Partition("bin/ance", "bbo", "btcusdt", "20251229"),
+        lambda: Layout().job_dir("../escape"),
+        lambda: Layout().production_dir("BTC"),
+    ],
+)
+def test_invalid_partition_values_are_rejected(bad: object) -> None:
+    with pytest.raises(ValueError):
+        bad()  # type: ignore[operator]
+
+
+def test_nothing_writes_to_the_raw_bucket(local_store: ObjectStore) -> None:
+    with pytest.raises(StorageError, match="read-only"):
+        local_store.put(Loc("quantlab-raw", "x"), b"")
+    with pytest.raises(PermissionError):
+        Layout().check_writable(Loc("quantlab-raw", "x"))

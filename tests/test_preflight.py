@@ -1,0 +1,184 @@
+"""Dataset pre-flight: footers and meta.json only, every problem in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from trainer.data.plan import preflight, summary
+from trainer.errors import EXIT_DATA, DataError
+from trainer.layout import Layout, Partition
+from trainer.storage import ObjectStore
+from trainer.synth import SynthConfig, make_day, meta_for, write_partition
+
+
+def test_clean_dataset_passes_with_a_summary(store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251204"), symbols=("btcusdt", "ethusdt"))
+    cfg = make_dataset(store, spec)
+    plan = preflight(spec.data, store, layout)
+    s = summary(plan)
+    assert s["partitions"] == 8 and s["rows"] == 8 * cfg.rows_per_day
+    assert s["date_span"] == "20251201..20251204"
+    assert plan.features == cfg.feature_names
+    assert plan.label_horizon_sec == cfg.label_horizon_sec
+    # validation_days=1: a quarter of the rows, less the purge window before it
+    assert s["val_rows_expected"] == pytest.approx(2 * cfg.rows_per_day, rel=0.01)
+    assert s["train_rows_expected"] == pytest.approx(6 * cfg.rows_per_day, rel=0.01)
+    assert all(len(p.row_groups) == 4 for p in plan.partitions)
+
+
+def test_four_problems_in_one_run(store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251205"))
+    cfg = SynthConfig(rows_per_day=2_000, row_group_size=1_000)
+    parts = {d: Partition("binance", "bbo", "btcusdt", d) for d in spec.data.dates.resolve()}
+    for date, part in parts.items():
+        if date == "20251202":
+            continue  # 1. a missing date
+        table, meta = make_day("btcusdt", date, cfg), None
+        meta = meta_for(table, "btcusdt", date, cfg)
+        if date == "20251203":
+            meta["rows"] = 1_999  # 2. meta.json disagrees with its file
+        if date == "20251204":
+            meta["config_hash"] = "deadbeefdeadbeef"  # 3. another config hash
+        if date == "20251205":
+            table = table.drop_columns(["label"])  # 4. no label column
+        write_partition(store, layout, part, table, meta, cfg)
+
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, store, layout)
+    problems = info.value.problems
+    text = "\n".join(problems)
+    assert len(problems) == 4, text
+    assert "date 20251202, symbol btcusdt: partition missing" in text
+    assert "date=20251203/: meta.json rows=1999 but data.parquet holds 2000 rows" in text
+    assert "date=20251204/: config_hash=deadbeefdeadbeef, the other partitions have" in text
+    assert "date=20251205/: no label column 'label'" in text
+
+
+def test_meta_that_contradicts_its_path(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251202"))
+    cfg = SynthConfig(rows_per_day=1_000)
+    for date in spec.data.dates.resolve():
+        table = make_day("btcusdt", date, cfg)
+        meta = meta_for(table, "btcusdt", date, cfg)
+        if date == "20251202":
+            meta.update(symbol="ethusdt", ts_max=int(meta["ts_max"]) + 86_400_000)  # type: ignore[call-overload]
+        write_partition(
+            local_store, layout, Partition("binance", "bbo", "btcusdt", date), table, meta, cfg
+        )
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, local_store, layout)
+    text = "\n".join(info.value.problems)
+    assert "meta.json symbol='ethusdt', the path says 'btcusdt'" in text
+    assert "is not inside date 20251202" in text
+
+
+def test_non_numeric_feature_and_corrupt_footer(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251202"), data={"features": ["imbalance_l1"]})
+    cfg = SynthConfig(rows_per_day=1_000)
+    make_dataset(local_store, spec, cfg)
+    part1 = Partition("binance", "bbo", "btcusdt", "20251201")
+    table = make_day("btcusdt", "20251201", cfg)
+    table = table.set_column(
+        table.schema.get_field_index("imbalance_l1"),
+        "imbalance_l1",
+        pa.array(np.array(["x"] * table.num_rows)),
+    )
+    write_partition(
+        local_store, layout, part1, table, meta_for(table, "btcusdt", "20251201", cfg), cfg
+    )
+    bad = layout.feature_data(Partition("binance", "bbo", "btcusdt", "20251202"))
+    local_store.put(bad, b"PAR1 this is not parquet")
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, local_store, layout)
+    text = "\n".join(info.value.problems)
+    assert "column 'imbalance_l1' is string, not numeric" in text
+    assert "date=20251202/data.parquet: unreadable Parquet footer" in text
+
+
+def test_preflight_reads_footers_not_data(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251201"), data={"split": {"validation_fraction": 0.2}})
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=50_000, row_group_size=10_000))
+    path = local_store.path(
+        layout.feature_data(
+            Partition(
+                "binance",
+                "bbo",
+                "btcusdt",  # type: ignore[attr-defined]
+                "20251201",
+            )
+        )
+    )
+    size = Path(path).stat().st_size
+    # Truncating the data pages but keeping the footer must not matter to pre-flight.
+    raw = Path(path).read_bytes()
+    footer_len = int.from_bytes(raw[-8:-4], "little")
+    assert footer_len < size / 10
+    plan = preflight(spec.data, local_store, layout)
+    assert plan.rows == 50_000
+
+
+def test_cli_validate_exit_codes(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict())
+    run = [sys.executable, "-m", "trainer"]
+    gen = subprocess.run(
+        [*run, "generate", str(spec_path), "--store", f"file://{root}", "--rows-per-day", "2000"],
+        capture_output=True,
+        text=True,
+    )
+    assert gen.returncode == 0, gen.stderr
+    ok = subprocess.run(
+        [*run, "validate", str(spec_path), "--check-data", "--store", f"file://{root}", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["data"]["partitions"] == 3 and result["data"]["rows"] == 6000
+
+    wider = write_spec(tmp_path / "wider.yaml", spec_dict(dates=("20251201", "20251204")))
+    bad = subprocess.run(
+        [*run, "validate", str(wider), "--check-data", "--store", f"file://{root}"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == EXIT_DATA
+    assert "date 20251204, symbol btcusdt: partition missing" in bad.stderr
+
+
+def test_synthetic_label_carries_the_promised_signal() -> None:
+    cfg = SynthConfig(rows_per_day=200_000)
+    table = make_day("btcusdt", "20251201", cfg)
+    y = table.column("label").to_numpy(zero_copy_only=False)
+    x = table.column("imbalance_l1").to_numpy(zero_copy_only=False)
+    ts = table.column("ts").to_numpy()
+    ok = np.isfinite(y) & np.isfinite(x)
+    assert np.corrcoef(x[ok], y[ok])[0, 1] == pytest.approx(cfg.signal_ic, abs=0.01)
+    noise = table.column("ret_1s").to_numpy(zero_copy_only=False)
+    ok2 = ok & np.isfinite(noise)
+    assert abs(np.corrcoef(noise[ok2], y[ok2])[0, 1]) < 0.01
+    # the last label_horizon_sec of the day have no forward window: NaN labels
+    last = ts.max()
+    assert np.isnan(y[ts > 1764633600000 - cfg.label_horizon_sec * 1000]).all()
+    assert ts.min() >= 1764547200000 and last <= 1764633599999
+    meta = meta_for(table, "btcusdt", "20251201", cfg)
+    assert set(meta) == {
+        "featureset_version",
+        "symbol",
+        "date",
+        "rows",
+        "ts_min",
+        "ts_max",
+        "label_horizon_sec",
+        "config_hash",
+    }
+    assert pq.read_metadata is not None

@@ -1,0 +1,137 @@
+"""The JobSpec: shipped specs load, errors name their YAML path, ids are content-derived."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.errors import SpecError
+from trainer.spec import dump_spec, load_spec, parse_spec
+from trainer.spec.docs import REFERENCE_BEGIN, REFERENCE_END, json_schema, markdown_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "jobspecs").glob("*.yaml"))
+
+MINIMAL = """
+data:
+  exchange: binance
+  stream: bbo
+  symbols: [btcusdt]
+  dates: {start: 20251201, end: 20251203}
+"""
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.data.dates.resolve()
+    assert spec.job_id.startswith("job-") or spec.job.id
+
+
+def test_shipped_specs_exist() -> None:
+    assert {p.name for p in SHIPPED} >= {"btcusdt-mlp.yaml", "tiny-cpu.yaml"}
+
+
+def test_three_problems_three_lines_each_with_its_yaml_path() -> None:
+    problems = _problems(
+        """
+data:
+  exchange: binance
+  stream: bbo
+  symbols: [btcusdt]
+  dates: {start: 20251210, end: 20251201}
+train:
+  lr: -0.001
+  bacth_size: 512
+"""
+    )
+    assert sorted(problems) == [
+        "data.dates.end: 20251201 is before start 20251210",
+        "train.bacth_size: unknown key (did you mean 'batch_size'?)",
+        "train.lr: must be greater than 0",
+    ]
+
+
+def test_error_message_lists_every_problem() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(MINIMAL + "resources:\n  num_gpu: 2\n", source="x.yaml")
+    text = str(info.value)
+    assert text.startswith("x.yaml: 1 problem(s)")
+    assert "resources.num_gpu: unknown key (did you mean 'num_gpus'?)" in text
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("dates: {start: 20250230, end: 20250301}", "data.dates.start: 20250230 is not a real"),
+        ("dates: {start: 20250101}", "data.dates: give both `start` and `end`"),
+        ("dates: {days: [2025011]}", "data.dates.days.0: must match pattern"),
+    ],
+)
+def test_dates_are_real_and_whole(snippet: str, expected: str) -> None:
+    text = MINIMAL.replace("dates: {start: 20251201, end: 20251203}", snippet)
+    problems = _problems(text)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_missing_section_and_top_level_typo() -> None:
+    problems = _problems("trian: {lr: 1}\n")
+    assert "data: required" in problems
+    assert "trian: unknown key (did you mean 'train'?)" in problems
+
+
+def test_unknown_key_without_close_match_has_no_hint() -> None:
+    assert _problems(MINIMAL + "limits:\n  zzz: 1\n") == ["limits.zzz: unknown key"]
+
+
+def test_job_id_is_derived_from_content_and_stable() -> None:
+    a, b = parse_spec(MINIMAL), parse_spec(MINIMAL)
+    assert a.job_id == b.job_id and a.job_id.startswith("job-") and len(a.job_id) == 16
+    c = parse_spec(MINIMAL + "train: {lr: 0.01}\n")
+    assert c.job_id != a.job_id
+    assert parse_spec(MINIMAL + "job: {id: my-run-1}\n").job_id == "my-run-1"
+
+
+def test_resolved_spec_roundtrips_with_defaults_and_id() -> None:
+    spec = parse_spec(MINIMAL)
+    again = parse_spec(dump_spec(spec))
+    assert again.job.id == spec.job_id
+    assert again.model_dump(exclude={"job"}) == spec.model_dump(exclude={"job"})
+    assert again.train.lr == 1e-3
+
+
+def test_overrides_go_through_validation(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL)
+    assert load_spec(path, ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(SpecError, match=r"train\.lr: must be greater than 0"):
+        load_spec(path, ["train.lr=-1"])
+
+
+def test_spec_is_frozen() -> None:
+    spec = parse_spec(MINIMAL)
+    with pytest.raises(Exception, match="frozen"):
+        spec.train.lr = 5.0  # type: ignore[misc]
+
+
+def test_json_schema_is_closed_and_documented() -> None:
+    schema = json.loads(json_schema())
+    train = schema["$defs"]["TrainSpec"]
+    assert train["additionalProperties"] is False
+    assert "Peak learning rate" in train["properties"]["lr"]["description"]
+
+
+def test_readme_reference_matches_the_docstrings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(REFERENCE_BEGIN), readme.index(REFERENCE_END) + len(REFERENCE_END)
+    assert readme[start:end] == markdown_reference(), (
+        "README's JobSpec reference is stale: regenerate it with `quantlab-train schema --markdown`"
+    )

@@ -1,0 +1,109 @@
+"""`quantlab-train`: argument parsing, output, and errors turned into exit codes. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from trainer import __version__, commands
+from trainer.errors import EXIT_INTERNAL, TrainerError
+from trainer.spec.docs import json_schema, markdown_reference
+from trainer.synth import SynthConfig
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="path to a JobSpec YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set train.lr=3e-4 (validated like the file)",
+    )
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="ROOT",
+        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    ctx = commands.open_context(args.spec, args.overrides, args.store)
+    result = commands.validate(ctx, args.check_data)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"spec ok: {args.spec} (job id {result['job_id']})")
+    data = result.get("data")
+    if isinstance(data, dict):
+        print(
+            f"data ok: {data['partitions']} partitions, {data['rows']:,} rows, "
+            f"{data['bytes'] / 1e6:.1f} MB, dates {data['date_span']}, "
+            f"{data['features']} features\n"
+            f"  expected rows: train ≈ {data['train_rows_expected']:,}, "
+            f"validation ≈ {data['val_rows_expected']:,} "
+            f"(label horizon {data['label_horizon_sec']} s, config {data['config_hash']})"
+        )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(markdown_reference() if args.markdown else json_schema())
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    ctx = commands.open_context(args.spec, args.overrides, args.store)
+    cfg = SynthConfig(rows_per_day=args.rows_per_day, n_features=args.features, seed=args.seed)
+    n = commands.generate_for_spec(ctx, cfg)
+    print(f"wrote {n} synthetic partitions under {ctx.store.root}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantlab-train",
+        description="Train QuantLab models on Vast.ai GPUs from a JobSpec, or locally on CPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a JobSpec, and with --check-data its dataset")
+    _spec_args(p)
+    p.add_argument("--check-data", action="store_true", help="run the dataset pre-flight")
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("schema", help="print the JobSpec JSON Schema (for editors)")
+    p.add_argument("--markdown", action="store_true", help="the README reference instead")
+    p.set_defaults(handler=_schema)
+
+    p = sub.add_parser("generate", help="write synthetic feature partitions a spec names")
+    _spec_args(p)
+    p.add_argument("--rows-per-day", type=int, default=20_000)
+    p.add_argument("--features", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except TrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: a one-line message, not a traceback
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
