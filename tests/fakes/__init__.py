@@ -1,0 +1,1 @@
+"""Offline stand-ins for the network services the runner talks to (Vast.ai)."""
