@@ -1,0 +1,343 @@
+"""The streaming loader on generated partitions: every row once, deterministic shuffles,
+the purged split, non-finite rows, exact resume, read failures, the cache, ranks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from trainer.data.blocks import BlockSpec, to_block
+from trainer.data.loader import (
+    BlockCache,
+    StreamingLoader,
+    compute_feature_stats,
+    read_split_arrays,
+)
+from trainer.data.plan import DatasetPlan, preflight
+from trainer.data.schedule import batch_segments
+from trainer.errors import DataError
+from trainer.layout import Layout, Partition
+from trainer.spec.model import DataSpec
+from trainer.storage import ObjectStore
+from trainer.synth import SynthConfig, generate, make_day, meta_for, write_partition
+
+SYMBOLS = ("btcusdt", "ethusdt")
+DATES = ("20250101", "20250102", "20250103")
+CFG = SynthConfig(rows_per_day=3000, n_features=5, row_group_size=500, feature_nan_rate=0.003)
+BATCH = 256
+
+
+def _spec() -> DataSpec:
+    return DataSpec(
+        exchange="binance",
+        stream="bbo",
+        symbols=SYMBOLS,
+        dates={"start": DATES[0], "end": DATES[-1]},  # type: ignore[arg-type]
+        # a half-hour purge, longer than the label horizon, so that the gap holds rows
+        split={"validation_days": 1, "purge_sec": 1800},  # type: ignore[arg-type]
+    )
+
+
+def _dataset(store: ObjectStore, layout: Layout, cfg: SynthConfig = CFG) -> DatasetPlan:
+    generate(store, layout, "binance", "bbo", SYMBOLS, DATES, cfg)
+    return preflight(_spec(), store, layout)
+
+
+@pytest.fixture
+def plan(local_store: ObjectStore, layout: Layout) -> DatasetPlan:
+    return _dataset(local_store, layout)
+
+
+def _source(store: ObjectStore, plan: DatasetPlan) -> dict[str, np.ndarray]:
+    """Every row of every partition, read with plain pyarrow: the ground truth."""
+    fs = store.arrow_fs()
+    tables = [pq.read_table(store.arrow_path(p.data), filesystem=fs) for p in plan.partitions]
+
+    def col(name: str) -> np.ndarray:
+        return np.concatenate([t.column(name).to_numpy() for t in tables])
+
+    x = np.column_stack([col(f) for f in plan.features]).astype(np.float32)
+    return {"ts": col("ts"), "x": x, "y": col(plan.label).astype(np.float32)}
+
+
+def _expected(src: dict[str, np.ndarray], keep: np.ndarray) -> Counter[tuple[int, float]]:
+    finite = np.isfinite(src["y"]) & np.isfinite(src["x"]).all(axis=1)
+    sel = keep & finite
+    return Counter(zip(src["ts"][sel].tolist(), src["y"][sel].tolist(), strict=True))
+
+
+def _keys(batches: Iterable[tuple[torch.Tensor, ...]]) -> list[tuple[int, float]]:
+    out: list[tuple[int, float]] = []
+    for _x, y, ts in batches:
+        out += zip(ts.tolist(), y.tolist(), strict=True)
+    return out
+
+
+def _train(plan: DatasetPlan, store: ObjectStore, **kw: object) -> StreamingLoader:
+    args: dict[str, object] = {"split": "train", "batch_size": BATCH, "with_ts": True}
+    return StreamingLoader(plan, store, **{**args, **kw})  # type: ignore[arg-type]
+
+
+def test_every_training_row_once_per_epoch_with_features_intact(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    src = _source(local_store, plan)
+    loader = _train(plan, local_store)
+    batches = list(loader.epoch_with_ts(0))
+    assert Counter(_keys(batches)) == _expected(src, src["ts"] < plan.bounds.train_end_ms)
+    assert all(len(b[1]) == BATCH for b in batches[:-1]) and 0 < len(batches[-1][1]) <= BATCH
+    # each delivered row carries its own features, not another row's
+    keys = zip(src["ts"].tolist(), src["y"].tolist(), strict=True)
+    by_key = {key: i for i, key in enumerate(keys)}
+    for x, y, ts in batches[:5]:
+        rows = [by_key[(t, v)] for t, v in zip(ts.tolist(), y.tolist(), strict=True)]
+        np.testing.assert_array_equal(x.numpy(), src["x"][rows])
+    assert x.dtype == torch.float32 and x.is_contiguous() and y.shape == (len(rows),)
+    stats = loader.stats
+    assert stats.rows == sum(len(b[1]) for b in batches) and stats.batches == len(batches)
+    assert stats.first_batch_s is not None and stats.bytes_read > 0
+
+
+def test_two_ranks_share_the_rows_exactly_once(plan: DatasetPlan, local_store: ObjectStore) -> None:
+    src = _source(local_store, plan)
+    ranks = [_train(plan, local_store, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    got = [Counter(_keys(loader.epoch_with_ts(1))) for loader in ranks]
+    assert not set(got[0]) & set(got[1])
+    assert got[0] + got[1] == _expected(src, src["ts"] < plan.bounds.train_end_ms)
+    planned = ranks[0].shard_rows(1)
+    assert [loader.stats.planned_rows for loader in ranks] == planned
+    assert all(loader.stats.rows > 0 for loader in ranks)
+
+
+def test_order_is_a_function_of_seed_and_epoch(plan: DatasetPlan, local_store: ObjectStore) -> None:
+    def order(seed: int, epoch: int) -> list[tuple[int, float]]:
+        return _keys(_train(plan, local_store, seed=seed).epoch_with_ts(epoch))
+
+    first = order(7, 0)
+    assert order(7, 0) == first
+    assert order(8, 0) != first and Counter(order(8, 0)) == Counter(first)
+    assert order(7, 1) != first
+    # rows are shuffled across partitions, not only row groups reordered
+    ts = np.array([t for t, _ in first[:BATCH]])
+    assert not (np.all(np.diff(ts) >= 0) or np.all(np.diff(ts) <= 0)) or len(set(ts)) < 2
+
+
+def test_validation_starts_after_every_training_label_window(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    src = _source(local_store, plan)
+    train_ts = [t for t, _ in _keys(_train(plan, local_store).epoch_with_ts(0))]
+    val = StreamingLoader(plan, local_store, split="val", batch_size=BATCH)
+    val_ts = [t for t, _ in _keys(val.epoch_with_ts(0))]
+    assert max(train_ts) + plan.label_horizon_sec * 1000 < min(val_ts)
+    assert val.stats.row_groups_read < sum(len(p.row_groups) for p in plan.partitions)
+    x, y, ts = read_split_arrays(plan, local_store, "val")
+    assert np.all(np.diff(ts) >= 0) and len(y) == len(val_ts) == x.shape[0]
+    expected = _expected(src, src["ts"] >= plan.bounds.val_start_ms)
+    assert Counter(zip(ts.tolist(), y.tolist(), strict=True)) == expected
+    # the validation stream itself follows time order, row group by row group
+    first = next(iter(val.epoch_with_ts(0)))[2]
+    assert np.all(np.diff(first.numpy()) >= 0)
+
+
+def test_purge_and_non_finite_rows_are_counted_never_fed(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    src = _source(local_store, plan)
+    loader = _train(plan, local_store)
+    batches = list(loader.epoch_with_ts(0))
+    assert all(torch.isfinite(x).all() and torch.isfinite(y).all() for x, y, _ in batches)
+    in_train = src["ts"] < plan.bounds.train_end_ms
+    bad = ~(np.isfinite(src["y"]) & np.isfinite(src["x"]).all(axis=1))
+    assert loader.stats.dropped_non_finite == int((bad & in_train).sum()) > 0
+    b = plan.bounds
+    gap = (src["ts"] >= b.train_end_ms) & (src["ts"] < b.val_start_ms)
+    assert loader.stats.purged == int(gap.sum()) > 0
+
+
+def test_infinite_values_drop_or_fail_naming_the_partition(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    _dataset(local_store, layout)
+    part = Partition("binance", "bbo", SYMBOLS[0], DATES[0])
+    table = make_day(part.symbol, part.date, CFG)
+    name = CFG.feature_names[2]
+    values = table.column(name).to_numpy().copy()
+    values[[10, 20]] = [np.inf, -np.inf]
+    table = table.set_column(table.schema.get_field_index(name), name, [values])
+    meta = meta_for(table, part.symbol, part.date, CFG)
+    write_partition(local_store, layout, part, table, meta, CFG)
+    plan = preflight(_spec(), local_store, layout)
+    src = _source(local_store, plan)
+    in_train = src["ts"] < plan.bounds.train_end_ms
+    bad = ~(np.isfinite(src["y"]) & np.isfinite(src["x"]).all(axis=1))
+    loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH)
+    rows = sum(len(y) for _, y in loader.epoch(0))
+    assert loader.stats.dropped_non_finite == int((bad & in_train).sum())
+    assert rows == int((~bad & in_train).sum())
+    strict = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, non_finite="fail")
+    with pytest.raises(DataError, match="non-finite") as err:
+        list(strict.epoch(0))
+    assert any(local_store.uri(p.data) in str(err.value) for p in plan.partitions)
+
+
+def test_row_with_huge_finite_values_is_kept() -> None:
+    spec = BlockSpec(("a", "b"), "label", "ts", None, None, (0, 0))
+    stage = np.array([[3e38, 1.0, np.nan], [3e38, 2.0, 1.0], [1.0, np.inf, 0.0]], np.float32)
+    block = to_block(stage, None, spec, cut=False)
+    assert block.rows == 1 and block.dropped == 2
+    np.testing.assert_array_equal(block.x.numpy(), np.array([[3e38, 3e38]], np.float32))
+    assert block.y.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("stop", [1, 5, 11, 12, 23])
+def test_resume_continues_with_exactly_the_same_batches(
+    plan: DatasetPlan, local_store: ObjectStore, stop: int
+) -> None:
+    kw = {"seed": 5, "shuffle_buffer_row_groups": 3}
+    full = list(_train(plan, local_store, **kw).epoch_with_ts(2))
+    first = _train(plan, local_store, **kw)
+    it = first.epoch_with_ts(2)
+    for _ in range(stop):
+        next(it)
+    state = first.state_dict()
+    resumed = _train(plan, local_store, **kw)
+    resumed.load_state_dict(state)
+    rest = list(resumed.epoch_with_ts(2))
+    assert len(rest) == len(full) - stop
+    for got, want in zip(rest, full[stop:], strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+    assert resumed.state_dict()["epoch"] == 3
+    with pytest.raises(ValueError, match="seed"):
+        _train(plan, local_store, seed=6).load_state_dict(state)
+
+
+def test_iteration_advances_the_epoch(plan: DatasetPlan, local_store: ObjectStore) -> None:
+    loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH)
+    first = [y for _, y in loader]
+    second = [y for _, y in loader]
+    assert loader.state_dict()["epoch"] == 2
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
+
+
+def test_corrupt_or_missing_data_raises_data_error_naming_it(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    path = local_store.path(plan.partitions[1].data)  # type: ignore[attr-defined]
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # torn: no footer
+    loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH)
+    with pytest.raises(DataError) as err:
+        list(loader.epoch(0))
+    assert local_store.uri(plan.partitions[1].data) in str(err.value)
+    footer = raw[-(64 << 10) :]
+    path.write_bytes(b"\x00" * (len(raw) - len(footer)) + footer)  # pages zeroed
+    with pytest.raises(DataError, match="row group"):
+        list(StreamingLoader(plan, local_store, split="train", batch_size=BATCH).epoch(0))
+    path.unlink()
+    with pytest.raises(DataError) as err:
+        compute_feature_stats(plan, local_store)
+    assert local_store.uri(plan.partitions[1].data) in str(err.value)
+
+
+def test_second_epoch_comes_from_the_cache(plan: DatasetPlan, local_store: ObjectStore) -> None:
+    cache = BlockCache(64 << 20)
+    loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, cache=cache)
+    first = sum(len(y) for _, y in loader.epoch(0))
+    assert loader.stats.row_groups_read == len(loader.units) and loader.stats.cache_hits == 0
+    second = sum(len(y) for _, y in loader.epoch(1))
+    s = loader.stats
+    assert (s.bytes_read, s.row_groups_read, s.cache_hits) == (0, 0, len(loader.units))
+    assert first == second and s.dropped_non_finite > 0
+    small = BlockCache(cache.bytes // 3)
+    bounded = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, cache=small)
+    list(bounded.epoch(0))
+    assert small.bytes <= small.max_bytes and small.evictions > 0
+
+
+def test_feature_stats_from_training_rows_warm_the_cache(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    src = _source(local_store, plan)
+    keep = (src["ts"] < plan.bounds.train_end_ms) & np.isfinite(src["y"])
+    keep &= np.isfinite(src["x"]).all(axis=1)
+    cache = BlockCache(64 << 20)
+    mean, std, rows = compute_feature_stats(plan, local_store, cache=cache)
+    x = src["x"][keep].astype(np.float64)
+    assert rows == len(x)
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(std, x.std(axis=0), rtol=1e-9)
+    loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, cache=cache)
+    list(loader.epoch(0))
+    assert loader.stats.bytes_read == 0 and loader.stats.cache_hits == len(loader.units)
+    _, _, few = compute_feature_stats(plan, local_store, max_rows=700)
+    assert few == 700
+
+
+def test_max_rows_and_drop_last(plan: DatasetPlan, local_store: ObjectStore) -> None:
+    sizes = [
+        len(y)
+        for _, y in StreamingLoader(
+            plan, local_store, split="train", batch_size=BATCH, max_rows=1000
+        ).epoch(0)
+    ]
+    assert sum(sizes) == 1000 and sizes[-1] == 1000 % BATCH
+    kept = [
+        len(y)
+        for _, y in StreamingLoader(
+            plan, local_store, split="train", batch_size=BATCH, drop_last=True
+        ).epoch(0)
+    ]
+    assert set(kept) == {BATCH}
+
+
+def test_batch_segments_cover_each_position_once() -> None:
+    order = np.random.default_rng(0).permutation(23)
+    local, segs = batch_segments([10, 0, 13], order, start=2, first=3, batch=5)
+    assert [(s.start, s.end) for s in segs] == [(2, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    offsets = [0, 10, 10, 23]
+    seen = []
+    for s in segs:
+        for k in range(3):
+            seen += (local[s.cuts[k] : s.cuts[k + 1]] + offsets[k]).tolist()
+    assert sorted(seen) == sorted(order[2:].tolist())
+
+
+def test_streams_from_s3(s3_store: ObjectStore, layout: Layout) -> None:
+    plan = _dataset(s3_store, layout, dataclasses.replace(CFG, rows_per_day=1500))
+    src = _source(s3_store, plan)
+    loader = _train(plan, s3_store, files_in_flight=2)
+    assert Counter(_keys(loader.epoch_with_ts(0))) == _expected(
+        src, src["ts"] < plan.bounds.train_end_ms
+    )
+    assert loader.stats.bytes_read > 0
+    s3_store.delete(plan.partitions[0].data)
+    with pytest.raises(DataError, match=str(plan.partitions[0].data)):
+        list(_train(plan, s3_store).epoch(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_blocks_reach_cuda_through_pinned_memory(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    cpu = list(StreamingLoader(plan, local_store, split="train", batch_size=BATCH).epoch(0))
+    cache = BlockCache(64 << 20, device="cuda")
+    gpu = StreamingLoader(
+        plan, local_store, split="train", batch_size=BATCH, device="cuda", cache=cache
+    )
+    for epoch in (0, 1):
+        got = list(gpu.epoch(0))
+        torch.cuda.synchronize()
+        assert len(got) == len(cpu)
+        for (x, y), (cx, cy) in zip(got, cpu, strict=True):
+            assert x.is_cuda and y.is_cuda
+            assert torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
+        assert gpu.stats.cache_hits == (len(gpu.units) if epoch else 0)

@@ -1,0 +1,94 @@
+"""Which rows go where: a split's row groups, their per-epoch shuffle and rank shards, and
+each shuffle buffer's row order cut into batches. Pure functions of plain values."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.data.blocks import BlockSpec, Unit
+from trainer.data.plan import DatasetPlan
+
+
+def split_units(plan: DatasetPlan, spec: BlockSpec, time_order: bool) -> list[Unit]:
+    """Every row group that may hold rows of the split; those whose timestamp statistics lie
+    wholly outside its window are left out unread. File order, or time order (by the
+    groups' first timestamp) with `time_order`."""
+    units = []
+    for p, info in enumerate(plan.partitions):
+        for rg in info.row_groups:
+            unit = Unit(p, rg.index, rg.rows, rg.ts_min, rg.ts_max)
+            if rg.rows and not spec.outside(unit):
+                units.append(unit)
+    if time_order:
+
+        def first_ts(u: Unit) -> tuple[int, int, int]:
+            meta_min = int(str(plan.partitions[u.part].meta.get("ts_min", 0)))
+            return (u.ts_min if u.ts_min is not None else meta_min, u.part, u.group)
+
+        units.sort(key=first_ts)
+    return units
+
+
+def rank_units(
+    units: Sequence[Unit], seed: int, epoch: int, rank: int, world_size: int, shuffle: bool
+) -> list[Unit]:
+    """This rank's row groups for one epoch: all of them shuffled together by
+    `(seed, epoch)` (the same permutation on every rank), then every `world_size`-th one from
+    position `rank`, so each row group, hence each row, goes to exactly one rank."""
+    ordered = list(units)
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch]).permutation(len(ordered))
+        ordered = [ordered[i] for i in perm]
+    return ordered[rank::world_size]
+
+
+def row_order(rows: int, seed: int, epoch: int, rank: int, buffer: int) -> np.ndarray:
+    """The shuffled row order of one buffer, a pure function of its coordinates, which is
+    what makes resuming in the middle of an epoch exact."""
+    state = np.random.SeedSequence([seed, epoch, rank, buffer]).generate_state(2, np.uint32)
+    gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    # torch's randperm is about twice as fast as numpy's permutation at these sizes.
+    return torch.randperm(rows, generator=gen).numpy()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The rows `[start, end)` of a buffer's order that make one batch (or the part of one
+    that this buffer holds). Their block-local indices sit in `local[start:end]`, sorted by
+    block: block k's rows are `local[cuts[k]:cuts[k + 1]]`."""
+
+    start: int
+    end: int
+    cuts: tuple[int, ...]
+    ordered: bool
+    """Rows are in file order, so each block's run is one contiguous slice."""
+
+
+def batch_segments(
+    sizes: Sequence[int], order: np.ndarray | None, start: int, first: int, batch: int
+) -> tuple[np.ndarray, list[Segment]]:
+    """Cut a buffer of blocks (`sizes` rows each) into batches, from position `start` of
+    its row order (`order`, or file order when None): the first segment `first` rows long
+    (the rest of a batch begun in the previous buffer), then `batch` rows each; the last
+    may be short. Returns the block-local row index of every position, and the segments."""
+    total = int(sum(sizes))
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    local = np.zeros(total, np.int64)
+    edges = [start]
+    step = first
+    while edges[-1] < total:
+        edges.append(min(edges[-1] + step, total))
+        step = batch
+    segments = []
+    for a, b in itertools.pairwise(edges):
+        idx = np.arange(a, b) if order is None else np.sort(order[a:b])
+        block = np.searchsorted(offsets, idx, side="right") - 1
+        local[a:b] = idx - offsets[block]
+        cuts = a + np.searchsorted(idx, offsets)
+        segments.append(Segment(a, b, tuple(int(c) for c in cuts), order is None))
+    return local, segments
