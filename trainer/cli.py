@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trainer import __version__, commands
+from trainer import __version__, commands, promotion_cli
 from trainer.errors import EXIT_INTERNAL, TrainerError
 from trainer.spec.docs import json_schema, markdown_reference
 from trainer.synth import SynthConfig
 
+if TYPE_CHECKING:
+    from trainer.job import JobResult
+
 Handler = Callable[[argparse.Namespace], int]
+
+
+def setup_logging() -> None:
+    """Human progress on stderr; stdout stays for results."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("quantlab")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +84,40 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from trainer.job import run_job  # torch loads only for the commands that train
+
+    ctx = commands.open_context(args.spec, args.overrides, args.store)
+    result = run_job(ctx.spec, ctx.store, device=args.device, dry_run=args.dry_run)
+    _print_result(result, args.json)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainer.demo import run_demo
+
+    result, manifest = run_demo(Path(args.store_dir))
+    _print_result(result, args.json)
+    if not args.json:
+        print(f"manifest verified: {len(manifest['files'])} files, sha256 ok")  # type: ignore[arg-type]
+    return 0
+
+
+def _print_result(result: JobResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+        return
+    final = result.metrics.get("final", {})
+    print(f"job {result.job_id}: {result.outcome}")
+    print(f"artifacts: {result.artifacts}")
+    if final:
+        print(
+            f"validation: ic {final['ic']:.4f}  rank_ic {final['rank_ic']:.4f}  "
+            f"hit_rate {final['hit_rate']:.3f}  loss {final['val_loss']:.4f}  "
+            f"({final['rows']:,} rows)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantlab-train",
@@ -90,11 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("run", help="run the training job here (inside the container, or on CPU)")
+    _spec_args(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the same path on a tiny slice (a few steps); nothing is uploaded",
+    )
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("demo", help="generate data, train on CPU and commit, all locally")
+    p.add_argument("--store-dir", default=".quantlab/store", help="local store folder")
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    p.set_defaults(handler=_demo)
+
+    promotion_cli.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -1,0 +1,202 @@
+"""The training job end to end: real trainer on CPU, real stores, generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from trainer.artifacts import MANIFEST, read_manifest, verify
+from trainer.data.loader import read_split_arrays
+from trainer.data.plan import preflight
+from trainer.errors import EXIT_DATA, DataError
+from trainer.job import run_job
+from trainer.layout import Layout, Partition
+from trainer.storage import ObjectStore
+from trainer.synth import SIGNAL_FEATURE, SynthConfig
+from trainer.train.metrics import pearson
+
+EXPECTED_FILES = {
+    "model.bin",
+    "jobspec.yaml",
+    "metrics.json",
+    "metrics.jsonl",
+    "train.log",
+    "dataset.json",
+    "val_predictions.parquet",
+    "val_sample.parquet",
+}
+
+LOAD_IN_BARE_PYTHON = textwrap.dedent(
+    """
+    import sys, json
+    sys.modules["trainer"] = None  # the project must not be needed to use model.bin
+    import numpy as np, pyarrow.parquet as pq, torch
+    path, x_path = sys.argv[1], sys.argv[2]
+    extra = {"quantlab.json": ""}
+    with open(path, "rb") as f:
+        program = torch.export.load(f, extra_files=extra)
+    meta = json.loads(extra["quantlab.json"])
+    x = torch.from_numpy(np.load(x_path))
+    pred = program.module()(x).detach().numpy()
+    np.save(x_path + ".pred.npy", pred)
+    print(json.dumps(meta))
+    """
+)
+
+
+def test_job_on_loopback_s3_commits_at_the_seed_path(
+    s3_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    spec = make_spec(job={"id": "job-8271"})
+    cfg = make_dataset(s3_store, spec)
+    result = run_job(spec, s3_store, device="cpu")
+
+    assert result.outcome == "succeeded"
+    assert result.artifacts == "s3://quantlab-artifacts/ml-artifacts/job-8271/"
+    keys = {o.loc.key for o in s3_store.list(layout.job_dir("job-8271"))}
+    assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | {MANIFEST}}
+    manifest = verify(s3_store, layout, "job-8271", tmp_path)
+    assert {f["name"] for f in manifest["files"]} == EXPECTED_FILES
+    assert manifest["job_id"] == "job-8271" and manifest["started_at"] <= manifest["ended_at"]
+    assert manifest["code_version"]
+
+    # model.bin loads where only torch is available and reproduces the job's predictions
+    plan = preflight(spec.data, s3_store, layout)
+    x_val, _, ts_val = read_split_arrays(plan, s3_store, "val")
+    np.save(tmp_path / "x.npy", x_val)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_IN_BARE_PYTHON)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), str(tmp_path / "model.bin"), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    meta = json.loads(out.stdout.strip().splitlines()[-1])
+    assert meta["features"] == list(cfg.feature_names)
+    assert meta["config_hash"] == cfg.config_hash and meta["label"] == "label"
+    job_preds = pq.read_table(tmp_path / "val_predictions.parquet")
+    assert np.array_equal(job_preds.column("ts").to_numpy(), ts_val)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "x.npy.pred.npy"),
+        job_preds.column("prediction").to_numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_validation_ic_reaches_the_true_signal(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(dates=("20251201", "20251204"), train={"epochs": 3, "eval_every_steps": 40})
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=20_000, row_group_size=5_000))
+    result = run_job(spec, local_store, device="cpu")
+    plan = preflight(spec.data, local_store, layout)
+    x_val, y_val, _ = read_split_arrays(plan, local_store, "val")
+    signal_ic = pearson(x_val[:, plan.features.index(SIGNAL_FEATURE)], y_val)
+    model_ic = result.metrics["final"]["ic"]
+    assert signal_ic > 0.3
+    assert model_ic >= 0.8 * signal_ic, (model_ic, signal_ic)
+
+
+def test_two_cpu_runs_give_identical_weights(local_store: ObjectStore, tmp_path: Path) -> None:
+    spec_a = make_spec(job={"id": "run-a"})
+    spec_b = make_spec(job={"id": "run-b"})
+    make_dataset(local_store, spec_a)
+    run_job(spec_a, local_store, device="cpu", workdir=tmp_path / "a")
+    run_job(spec_b, local_store, device="cpu", workdir=tmp_path / "b")
+    import torch
+
+    def weights(path: Path) -> dict[str, torch.Tensor]:
+        with open(path, "rb") as f:
+            return dict(torch.export.load(f).state_dict)
+
+    wa, wb = weights(tmp_path / "a" / "model.bin"), weights(tmp_path / "b" / "model.bin")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert ma["final"] == mb["final"]
+
+
+def test_a_committed_job_is_not_run_again(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(job={"id": "once"})
+    make_dataset(local_store, spec)
+    first = run_job(spec, local_store, device="cpu")
+    manifest = local_store.get(layout.job_file("once", MANIFEST))
+    again = run_job(spec, local_store, device="cpu")
+    assert (first.outcome, again.outcome) == ("succeeded", "already_done")
+    assert local_store.get(layout.job_file("once", MANIFEST)) == manifest
+
+
+def test_dry_run_uploads_nothing(local_store: ObjectStore, layout: Layout) -> None:
+    spec = make_spec(job={"id": "dry"})
+    make_dataset(local_store, spec)
+    result = run_job(spec, local_store, device="cpu", dry_run=True)
+    assert result.outcome == "dry_run"
+    assert result.metrics["steps"] <= 5
+    assert local_store.list(layout.job_dir("dry")) == []
+    assert (Path(result.artifacts) / "model.bin").exists()
+
+
+def _corrupt_data_pages(path: Path) -> None:
+    """Scramble the middle of the file, keeping the footer readable."""
+    raw = bytearray(path.read_bytes())
+    footer = int.from_bytes(raw[-8:-4], "little") + 8
+    lo, hi = 64, len(raw) - footer - 64
+    rng = np.random.default_rng(0)
+    raw[lo:hi] = rng.integers(0, 256, size=hi - lo, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_partition_fails_with_a_record_and_no_manifest(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(job={"id": "broken"}))
+    spec = make_spec(job={"id": "broken"})
+    make_dataset(local_store, spec)
+    part = Partition("binance", "bbo", "btcusdt", "20251202")
+    _corrupt_data_pages(local_store.path(layout.feature_data(part)))  # type: ignore[attr-defined]
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "run",
+            str(spec_path),
+            "--store",
+            local_store.root,
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == EXIT_DATA, proc.stderr
+    assert "date=20251202" in proc.stderr
+    assert read_manifest(local_store, layout, "broken") is None
+    failure = json.loads(local_store.get(layout.job_file("broken", "failure.json")))
+    assert "date=20251202" in failure["reason"] and failure["error"] == "DataError"
+
+
+def test_nothing_to_train_on_is_a_data_error(local_store: ObjectStore) -> None:
+    spec = make_spec(
+        dates=("20251201", "20251202"),
+        data={"split": {"validation_days": 1}},
+        train={"batch_size": 64},
+    )
+    make_dataset(
+        local_store,
+        spec,
+        SynthConfig(rows_per_day=200, row_group_size=100, label_horizon_sec=86_400),
+    )
+    with pytest.raises(DataError):
+        run_job(spec, local_store, device="cpu", dry_run=True)

@@ -1,0 +1,101 @@
+"""Interruption and scale-out on CPU: SIGKILL then exact resume; two ranks under torchrun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from trainer.artifacts import read_manifest
+from trainer.data.loader import compute_feature_stats
+from trainer.data.plan import preflight
+from trainer.job import run_job
+from trainer.layout import Layout
+from trainer.storage import ObjectStore
+from trainer.synth import SynthConfig
+
+TRAIN = {"epochs": 2, "batch_size": 256, "eval_every_steps": 40, "log_every_steps": 20,
+         "checkpoint": {"every_steps": 5, "every_minutes": None, "keep": 2}}
+DATA = SynthConfig(rows_per_day=12_000, row_group_size=3_000)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        return dict(torch.export.load(f).state_dict)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    make_dataset(local_store, make_spec(train=TRAIN), DATA)
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(job={"id": "killed"}, train=TRAIN))
+    pointer = layout.job_file("killed", "checkpoints/latest.json")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "run", str(spec_path), "--store", local_store.root,
+         "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if local_store.exists(pointer) and json.loads(local_store.get(pointer))["step"] >= 15:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the job ended before it could be killed: {proc.stderr.read()}")
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no cleanup, no failure record
+    finally:
+        proc.wait(30)
+    killed_at = json.loads(local_store.get(pointer))["step"]
+    assert read_manifest(local_store, layout, "killed") is None
+
+    resumed = run_job(make_spec(job={"id": "killed"}, train=TRAIN), local_store, device="cpu",
+                      workdir=tmp_path / "resumed")
+    straight = run_job(make_spec(job={"id": "straight"}, train=TRAIN), local_store,
+                       device="cpu", workdir=tmp_path / "straight")
+
+    assert resumed.metrics["resumed_from_step"] >= killed_at >= 15
+    assert straight.metrics["resumed_from_step"] is None
+    assert resumed.metrics["steps"] == straight.metrics["steps"]
+    wa, wb = _weights(tmp_path / "resumed" / "model.bin"), _weights(tmp_path / "straight" /
+                                                                     "model.bin")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.metrics["final"] == straight.metrics["final"]
+    assert local_store.list(layout.job_file("killed", "checkpoints/")) == []  # cleaned up
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun is not installed")
+def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    spec = make_spec(job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}})
+    make_dataset(local_store, spec, DATA)
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(
+        job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}}))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "trainer", "run",
+         str(spec_path), "--store", local_store.root, "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    manifest = read_manifest(local_store, layout, "ddp")
+    assert manifest is not None
+    metrics = json.loads(local_store.get(layout.job_file("ddp", "metrics.json")))
+    plan = preflight(spec.data, local_store, layout)
+    _, _, n_train = compute_feature_stats(plan, local_store)
+    assert metrics["world_size"] == 2
+    assert metrics["rows_seen_all_ranks"] == n_train * spec.train.epochs  # type: ignore[operator]
+    # one set of artifacts: exactly one manifest and one model under the job
+    keys = [o.loc.key for o in local_store.list(layout.job_dir("ddp"))]
+    assert keys.count("ml-artifacts/ddp/model.bin") == 1
+    assert '"outcome": "succeeded"' in proc.stdout

@@ -1,0 +1,154 @@
+"""Resumable checkpoints in the store: written whole, then pointed to, the last K kept.
+
+`ml-artifacts/<jobId>/checkpoints/step-00001234.pt` holds the model, the optimizer, the
+training state, the loader's position and every RNG state. `checkpoints/latest.json` is
+rewritten only after that object is complete, so a reader never follows it to half a file;
+a job that finds the pointer resumes exactly where the checkpoint was taken."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.errors import ObjectNotFound, StorageError
+from trainer.layout import Layout, Loc
+from trainer.spec.model import CheckpointSpec
+from trainer.storage.base import ObjectStore
+from trainer.train.loop import BatchSource, TrainState
+
+log = logging.getLogger("quantlab.checkpoint")
+POINTER = "checkpoints/latest.json"
+
+
+@dataclass(frozen=True)
+class Restored:
+    state: TrainState
+    optimizer: dict[str, Any]
+    step: int
+
+
+class Checkpointer:
+    """Called by the loop after every step; saves when `every_steps` or `every_minutes` says
+    so (or when asked to), and restores the latest checkpoint at start."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        layout: Layout,
+        job_id: str,
+        spec: CheckpointSpec,
+        loader: BatchSource,
+        epoch_boundaries_only: bool = False,
+    ) -> None:
+        self.store, self.layout, self.job_id, self.spec = store, layout, job_id, spec
+        self.loader = loader
+        self.epoch_boundaries_only = epoch_boundaries_only
+        self._last_save = time.monotonic()
+        self.saved: list[int] = []
+
+    # -- saving --------------------------------------------------------------------------
+    def __call__(
+        self, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, force: bool
+    ) -> None:
+        if force or self._due(state):
+            self.save(state, model, optimizer)
+
+    def _due(self, state: TrainState) -> bool:
+        if self.epoch_boundaries_only:
+            return False  # the loop forces one at the end of every epoch
+        if self.spec.every_steps and state.step % self.spec.every_steps == 0:
+            return True
+        minutes = self.spec.every_minutes
+        return minutes is not None and time.monotonic() - self._last_save >= minutes * 60
+
+    def save(self, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "train_state": asdict(state),
+                # Several ranks each hold their own position; their checkpoints are taken
+                # at epoch boundaries, where the position is the next epoch's start.
+                "loader": None if self.epoch_boundaries_only else self.loader.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+            },
+            buffer,
+        )
+        data = buffer.getvalue()
+        name = f"checkpoints/step-{state.step:08d}.pt"
+        loc = self.layout.job_file(self.job_id, name)
+        try:
+            self.store.put(loc, data)
+            pointer = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "object": name,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "saved_at": time.time(),
+            }
+            self.store.put(self._pointer(), json.dumps(pointer).encode())
+        except StorageError as exc:
+            # A missed checkpoint costs progress on a later interruption, not the run.
+            log.warning("checkpoint at step %d not saved: %s", state.step, exc)
+            return
+        self._last_save = time.monotonic()
+        self.saved.append(state.step)
+        log.info("checkpoint saved at step %d (%.1f MB)", state.step, len(data) / 1e6)
+        self._prune()
+
+    def _prune(self) -> None:
+        prefix = self.layout.job_file(self.job_id, "checkpoints/step-")
+        objects = sorted(o.loc.key for o in self.store.list(prefix))
+        for key in objects[: -self.spec.keep]:
+            self.store.delete(Loc(prefix.bucket, key))
+
+    # -- restoring -----------------------------------------------------------------------
+    def restore(self, model: nn.Module) -> Restored | None:
+        """Load the latest checkpoint into `model` and the loader; None when there is none."""
+        try:
+            pointer = json.loads(self.store.get(self._pointer()))
+            loc = self.layout.job_file(self.job_id, pointer["object"])
+            data = self.store.get(loc)
+        except ObjectNotFound:
+            return None
+        if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
+            log.warning("checkpoint %s does not match its pointer; starting fresh", loc)
+            return None
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        _unwrap(model).load_state_dict(blob["model"])
+        if blob["loader"] is not None:
+            self.loader.load_state_dict(blob["loader"])
+        rng = blob["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        state = TrainState(**blob["train_state"])
+        log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
+        return Restored(state, blob["optimizer"], state.step)
+
+    def _pointer(self) -> Loc:
+        return self.layout.job_file(self.job_id, POINTER)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model

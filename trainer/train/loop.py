@@ -1,0 +1,236 @@
+"""The training loop: one function, read top to bottom, plus the state it can resume from."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.spec.model import TrainSpec
+from trainer.train.metrics import evaluate_predictions, improved
+from trainer.train.schedule import lr_at
+
+
+class BatchSource(Protocol):
+    """What the loop needs of a loader: the batches of one epoch, and its position."""
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Reporter(Protocol):
+    """Where progress goes: a human line, a metrics record, a heartbeat."""
+
+    def on_step(self, record: dict[str, float]) -> None: ...
+    def on_eval(self, record: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    rows_seen: int = 0
+    best: dict[str, float] | None = None
+    best_step: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    evals_without_gain: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    state: TrainState
+    final: dict[str, float]
+    stopped_early: bool
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation rows, in time order, already on the training device."""
+
+    x: torch.Tensor
+    y: np.ndarray
+
+
+Checkpoint = Callable[[TrainState, nn.Module, torch.optim.Optimizer, bool], None]
+"""Called after every step with (state, model, optimizer, must_save); it decides when to save."""
+
+
+def fit(
+    model: nn.Module,
+    loader: BatchSource,
+    val: Validation,
+    train: TrainSpec,
+    device: torch.device,
+    total_steps: int,
+    reporter: Reporter,
+    state: TrainState | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    is_main: bool = True,
+    distributed: bool = False,
+) -> FitResult:
+    """Train `model` on `loader` for the spec's epochs/steps; evaluate, stop early, keep the
+    best weights. With `state` (from a checkpoint) it continues that run exactly.
+
+    `distributed`: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
+    epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens
+    at epoch ends, where no rank is inside the join."""
+    started = time.monotonic()
+    state = state or TrainState()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    amp_dtype = autocast_dtype(train.precision, device)
+    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    max_steps = min(total_steps, train.max_steps or total_steps)
+    epochs = train.epochs if train.epochs is not None else 1 << 30  # max_steps ends it
+    stop_early = False
+    window_rows, window_start = 0, time.monotonic()
+    join = getattr(model, "join", None)  # DDP: ranks may hold unequal batch counts
+
+    while state.epoch < epochs and state.step < max_steps and not stop_early:
+        with join() if callable(join) else contextlib.nullcontext():
+            for x, y in loader.epoch(state.epoch):
+                # 1. learning rate for this step
+                lr = lr_at(state.step, max_steps, train)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                # 2. forward and backward, under autocast when asked
+                model.train()
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
+                    pred = model(x)
+                loss = nn.functional.mse_loss(pred.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+
+                # 3. clip and step
+                scaler.unscale_(optimizer)
+                grad_norm = nn.utils.clip_grad_norm_(
+                    model.parameters(), train.grad_clip if train.grad_clip else float("inf")
+                )
+                scaler.step(optimizer)
+                scaler.update()
+                state.step += 1
+                state.rows_seen += len(y)
+                window_rows += len(y)
+
+                # 4. log: `.item()` waits for the GPU, so only on log steps
+                if is_main and state.step % train.log_every_steps == 0:
+                    now = time.monotonic()
+                    rate = window_rows / max(now - window_start, 1e-9)
+                    reporter.on_step(
+                        {
+                            "step": state.step,
+                            "epoch": state.epoch,
+                            "loss": loss.item(),
+                            "grad_norm": float(grad_norm),
+                            "lr": lr,
+                            "rows_per_s": rate,
+                            "eta_s": (max_steps - state.step) * len(y) / max(rate, 1e-9),
+                            **memory_stats(device),
+                        }
+                    )
+                    window_rows, window_start = 0, now
+
+                # 5. evaluate, keep the best weights, stop early (several ranks: per epoch)
+                if not distributed and state.step % train.eval_every_steps == 0:
+                    stop_early = _evaluate(model, val, train, state, reporter, is_main)
+
+                # 6. checkpoint (the callee decides whether one is due)
+                if checkpoint is not None:
+                    checkpoint(state, model, optimizer, False)
+                if stop_early or state.step >= max_steps:
+                    break
+        if distributed:  # outside join(): every rank is here, so a collective is safe
+            verdict = [_evaluate(model, val, train, state, reporter, True) if is_main else False]
+            torch.distributed.broadcast_object_list(verdict, src=0)
+            stop_early = bool(verdict[0])
+        if not stop_early and state.step < max_steps:
+            state.epoch += 1
+            if checkpoint is not None and state.epoch < epochs:
+                checkpoint(state, model, optimizer, True)  # an epoch boundary
+
+    # Final evaluation, unless the last step just evaluated; then the best weights win.
+    if is_main and (not state.history or state.history[-1]["step"] != state.step):
+        _evaluate(model, val, train, state, reporter, is_main)
+    if state.best_weights is not None:
+        _unwrap(model).load_state_dict(state.best_weights)
+    final = dict(state.best or {})
+    return FitResult(state, final, stop_early, time.monotonic() - started)
+
+
+def _evaluate(
+    model: nn.Module,
+    val: Validation,
+    train: TrainSpec,
+    state: TrainState,
+    reporter: Reporter,
+    is_main: bool,
+) -> bool:
+    """One evaluation; returns whether early stopping says to stop."""
+    metrics = evaluate_predictions(predict(model, val.x), val.y)
+    record = {"step": state.step, "epoch": state.epoch, **metrics}
+    state.history.append(record)
+    if is_main:
+        reporter.on_eval(record)
+    es = train.early_stopping
+    metric = es.metric if es else "val_loss"
+    value = metrics[metric]
+    if math.isfinite(value) and improved(
+        metric, value, state.best[metric] if state.best else None, es.min_delta if es else 0.0
+    ):
+        state.best, state.best_step, state.evals_without_gain = record, state.step, 0
+        state.best_weights = copy.deepcopy(_unwrap(model).state_dict())
+        return False
+    state.evals_without_gain += 1
+    return es is not None and state.evals_without_gain >= es.patience
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 65_536) -> np.ndarray:
+    """Predictions for every row of `x`, in order, as float64 numpy."""
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    out = [net(x[i : i + batch]).float() for i in range(0, len(x), batch)]
+    net.train(was_training)
+    if not out:
+        return np.zeros(0)
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on CUDA; fp32 elsewhere and where the card lacks bf16."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.float16
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
