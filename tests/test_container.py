@@ -1,0 +1,202 @@
+"""The container entrypoint script, run directly with only the documented environment,
+against a loopback S3 server and a fake Vast.ai server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.vast_server import FakeVast, running_fake_vast
+from tests.helpers import make_dataset, make_spec
+from trainer.artifacts import read_manifest
+from trainer.container.entrypoint import SENTINEL
+from trainer.errors import EXIT_DATA, EXIT_LIMIT
+from trainer.launcher.vast import VastClient
+from trainer.layout import Layout, Partition
+from trainer.spec import JobSpec, dump_spec
+from trainer.storage import ObjectStore
+from trainer.synth import SynthConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+
+
+@pytest.fixture
+def fake_vast() -> Iterator[FakeVast]:
+    with running_fake_vast(on_running=lambda view: view.killed.wait(120)) as fake:
+        yield fake
+
+
+def _rent(fake: FakeVast) -> tuple[int, str]:
+    client = VastClient(fake.api_key, fake.url, retries=0, backoff_s=0.01)
+    offer = client.search_offers({}, limit=1)[0]
+    created = client.create_instance(
+        offer.id,
+        image="img",
+        disk_gb=10,
+        env={},
+        label="job",
+        args=[],
+        onstart="/usr/local/bin/quantlab-entrypoint",
+    )
+    return created.instance_id, created.instance_api_key
+
+
+def _container_env(
+    s3_env: dict[str, str], fake: FakeVast, instance: tuple[int, str], spec_uri: str
+) -> dict[str, str]:
+    """Exactly the documented contract, nothing inherited from the test process."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "QUANTLAB_JOBSPEC": spec_uri,
+        "QUANTLAB_DEVICE": "cpu",
+        "QUANTLAB_STATUS_EVERY_SEC": "0.2",
+        "QUANTLAB_VAST_URL": fake.url,
+        "CONTAINER_ID": str(instance[0]),
+        "CONTAINER_API_KEY": instance[1],
+        **{k: v for k, v in s3_env.items() if k.startswith("AWS_")},
+    }
+
+
+def _upload_spec(store: ObjectStore, spec: JobSpec) -> str:
+    loc = Layout(spec.storage).job_file(spec.job_id, "jobspec.yaml")
+    store.put(loc, dump_spec(spec).encode())
+    return str(loc)
+
+
+def _run(
+    env: dict[str, str], store: ObjectStore, spec: JobSpec
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run the entrypoint; meanwhile read status.json as the launcher would."""
+    seen: list[dict[str, Any]] = []
+    loc = Layout(spec.storage).job_file(spec.job_id, "status.json")
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if (info := store.head(loc)) is not None:
+                doc = json.loads(store.get(loc))
+                if not seen or seen[-1]["updated_at_epoch"] != doc["updated_at_epoch"]:
+                    seen.append(doc)
+                del info
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.run(
+            [str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=240
+        )
+    finally:
+        done.set()
+        watcher.join()
+    return proc, seen
+
+
+def _sentinel(stdout: str) -> dict[str, Any]:
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith(SENTINEL + " "), last
+    return json.loads(last.removeprefix(SENTINEL + " "))
+
+
+def _destroy_calls(fake: FakeVast, instance_id: int) -> list[Any]:
+    return [r for r in fake.requests_to("destroy") if r.path.rstrip("/").endswith(str(instance_id))]
+
+
+def test_successful_job_commits_reports_and_destroys_itself(
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+) -> None:
+    spec = make_spec(job={"id": "box-ok"}, train={"epochs": 3, "log_every_steps": 2})
+    make_dataset(s3_store, spec)
+    instance = _rent(fake_vast)
+    env = _container_env(s3_env, fake_vast, instance, _upload_spec(s3_store, spec))
+    proc, seen = _run(env, s3_store, spec)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _sentinel(proc.stdout)
+    assert result == {
+        "job_id": "box-ok",
+        "outcome": "succeeded",
+        "exit_code": 0,
+        "artifacts": "s3://quantlab-artifacts/ml-artifacts/box-ok/",
+    }
+    assert read_manifest(s3_store, Layout(), "box-ok") is not None
+    states = [doc["state"] for doc in seen]
+    assert states[0] == "starting" and states[-1] == "succeeded"
+    assert any(doc["step"] > 0 and doc["state"] == "training" for doc in seen), states
+    assert seen[-1]["host"]["cpus"] >= 1
+
+    calls = _destroy_calls(fake_vast, instance[0])
+    assert len(calls) == 1
+    assert calls[0].headers.get("Authorization") == f"Bearer {instance[1]}"
+    assert fake_vast.instance(instance[0]) is None  # gone, nothing billing
+    assert proc.stderr.index("committed") < proc.stderr.index("destroy requested")
+    log = s3_store.get(Layout().job_file("box-ok", f"logs/{instance[0]}.log")).decode()
+    assert "committed" in log
+    for secret in (instance[1], s3_env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in proc.stdout + proc.stderr + log
+
+
+def test_failing_job_leaves_a_record_and_still_destroys(
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+) -> None:
+    spec = make_spec(job={"id": "box-fail"})
+    make_dataset(s3_store, spec)
+    s3_store.delete(Layout().feature_meta(Partition("binance", "bbo", "btcusdt", "20251202")))
+    instance = _rent(fake_vast)
+    env = _container_env(s3_env, fake_vast, instance, _upload_spec(s3_store, spec))
+    proc, _ = _run(env, s3_store, spec)
+
+    assert proc.returncode == EXIT_DATA
+    result = _sentinel(proc.stdout)
+    assert result["outcome"] == "failed" and result["exit_code"] == EXIT_DATA
+    assert "pre-flight" in result["reason"]
+    assert read_manifest(s3_store, Layout(), "box-fail") is None
+    failure = json.loads(s3_store.get(Layout().job_file("box-fail", "failure.json")))
+    assert "date=20251202" in failure["reason"]
+    assert len(_destroy_calls(fake_vast, instance[0])) == 1
+    assert fake_vast.instance(instance[0]) is None
+
+
+def test_max_runtime_stops_records_and_destroys(
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+) -> None:
+    spec = make_spec(
+        job={"id": "box-slow"}, train={"epochs": 50}, limits={"max_runtime_minutes": 0.04}
+    )
+    make_dataset(s3_store, spec, SynthConfig(rows_per_day=20_000, row_group_size=5_000))
+    instance = _rent(fake_vast)
+    env = _container_env(s3_env, fake_vast, instance, _upload_spec(s3_store, spec))
+    proc, seen = _run(env, s3_store, spec)
+
+    assert proc.returncode == EXIT_LIMIT, proc.stderr[-3000:]
+    result = _sentinel(proc.stdout)
+    assert result["outcome"] == "stopped" and "max_runtime exceeded" in result["reason"]
+    failure = json.loads(s3_store.get(Layout().job_file("box-slow", "failure.json")))
+    assert "max_runtime exceeded" in failure["reason"]
+    assert read_manifest(s3_store, Layout(), "box-slow") is None
+    assert seen[-1]["state"] == "stopped"
+    assert fake_vast.instance(instance[0]) is None
+
+
+def test_missing_environment_is_named_and_exits_with_spec_code(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(ENTRYPOINT)],
+        env={"PATH": f"{Path(sys.executable).parent}:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "QUANTLAB_JOBSPEC: required" in proc.stderr
+    assert _sentinel(proc.stdout)["exit_code"] == 2

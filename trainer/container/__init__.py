@@ -1,0 +1,1 @@
+"""The container side of a job: its environment contract, heartbeat, and self-destruction."""

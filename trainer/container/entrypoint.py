@@ -1,0 +1,195 @@
+"""The container's entrypoint: run one job from the environment, report, then end the instance.
+
+Vast.ai bills until the instance is destroyed and reports no exit code, so the container
+reports for itself (`status.json`, the shipped log, a last-line sentinel) and destroys its
+own instance when the job ends, when `limits.max_runtime_minutes` passes, or when the
+launcher's heartbeat goes stale."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from trainer.artifacts import write_failure
+from trainer.container.env import ContainerEnv, read_env
+from trainer.container.selfdestroy import destroy_self
+from trainer.container.status import StatusWriter
+from trainer.container.watchdog import Watchdog
+from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_LIMIT, SpecError, TrainerError
+from trainer.layout import Layout, Loc
+from trainer.redact import RedactingFilter
+from trainer.spec import JobSpec, parse_spec
+from trainer.storage import ObjectStore, open_store
+
+log = logging.getLogger("quantlab.container")
+SENTINEL = "QUANTLAB_RESULT"
+HARD_STOP_GRACE_S = 120.0
+
+
+class _Stop:
+    """Why the main thread was interrupted (a limit, or a signal), set by the ticker."""
+
+    reason: str | None = None
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="quantlab-"))
+    log_path = workdir / "container.log"
+    _setup_logging(log_path)
+    result: dict[str, object] = {"job_id": None, "outcome": "failed", "exit_code": EXIT_INTERNAL}
+    env: ContainerEnv | None = None
+    try:
+        env = read_env()
+        for handler in logging.getLogger("quantlab").handlers:
+            handler.addFilter(RedactingFilter(env.secrets()))
+        result = _run(env, workdir, log_path)
+    except TrainerError as exc:
+        log.error("%s", exc)
+        result |= {"reason": str(exc).splitlines()[0], "exit_code": exc.exit_code}
+    except BaseException as exc:  # the sentinel and the destroy must happen whatever broke
+        log.exception("unexpected error")
+        result |= {"reason": f"{type(exc).__name__}: {exc}"}
+    finally:
+        code = int(str(result["exit_code"]))
+        print(f"{SENTINEL} {json.dumps(result, sort_keys=True)}", flush=True)
+        if env is not None and env.can_self_destroy:
+            destroy_self(env.vast_url, env.container_id or "", env.container_api_key or "")
+    return code
+
+
+def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> dict[str, object]:
+    store = open_store(env.store_root)
+    spec = _load_spec(env.jobspec_uri, store)
+    store = open_store(env.store_root, read_only_buckets=[spec.storage.raw_bucket])
+    layout, job_id = Layout(spec.storage), spec.job_id
+    status = StatusWriter(store, layout, job_id, env.container_id, log_path)
+    status.set_state("starting")
+    watchdog = Watchdog(spec.limits, store, layout, job_id, started=time.time())
+    stop = _Stop()
+    done = threading.Event()
+    _install_signal_handlers(stop)
+    ticker = threading.Thread(
+        target=_tick, args=(status, watchdog, stop, done, env, job_id), daemon=True
+    )
+    ticker.start()
+    from trainer.job import run_job  # torch loads after the environment checked out
+
+    try:
+        job = run_job(
+            spec,
+            store,
+            device=env.device,
+            dry_run=env.dry_run,
+            workdir=workdir / "job",
+            listener=status.on_progress,
+        )
+        status.set_state(job.outcome, metrics=job.metrics.get("final", {}), artifacts=job.artifacts)
+        return {
+            "job_id": job_id,
+            "outcome": job.outcome,
+            "exit_code": 0,
+            "artifacts": job.artifacts,
+        }
+    except KeyboardInterrupt:
+        reason = stop.reason or "interrupted"
+        limit_hit = stop.reason is not None and not stop.reason.startswith("signal")
+        code = EXIT_LIMIT if limit_hit else EXIT_CANCELLED
+        write_failure(store, layout, job_id, reason, "Stopped", {})
+        status.set_state("stopped", reason=reason)
+        return {"job_id": job_id, "outcome": "stopped", "exit_code": code, "reason": reason}
+    except TrainerError as exc:
+        status.set_state("failed", reason=str(exc).splitlines()[0])
+        return {
+            "job_id": job_id,
+            "outcome": "failed",
+            "exit_code": exc.exit_code,
+            "reason": str(exc).splitlines()[0],
+        }
+    finally:
+        done.set()
+
+
+def _tick(
+    status: StatusWriter,
+    watchdog: Watchdog,
+    stop: _Stop,
+    done: threading.Event,
+    env: ContainerEnv,
+    job_id: str,
+) -> None:
+    """Every `status_every_s`: heartbeat, then the dead-man switch."""
+    interrupted_at: float | None = None
+    while not done.wait(env.status_every_s):
+        status.write()
+        if interrupted_at is None:
+            reason = watchdog.check()
+            if reason is not None:
+                log.error("stopping job %s: %s", job_id, reason)
+                stop.reason = reason
+                interrupted_at = time.monotonic()
+                _thread.interrupt_main()  # KeyboardInterrupt in the training thread
+        elif time.monotonic() - interrupted_at > HARD_STOP_GRACE_S:
+            # The main thread did not unwind (stuck in I/O or a kernel): end it all here.
+            log.error("job %s did not stop within %.0f s; exiting hard", job_id, HARD_STOP_GRACE_S)
+            print(
+                f"{SENTINEL} "
+                + json.dumps(
+                    {
+                        "job_id": job_id,
+                        "outcome": "stopped",
+                        "exit_code": EXIT_LIMIT,
+                        "reason": stop.reason,
+                    },
+                    sort_keys=True,
+                ),
+                flush=True,
+            )
+            if env.can_self_destroy:
+                destroy_self(env.vast_url, env.container_id or "", env.container_api_key or "")
+            os._exit(EXIT_LIMIT)
+
+
+def _install_signal_handlers(stop: _Stop) -> None:
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.reason = stop.reason or f"signal {signal.Signals(signum).name}"
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _load_spec(uri: str, store: ObjectStore) -> JobSpec:
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise SpecError("QUANTLAB_JOBSPEC is not an object URI", [uri])
+        text = store.get(Loc(bucket, key)).decode("utf-8")
+    else:
+        path = Path(uri.removeprefix("file://"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"cannot read the JobSpec at {uri}", [str(exc)]) from None
+    return parse_spec(text, source=uri)
+
+
+def _setup_logging(log_path: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = logging.getLogger("quantlab")
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
