@@ -15,6 +15,7 @@ EXIT_JOB_FAILED = 6
 EXIT_LIMIT = 7
 EXIT_INFRA = 8
 EXIT_CONFLICT = 9
+EXIT_REFUSED = 10
 EXIT_CANCELLED = 130
 
 
@@ -90,6 +91,12 @@ class ProvisioningError(TrainerError):
     """Instances were rented but none started the job within the provisioning budget."""
 
     exit_code = EXIT_PROVISIONING
+
+
+class Refused(TrainerError):
+    """A deliberate no: a promotion gate, or nothing to roll back to."""
+
+    exit_code = EXIT_REFUSED
 
 
 class Cancelled(TrainerError):

@@ -1,0 +1,114 @@
+"""`promote`, `rollback` and `production`: the production-model subcommands of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+from trainer.layout import Layout
+from trainer.spec.model import StorageSpec
+from trainer.storage import ObjectStore, default_store_root, open_store
+
+if TYPE_CHECKING:
+    from trainer.promote import PromotionResult
+
+
+def register(sub: Any) -> None:
+    """Add the subcommands to the `quantlab-train` parser's subparsers."""
+    p = sub.add_parser("promote", help="verify a committed job and make its model production")
+    p.add_argument("job_id", metavar="JOB")
+    p.add_argument("--symbol", help="which symbol's production (default: the job's only one)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="skip the metrics gate (recorded as forced); artifacts are still verified",
+    )
+    _common(p)
+    p.set_defaults(handler=_promote)
+
+    p = sub.add_parser("rollback", help="restore the production model a symbol had before")
+    p.add_argument("symbol", metavar="SYMBOL")
+    _common(p)
+    p.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("production", help="what is live per symbol, from which job, and history")
+    p.add_argument("symbol", metavar="SYMBOL", nargs="?")
+    _common(p)
+    p.set_defaults(handler=_production)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="ROOT",
+        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
+    )
+    p.add_argument("--by", default=None, metavar="WHO", help="recorded as promoted_by")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _open(root: str | None) -> tuple[ObjectStore, Layout]:
+    buckets = StorageSpec()
+    store = open_store(root or default_store_root(), read_only_buckets=[buckets.raw_bucket])
+    return store, Layout(buckets)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from trainer.promote import default_promoter, promote  # torch loads only here
+
+    store, layout = _open(args.store)
+    result = promote(
+        store,
+        layout,
+        args.job_id,
+        symbol=args.symbol,
+        force=args.force,
+        promoted_by=args.by or default_promoter(),
+    )
+    _print_change(result, args.json)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from trainer.promote import default_promoter, rollback
+
+    store, layout = _open(args.store)
+    result = rollback(store, layout, args.symbol, promoted_by=args.by or default_promoter())
+    _print_change(result, args.json)
+    return 0
+
+
+def _production(args: argparse.Namespace) -> int:
+    from trainer.production import production_status
+
+    store, layout = _open(args.store)
+    rows = production_status(store, layout, args.symbol)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("nothing in production")
+    for row in rows:
+        print(json.dumps(row, default=str))
+    return 0
+
+
+def _print_change(result: PromotionResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    ic = result.manifest.get("metrics", {}).get("ic")
+    ic_text = f", IC {ic:.4f}" if isinstance(ic, float) else ""
+    replacing = (
+        f", replacing v{result.previous_version}" if result.previous_version is not None else ""
+    )
+    forced = " (forced)" if result.forced else ""
+    print(
+        f"{result.symbol}: {result.outcome} v{result.version} (job {result.source_job}"
+        f"{ic_text}){replacing}{forced}"
+    )
+    print(f"gate: {result.gate}")
+    print(f"manifest: {result.manifest_uri}")
+    print(f"model: {result.model_uri}")
