@@ -98,9 +98,11 @@ def run_pyarrow(kind: str, store_root: Path, days: int) -> dict[str, Any]:
     plan = _plan(store_root, days)
     store = _store(kind, store_root)
     cols = [*plan.features, plan.label]
-    matrix = np.zeros((plan.rows, len(cols)), np.float32)
-    fs = store.arrow_fs()
     rss0 = _rss_mb()
+    matrix = np.empty((plan.rows, len(cols)), np.float32)
+    matrix.fill(0.0)  # touch every page now: np.zeros would fault them in while timed
+    fs = store.arrow_fs()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     at = 0
     for part in plan.partitions:
@@ -113,7 +115,8 @@ def run_pyarrow(kind: str, store_root: Path, days: int) -> dict[str, Any]:
         matrix[at : at + table.num_rows] = stage.T
         at += table.num_rows
         del table
-    return {"seconds": time.perf_counter() - t0, "rows": at, "rss_start_mb": rss0}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "cpu_s": _cpu_s() - cpu0, "rows": at, "rss_start_mb": rss0}
 
 
 def run_naive(store_root: Path, days: int, rows: int, batch_size: int) -> dict[str, Any]:
@@ -139,7 +142,7 @@ def run_naive(store_root: Path, days: int, rows: int, batch_size: int) -> dict[s
         def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.tensor(self.x[i]), torch.tensor(self.y[i])
 
-    rss0 = _rss_mb()
+    rss0, cpu0 = _rss_mb(), _cpu_s()
     t0 = time.perf_counter()
     pf = pq.ParquetFile(store.arrow_path(plan.partitions[0].data))
     groups = range(min(pf.num_row_groups, -(-rows // ROW_GROUP)))
@@ -147,7 +150,8 @@ def run_naive(store_root: Path, days: int, rows: int, batch_size: int) -> dict[s
     seen = 0
     for _x, y in DataLoader(Rows(table), batch_size=batch_size, shuffle=True):
         seen += len(y)
-    return {"seconds": time.perf_counter() - t0, "rows": seen, "rss_start_mb": rss0}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "cpu_s": _cpu_s() - cpu0, "rows": seen, "rss_start_mb": rss0}
 
 
 def run_loader(kind: str, store_root: Path, days: int, batch_size: int) -> dict[str, Any]:
@@ -161,7 +165,7 @@ def run_loader(kind: str, store_root: Path, days: int, batch_size: int) -> dict[
     loader = StreamingLoader(
         plan, store, split="train", batch_size=batch_size, cache=BlockCache(budget)
     )
-    rss0 = _rss_mb()
+    rss0, cpu0 = _rss_mb(), _cpu_s()
     t0 = time.perf_counter()
     rows = 0
     for _x, y in loader.epoch(0):
@@ -169,6 +173,7 @@ def run_loader(kind: str, store_root: Path, days: int, batch_size: int) -> dict[
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
+        "cpu_s": _cpu_s() - cpu0,
         "rows": plan.rows,
         "rows_delivered": rows,
         "rss_start_mb": rss0,
@@ -179,22 +184,25 @@ def run_loader(kind: str, store_root: Path, days: int, batch_size: int) -> dict[
 
 
 def run_first_batch(store_root: Path, days: int, batch_size: int) -> dict[str, Any]:
-    """Time to the first training batch with a 1-day plan and with the full plan."""
+    """Time to the first training batch with a 1-day plan and with the full plan, the two
+    alternating (so that load from elsewhere hits both alike); medians of 5."""
     from trainer.data.loader import StreamingLoader
 
     store = _store("local", store_root)
     out: dict[str, Any] = {"rss_start_mb": _rss_mb()}
-    for n in (1, days):
-        plan = _plan(store_root, n)
-        times = []
-        for rep in range(3):
+    plans = {n: _plan(store_root, n) for n in (1, days)}
+    times: dict[int, list[float]] = {n: [] for n in plans}
+    for rep in range(5):
+        for n, plan in plans.items():
             loader = StreamingLoader(plan, store, split="train", batch_size=batch_size)
             it = loader.epoch(rep)
             t0 = time.perf_counter()
             next(it)
-            times.append(time.perf_counter() - t0)
+            times[n].append(time.perf_counter() - t0)
             it.close()
-        out[f"first_batch_{n}_days_s"] = statistics.median(times)
+            loader.close(wait=True)  # no reads left running into the next measurement
+    for n, samples in times.items():
+        out[f"first_batch_{n}_days_s"] = statistics.median(samples)
     out["seconds"], out["rows"] = 0.0, 0
     return out
 
@@ -203,6 +211,12 @@ def _rss_mb() -> float:
     # Linux carries ru_maxrss over from the parent across fork and exec, which is why the
     # parent stays small (it generates the dataset in a child too); VmHWM cross-checks it.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cpu_s() -> float:
+    """User plus system CPU seconds of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _vm_hwm_mb() -> float:
@@ -247,6 +261,13 @@ def measure(
     return result
 
 
+def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    best = dict(min(rounds, key=lambda r: r["seconds"] / r["rows"]))
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    best["rows_per_s_rounds"] = [round(r["rows"] / r["seconds"]) for r in rounds]
+    return best
+
+
 def report(
     args: argparse.Namespace, store_root: Path, results: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
@@ -258,6 +279,7 @@ def report(
         if r["seconds"] > 0:
             r["rows_per_s"] = r["rows"] / r["seconds"]
             r["mb_per_s"] = r["rows_per_s"] * delivered_bytes / 1e6
+            r["cpu_s_per_m_rows"] = r["cpu_s"] / r["rows"] * 1e6
     rate = {k: v.get("rows_per_s", 0.0) for k, v in results.items()}
     loader = results["loader-local"]
     fb = results["first-batch"]
@@ -297,8 +319,9 @@ def markdown(out: dict[str, Any]) -> str:
     m = out["methods"]
     base = {"local": m["pyarrow-local"]["rows_per_s"], "s3": m["pyarrow-s3"]["rows_per_s"]}
     lines = [
-        "| method | source | rows/s | MB/s | vs pyarrow | first batch | peak RSS (start) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | source | rows/s | MB/s | vs pyarrow | CPU s per M rows | first batch "
+        "| peak RSS (at start) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     rows = [
         ("pyarrow read_table → float32 matrix", "pyarrow-local", "local"),
@@ -312,7 +335,7 @@ def markdown(out: dict[str, Any]) -> str:
         fb = f"{r['first_batch_s'] * 1e3:.0f} ms" if r.get("first_batch_s") else "-"
         lines.append(
             f"| {label} | {src} | {r['rows_per_s'] / 1e6:.2f} M | {r['mb_per_s']:.0f} | "
-            f"{r['rows_per_s'] / base[src]:.2f}x | {fb} | "
+            f"{r['rows_per_s'] / base[src]:.2f}x | {r['cpu_s_per_m_rows']:.2f} | {fb} | "
             f"{r['peak_rss_mb']:.0f} MB ({r['rss_start_mb']:.0f}) |"
         )
     d = out["dataset"]

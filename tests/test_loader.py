@@ -102,6 +102,9 @@ def test_every_training_row_once_per_epoch_with_features_intact(
     stats = loader.stats
     assert stats.rows == sum(len(b[1]) for b in batches) and stats.batches == len(batches)
     assert stats.first_batch_s is not None and stats.bytes_read > 0
+    # the validation day's row groups are left unread, by their timestamp statistics
+    every = sum(len(p.row_groups) for p in plan.partitions)
+    assert stats.row_groups_read == len(loader.units) == every * 2 // 3
 
 
 def test_two_ranks_share_the_rows_exactly_once(plan: DatasetPlan, local_store: ObjectStore) -> None:
@@ -123,9 +126,13 @@ def test_order_is_a_function_of_seed_and_epoch(plan: DatasetPlan, local_store: O
     assert order(7, 0) == first
     assert order(8, 0) != first and Counter(order(8, 0)) == Counter(first)
     assert order(7, 1) != first
-    # rows are shuffled across partitions, not only row groups reordered
-    ts = np.array([t for t, _ in first[:BATCH]])
-    assert not (np.all(np.diff(ts) >= 0) or np.all(np.diff(ts) <= 0)) or len(set(ts)) < 2
+    # a batch mixes rows of several row groups (of any partition), not one run of a file
+    src = _source(local_store, plan)
+    keys = zip(src["ts"].tolist(), src["y"].tolist(), strict=True)
+    source_row = {key: i for i, key in enumerate(keys)}
+    rows = [source_row[key] for key in first[:BATCH]]
+    assert len({r // CFG.row_group_size for r in rows}) >= 3
+    assert max(rows) - min(rows) > 2 * BATCH
 
 
 def test_validation_starts_after_every_training_label_window(
@@ -225,6 +232,8 @@ def test_iteration_advances_the_epoch(plan: DatasetPlan, local_store: ObjectStor
     second = [y for _, y in loader]
     assert loader.state_dict()["epoch"] == 2
     assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
+    with pytest.raises(ValueError, match="with_ts"):
+        next(loader.epoch_with_ts(0))
 
 
 def test_corrupt_or_missing_data_raises_data_error_naming_it(
@@ -256,10 +265,16 @@ def test_second_epoch_comes_from_the_cache(plan: DatasetPlan, local_store: Objec
     s = loader.stats
     assert (s.bytes_read, s.row_groups_read, s.cache_hits) == (0, 0, len(loader.units))
     assert first == second and s.dropped_non_finite > 0
+    # a cache too small for the split evicts blocks still being served, whose memory is
+    # then recycled: every epoch must still deliver exactly the right rows
+    src = _source(local_store, plan)
+    want = _expected(src, src["ts"] < plan.bounds.train_end_ms)
     small = BlockCache(cache.bytes // 3)
-    bounded = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, cache=small)
-    list(bounded.epoch(0))
+    bounded = _train(plan, local_store, cache=small, shuffle_buffer_row_groups=2)
+    for epoch in range(3):
+        assert Counter(_keys(bounded.epoch_with_ts(epoch))) == want
     assert small.bytes <= small.max_bytes and small.evictions > 0
+    assert 0 < bounded.stats.cache_hits < len(bounded.units)
 
 
 def test_feature_stats_from_training_rows_warm_the_cache(
@@ -299,15 +314,16 @@ def test_max_rows_and_drop_last(plan: DatasetPlan, local_store: ObjectStore) -> 
 
 
 def test_batch_segments_cover_each_position_once() -> None:
+    served = [np.arange(0, 20, 2), np.arange(0), np.arange(13)]  # block 0 skips odd rows
     order = np.random.default_rng(0).permutation(23)
-    local, segs = batch_segments([10, 0, 13], order, start=2, first=3, batch=5)
+    local, segs = batch_segments(served, order, start=2, first=3, batch=5)
     assert [(s.start, s.end) for s in segs] == [(2, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
-    offsets = [0, 10, 10, 23]
-    seen = []
+    got = []
     for s in segs:
         for k in range(3):
-            seen += (local[s.cuts[k] : s.cuts[k + 1]] + offsets[k]).tolist()
-    assert sorted(seen) == sorted(order[2:].tolist())
+            got += [(k, int(r)) for r in local[s.cuts[k] : s.cuts[k + 1]]]
+    flat = [(k, int(r)) for k, rows in enumerate(served) for r in rows]
+    assert sorted(got) == sorted(flat[i] for i in order[2:])
 
 
 def test_streams_from_s3(s3_store: ObjectStore, layout: Layout) -> None:

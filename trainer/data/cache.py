@@ -9,7 +9,7 @@ from collections.abc import Hashable
 
 import torch
 
-from trainer.data.blocks import Block
+from trainer.data.blocks import Block, resolve_device
 
 
 class BlockCache:
@@ -23,7 +23,7 @@ class BlockCache:
         if max_bytes < 0:
             raise ValueError(f"cache budget must be at least 0 bytes, got {max_bytes}")
         self.max_bytes = max_bytes
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -55,19 +55,31 @@ class BlockCache:
             return block
         # Blocks reaching the GPU come from pinned memory, so this copy can be asynchronous.
         stored = block.to(self.device, non_blocking=self.device.type == "cuda")
+        if stored.lease is not None:
+            stored.lease.hold()  # pooled memory stays out of reuse while cached
         with self._lock:
+            gone = []
             old = self._blocks.pop(key, None)
             if old is not None:
                 self.bytes -= old.nbytes
+                gone.append(old)
             while self._blocks and self.bytes + size > self.max_bytes:
-                _, gone = self._blocks.popitem(last=False)
-                self.bytes -= gone.nbytes
+                _, oldest = self._blocks.popitem(last=False)
+                self.bytes -= oldest.nbytes
                 self.evictions += 1
+                gone.append(oldest)
             self._blocks[key] = stored
             self.bytes += size
+        for block_out in gone:
+            if block_out.lease is not None:
+                block_out.lease.let_go()
         return stored
 
     def clear(self) -> None:
         with self._lock:
+            gone = list(self._blocks.values())
             self._blocks.clear()
             self.bytes = 0
+        for block in gone:
+            if block.lease is not None:
+                block.lease.let_go()

@@ -1,19 +1,171 @@
-"""Row groups to blocks on the device, ahead of need: cache lookups, reads on a thread pool
-behind a bounded queue, recycled or pinned host memory, and the copy to the device."""
+"""Row groups to blocks on the device, ahead of need: open files and footers shared by the
+reading threads, column reads sized for the store, cache lookups, a bounded queue of
+reads, recycled or pinned host memory, and the copy to the device."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Generator, Sequence
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import torch
 
-from trainer.data.blocks import Block, BlockSpec, BufferPool, PartitionFiles, Unit
+from trainer.data.blocks import (
+    Block,
+    BlockSpec,
+    BufferPool,
+    Unit,
+    fill_column,
+    resolve_device,
+    staging,
+    to_block,
+)
 from trainer.data.cache import BlockCache
 from trainer.data.plan import DatasetPlan
+from trainer.errors import DataError, StorageError
 from trainer.storage.base import ObjectStore
+
+LOCAL_READ_BYTES = 256 << 10
+REMOTE_READ_BYTES = 8 << 20
+
+
+@dataclass
+class _OpenFile:
+    file: pa.NativeFile
+    users: int = 0
+
+
+class PartitionFiles:
+    """Open Parquet files and their footers, shared by the reading threads.
+
+    Parquet reads go through `ReadAt`, which is safe to call concurrently, so one open
+    file serves every thread; on S3 that saves a HEAD request per row group. Each footer is
+    parsed once. At most `keep_open` idle files stay open.
+
+    Columns are read a few at a time, at least `read_bytes` per read: a local read costs
+    nothing per call, so single columns (decoded while still in cache); an S3 GET costs a
+    round trip, so several megabytes per request."""
+
+    def __init__(self, plan: DatasetPlan, store: ObjectStore, keep_open: int = 16) -> None:
+        self.plan, self.store, self.keep_open = plan, store, keep_open
+        self._fs = store.arrow_fs()
+        local = isinstance(self._fs, pafs.LocalFileSystem)
+        self.read_bytes = LOCAL_READ_BYTES if local else REMOTE_READ_BYTES
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, _OpenFile] = OrderedDict()
+        self._footers: dict[int, pq.FileMetaData] = {}
+
+    def uri(self, part: int) -> str:
+        return self.store.uri(self.plan.partitions[part].data)
+
+    @contextmanager
+    def open(self, part: int) -> Iterator[tuple[pa.NativeFile, pq.FileMetaData]]:
+        with self._lock:
+            entry = self._open.get(part)
+            if entry is not None:
+                entry.users += 1
+                self._open.move_to_end(part)
+        if entry is None:
+            path = self.store.arrow_path(self.plan.partitions[part].data)
+            handle = self._fs.open_input_file(path)
+            with self._lock:
+                entry = self._open.setdefault(part, _OpenFile(handle))
+                entry.users += 1
+            if entry.file is not handle:  # another thread opened it meanwhile
+                handle.close()
+        try:
+            footer = self._footers.get(part)
+            if footer is None:
+                footer = self._footers[part] = pq.ParquetFile(entry.file).metadata
+            yield entry.file, footer
+        finally:
+            with self._lock:
+                entry.users -= 1
+                idle = [p for p, e in self._open.items() if e.users == 0]
+                for p in idle[: max(len(self._open) - self.keep_open, 0)]:
+                    self._open.pop(p).file.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for entry in self._open.values():
+                entry.file.close()
+            self._open.clear()
+
+    def read(self, unit: Unit, spec: BlockSpec, pool: BufferPool) -> Block:
+        """Read one row group into a block. Every storage or Parquet failure becomes a
+        DataError naming the partition."""
+        cut = not spec.inside(unit)
+        names = [*spec.features, spec.label]
+        with_ts = cut or spec.keep_ts
+        if with_ts:
+            names.append(spec.timestamp)
+        try:
+            with self.open(unit.part) as (handle, footer):
+                stage = staging(unit.rows, len(spec.features) + 1)
+                ts = np.empty(unit.rows, np.int64) if with_ts else None
+                rows = {name: stage[j] for j, name in enumerate(names[: len(spec.features) + 1])}
+                if ts is not None:
+                    rows[spec.timestamp] = ts
+                pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
+                nbytes = 0
+                for group, size in _column_groups(footer, unit.group, names, self.read_bytes):
+                    # A few columns at a time: the decoded table and its compressed bytes
+                    # stay small (cache-resident locally) instead of a whole row group's.
+                    table = pf.read_row_group(unit.group, columns=group, use_threads=True)
+                    if table.num_rows != unit.rows:
+                        raise ValueError(
+                            f"holds {table.num_rows} rows, the pre-flight saw {unit.rows}"
+                        )
+                    for name in group:
+                        column = table.column(name)
+                        if name == spec.timestamp and column.null_count:
+                            raise ValueError(f"{column.null_count} null timestamp(s)")
+                        fill_column(rows[name], column)
+                    nbytes += size
+            block = to_block(stage, ts, spec, cut, pool)
+        except (OSError, ValueError, IndexError, pa.ArrowException, StorageError) as exc:
+            raise DataError(
+                "cannot read the dataset",
+                [f"{self.uri(unit.part)}: row group {unit.group}: {exc}"],
+            ) from None
+        return replace(block, bytes_read=nbytes)
+
+
+def _column_groups(
+    footer: pq.FileMetaData, group: int, names: Sequence[str], read_bytes: int
+) -> list[tuple[list[str], int]]:
+    """The wanted columns in file order, grouped into reads of at least `read_bytes`
+    compressed bytes each (with their sizes)."""
+    rg = footer.row_group(group)
+    wanted = set(names)
+    chunks = sorted(
+        (
+            rg.column(c).data_page_offset,
+            rg.column(c).path_in_schema,
+            rg.column(c).total_compressed_size,
+        )
+        for c in range(rg.num_columns)
+        if rg.column(c).path_in_schema in wanted
+    )
+    found = {name for _, name, _ in chunks}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)}")
+    groups: list[tuple[list[str], int]] = []
+    for _, name, size in chunks:
+        if groups and groups[-1][1] < read_bytes:
+            groups[-1][0].append(name)
+            groups[-1] = (groups[-1][0], groups[-1][1] + size)
+        else:
+            groups.append(([name], size))
+    return groups
 
 
 class BlockReader:
@@ -33,8 +185,10 @@ class BlockReader:
         files_in_flight: int,
         ahead: int,
         cache: BlockCache | None,
+        non_finite: str = "drop",
     ) -> None:
-        self.spec, self.device, self.cache = spec, device, cache
+        self.spec, self.cache, self.non_finite = spec, cache, non_finite
+        self.device = device = resolve_device(device)
         self.files_in_flight, self.ahead = files_in_flight, ahead
         self.files = PartitionFiles(plan, store, keep_open=max(16, 4 * files_in_flight))
         largest = max((rg.rows for p in plan.partitions for rg in p.row_groups), default=0)
@@ -66,37 +220,57 @@ class BlockReader:
                             self.files.read, unit, self.spec, self.buffers
                         )
                     else:
+                        if hit.lease is not None:
+                            hit.lease.hold()  # the consumer's hold: eviction cannot recycle it
                         job = hit
                     pending.append((unit, job))
                 if not pending:
                     return
                 unit, job = pending.popleft()
                 if isinstance(job, Block):
+                    self._check(unit, job)
                     if self.buffers.pin and not job.data.is_cuda and not job.data.is_pinned():
                         # A host cache filled by a CPU pass (feature statistics): pin each
                         # block once, so every later epoch's copy to the GPU is asynchronous.
-                        job = replace(job, data=job.data.pin_memory())
+                        pinned = replace(job, data=job.data.pin_memory(), lease=None)
+                        self.release(job)
+                        job = pinned
                         if self.cache is not None:
                             self.cache.put(self.key(unit), job)
                     yield unit, self._to_device(job), True
                     continue
                 block = job.result()
-                if self.cache is not None and block.nbytes <= self.cache.max_bytes:
-                    # A cached block is shared from now on: never recycle its memory.
-                    block = self.cache.put(self.key(unit), replace(block, buffer=None))
-                yield unit, self._to_device(block), False
+                self._check(unit, block)
+                moved = self._to_device(block)
+                if self.cache is not None:
+                    # whichever copy already sits on the cache's device: no second transfer
+                    on_cache = moved.data.device == self.cache.device
+                    self.cache.put(self.key(unit), moved if on_cache else block)
+                yield unit, moved, False
         finally:
             for _, job in pending:
                 if isinstance(job, Future):
                     job.cancel()
 
-    def release(self, block: Block) -> None:
-        """The consumer is done with a block: its host memory may serve the next one."""
-        self.buffers.give(block)
+    def _check(self, unit: Unit, block: Block) -> None:
+        if block.dropped and self.non_finite == "fail":
+            raise DataError(
+                "non-finite values in the data (data.non_finite is 'fail'; 'drop' skips them)",
+                [
+                    f"{self.files.uri(unit.part)}: row group {unit.group}: {block.dropped} "
+                    "row(s) with a NaN or infinite label or feature"
+                ],
+            )
 
-    def close(self) -> None:
+    def release(self, block: Block) -> None:
+        """The consumer is done with a block: once the cache lets go of it too, its host
+        memory serves another row group."""
+        if block.lease is not None:
+            block.lease.let_go()
+
+    def close(self, wait: bool = False) -> None:
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown(wait=wait, cancel_futures=True)
             self._threads = None
         self.files.close()
 
@@ -105,12 +279,11 @@ class BlockReader:
             return block
         if self._copy_stream is None:
             return block.to(self.device)
-        # The copy runs on a side stream, so it overlaps the kernels already queued; the
+        # The copy runs on a side stream, so it overlaps the kernels already queued (its
+        # pinned source was written by the host, so it waits for nothing on the GPU); the
         # compute stream waits for it, and record_stream stops the caching allocator from
-        # handing the memory to another stream while compute may still read it. The source
-        # is pinned, so the copy is a true asynchronous DMA.
+        # handing the memory to another stream while compute may still read it.
         compute = torch.cuda.current_stream(self.device)
-        self._copy_stream.wait_stream(compute)
         with torch.cuda.stream(self._copy_stream):
             moved = block.to(self.device, non_blocking=True)
         compute.wait_stream(self._copy_stream)

@@ -52,33 +52,38 @@ def row_order(rows: int, seed: int, epoch: int, rank: int, buffer: int) -> np.nd
     what makes resuming in the middle of an epoch exact."""
     state = np.random.SeedSequence([seed, epoch, rank, buffer]).generate_state(2, np.uint32)
     gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    # torch's randperm is about twice as fast as numpy's permutation at these sizes.
-    return torch.randperm(rows, generator=gen).numpy()
+    # torch's randperm beats numpy's permutation at these sizes; int32 halves the later
+    # per-batch sorts.
+    return torch.randperm(rows, generator=gen, dtype=torch.int32).numpy()
 
 
 @dataclass(frozen=True)
 class Segment:
-    """The rows `[start, end)` of a buffer's order that make one batch (or the part of one
-    that this buffer holds). Their block-local indices sit in `local[start:end]`, sorted by
-    block: block k's rows are `local[cuts[k]:cuts[k + 1]]`."""
+    """The positions `[start, end)` of a buffer's row order that make one batch (or the part
+    of one that this buffer holds). Their rows sit in `local[start:end]`, grouped by block:
+    block k's are `local[cuts[k]:cuts[k + 1]]`, as row numbers inside that block."""
 
     start: int
     end: int
     cuts: tuple[int, ...]
-    ordered: bool
-    """Rows are in file order, so each block's run is one contiguous slice."""
 
 
 def batch_segments(
-    sizes: Sequence[int], order: np.ndarray | None, start: int, first: int, batch: int
+    served: Sequence[np.ndarray], order: np.ndarray | None, start: int, first: int, batch: int
 ) -> tuple[np.ndarray, list[Segment]]:
-    """Cut a buffer of blocks (`sizes` rows each) into batches, from position `start` of
-    its row order (`order`, or file order when None): the first segment `first` rows long
-    (the rest of a batch begun in the previous buffer), then `batch` rows each; the last
-    may be short. Returns the block-local row index of every position, and the segments."""
-    total = int(sum(sizes))
+    """Cut a buffer of blocks into batches. `served[k]` lists the rows block k serves; the
+    buffer's positions run over all of them, block after block, taken in `order` (or as
+    they come when None) from position `start`: the first segment `first` long (the rest
+    of a batch begun in the previous buffer), then `batch` each, the last maybe short.
+    Returns every position's row inside its block, and the segments."""
+    sizes = [len(s) for s in served]
+    total = sum(sizes)
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-    local = np.zeros(total, np.int64)
+    # position in the buffer -> row inside its block, by lookup rather than search
+    local_of = (
+        np.concatenate(served).astype(np.int32, copy=False) if served else np.zeros(0, np.int32)
+    )
+    local = local_of if order is None else np.empty(total, np.int32)
     edges = [start]
     step = first
     while edges[-1] < total:
@@ -86,9 +91,12 @@ def batch_segments(
         step = batch
     segments = []
     for a, b in itertools.pairwise(edges):
-        idx = np.arange(a, b) if order is None else np.sort(order[a:b])
-        block = np.searchsorted(offsets, idx, side="right") - 1
-        local[a:b] = idx - offsets[block]
-        cuts = a + np.searchsorted(idx, offsets)
-        segments.append(Segment(a, b, tuple(int(c) for c in cuts), order is None))
+        if order is None:
+            cuts = np.clip(offsets, a, b)
+        else:
+            # sorted, so each block's rows form one run gathered in one call
+            idx = np.sort(order[a:b])
+            np.take(local_of, idx, out=local[a:b], mode="clip")
+            cuts = a + np.searchsorted(idx, offsets)
+        segments.append(Segment(a, b, tuple(int(c) for c in cuts)))
     return local, segments
