@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import BUCKETS
 from tests.helpers import make_dataset, make_spec
-from trainer.errors import EXIT_CONFLICT, EXIT_SPEC
+from trainer.errors import EXIT_CONFLICT, EXIT_REFUSED, EXIT_SPEC
 from trainer.export import load_model
 from trainer.job import run_job
 from trainer.layout import Layout
@@ -36,7 +36,6 @@ from trainer.production import (
     sync_seed_copy,
 )
 from trainer.promote import (
-    EXIT_REFUSED,
     CandidateInvalid,
     GateRefused,
     NothingToRollBack,

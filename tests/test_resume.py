@@ -21,8 +21,13 @@ from trainer.layout import Layout
 from trainer.storage import ObjectStore
 from trainer.synth import SynthConfig
 
-TRAIN = {"epochs": 2, "batch_size": 256, "eval_every_steps": 40, "log_every_steps": 20,
-         "checkpoint": {"every_steps": 5, "every_minutes": None, "keep": 2}}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 256,
+    "eval_every_steps": 40,
+    "log_every_steps": 20,
+    "checkpoint": {"every_steps": 5, "every_minutes": None, "keep": 2},
+}
 DATA = SynthConfig(rows_per_day=12_000, row_group_size=3_000)
 
 
@@ -39,9 +44,20 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     pointer = layout.job_file("killed", "checkpoints/latest.json")
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", "run", str(spec_path), "--store", local_store.root,
-         "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "run",
+            str(spec_path),
+            "--store",
+            local_store.root,
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     try:
@@ -57,35 +73,63 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     killed_at = json.loads(local_store.get(pointer))["step"]
     assert read_manifest(local_store, layout, "killed") is None
 
-    resumed = run_job(make_spec(job={"id": "killed"}, train=TRAIN), local_store, device="cpu",
-                      workdir=tmp_path / "resumed")
-    straight = run_job(make_spec(job={"id": "straight"}, train=TRAIN), local_store,
-                       device="cpu", workdir=tmp_path / "straight")
+    resumed = run_job(
+        make_spec(job={"id": "killed"}, train=TRAIN),
+        local_store,
+        device="cpu",
+        workdir=tmp_path / "resumed",
+    )
+    straight = run_job(
+        make_spec(job={"id": "straight"}, train=TRAIN),
+        local_store,
+        device="cpu",
+        workdir=tmp_path / "straight",
+    )
 
     assert resumed.metrics["resumed_from_step"] >= killed_at >= 15
     assert straight.metrics["resumed_from_step"] is None
     assert resumed.metrics["steps"] == straight.metrics["steps"]
-    wa, wb = _weights(tmp_path / "resumed" / "model.bin"), _weights(tmp_path / "straight" /
-                                                                     "model.bin")
+    wa, wb = (
+        _weights(tmp_path / "resumed" / "model.bin"),
+        _weights(tmp_path / "straight" / "model.bin"),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert resumed.metrics["final"] == straight.metrics["final"]
     assert local_store.list(layout.job_file("killed", "checkpoints/")) == []  # cleaned up
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
-    "torchrun").exists(), reason="torchrun is not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun is not installed",
+)
 def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
     local_store: ObjectStore, layout: Layout, tmp_path: Path
 ) -> None:
     spec = make_spec(job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}})
     make_dataset(local_store, spec, DATA)
-    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(
-        job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}}))
+    spec_path = write_spec(
+        tmp_path / "spec.yaml",
+        spec_dict(job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}}),
+    )
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "trainer", "run",
-         str(spec_path), "--store", local_store.root, "--device", "cpu", "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "trainer",
+            "run",
+            str(spec_path),
+            "--store",
+            local_store.root,
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = read_manifest(local_store, layout, "ddp")
