@@ -263,7 +263,7 @@ def test_logs_return_empty_when_not_ready_without_blocking_for_long(fake: FakeVa
 # -- redaction -------------------------------------------------------------------------------
 def test_redact_replaces_every_secret_longest_first() -> None:
     text = "key abcdef and abcdefgh, short 1"
-    assert redact(text, ["abcdef", "abcdefgh", "1", ""]) == "key [redacted] and [redacted], short 1"
+    assert redact(text, ["abcdef", "abcdefgh", "1", ""]) == "key [REDACTED] and [REDACTED], short 1"
 
 
 def test_no_error_or_log_line_carries_the_key_or_an_env_value(
@@ -296,7 +296,7 @@ def test_no_error_or_log_line_carries_the_key_or_an_env_value(
         rent(vast, 7_100_002)
     errors.append(limited.value)
     texts = [str(e) for e in errors] + [caplog.text]
-    assert all("[redacted]" in str(e) for e in errors[:-1])
+    assert all("[REDACTED]" in str(e) for e in errors[:-1])
     for text in texts:
         assert fake.api_key not in text and SECRET_ENV not in text
 

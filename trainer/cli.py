@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from trainer import __version__, commands, promotion_cli
 from trainer.errors import EXIT_INTERNAL, TrainerError
+from trainer.launcher import cli as launcher_cli
 from trainer.spec.docs import json_schema, markdown_reference
 from trainer.synth import SynthConfig
 
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_demo)
 
     promotion_cli.register(sub)
+    launcher_cli.register(sub)
     return parser
 
 
@@ -174,5 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: a one-line message, not a traceback
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("QUANTLAB_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (QUANTLAB_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL

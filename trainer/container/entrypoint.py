@@ -41,12 +41,16 @@ class _Stop:
     reason: str | None = None
 
 
+_STOP = _Stop()
+
+
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="quantlab-"))
     log_path = workdir / "container.log"
     _setup_logging(log_path)
     result: dict[str, object] = {"job_id": None, "outcome": "failed", "exit_code": EXIT_INTERNAL}
     env: ContainerEnv | None = None
+    _install_signal_handlers(_STOP)
     try:
         env = read_env()
         for handler in logging.getLogger("quantlab").handlers:
@@ -55,6 +59,13 @@ def main() -> int:
     except TrainerError as exc:
         log.error("%s", exc)
         result |= {"reason": str(exc).splitlines()[0], "exit_code": exc.exit_code}
+    except KeyboardInterrupt:  # a signal before the job started
+        log.error("stopped before the job started: %s", _STOP.reason or "interrupted")
+        result |= {
+            "outcome": "stopped",
+            "reason": _STOP.reason or "interrupted",
+            "exit_code": EXIT_CANCELLED,
+        }
     except BaseException as exc:  # the sentinel and the destroy must happen whatever broke
         log.exception("unexpected error")
         result |= {"reason": f"{type(exc).__name__}: {exc}"}
@@ -74,16 +85,15 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> dict[str, object]:
     status = StatusWriter(store, layout, job_id, env.container_id, log_path)
     status.set_state("starting")
     watchdog = Watchdog(spec.limits, store, layout, job_id, started=time.time())
-    stop = _Stop()
+    stop = _STOP
     done = threading.Event()
-    _install_signal_handlers(stop)
     ticker = threading.Thread(
         target=_tick, args=(status, watchdog, stop, done, env, job_id), daemon=True
     )
     ticker.start()
-    from trainer.job import run_job  # torch loads after the environment checked out
-
     try:
+        from trainer.job import run_job  # torch loads after the environment checked out
+
         job = run_job(
             spec,
             store,

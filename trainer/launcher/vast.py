@@ -7,74 +7,33 @@ call while the file is not there yet. So `logs()` sends the request_logs call th
 SDK's own HTTP client (same auth, retries and timeout) and fetches the returned result_url
 with a plain `requests.get`, bounded by `logs_wait_s`. That URL needs no credentials.
 
-Vast's status strings are mapped once, by `normalize_status`, into `InstanceState`. Every
-error message passes through `redact` so that neither the API key, nor the container key, nor
-any env value sent to an instance can appear in an exception or a log line.
+Vast's status strings are mapped once, by `normalize_status` (in `states`), into
+`InstanceState`. Every error message passes through `trainer.redact.redact` so that neither the
+API key, nor the container key, nor any env value sent to an instance can appear in an
+exception or a log line.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from trainer.errors import InfraError
+from trainer.launcher.states import InstanceState, normalize_status
+from trainer.redact import redact
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install the launch extra: pip install 'quantlab-trainer[launch]'"
-REDACTED = "[redacted]"
-MIN_SECRET_CHARS = 4  # shorter values ("1", "on") cannot be told apart from ordinary text
 GONE_ERRORS = frozenset({"no_such_instance", "not_found"})
-PULL_ERRORS = ("pull access denied", "manifest unknown", "failed to pull", "error pulling image")
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 LIST_PAGE_SIZE = 25
 MAX_LIST_PAGES = 400
-
-
-class InstanceState(enum.StrEnum):
-    """The runner's view of an instance, whatever strings Vast.ai used to say it."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    EXITED = "exited"
-    STOPPED_OUTBID = "stopped_outbid"
-    FAILED = "failed"
-    LOST = "lost"
-    GONE = "gone"
-
-
-def normalize_status(row: Mapping[str, Any] | None) -> InstanceState:
-    """Map one instance row (None once destroyed) to an InstanceState; unknown values pend."""
-    if row is None or row.get("cur_state") == "unloaded":
-        return InstanceState.GONE
-    actual = row.get("actual_status")
-    message = str(row.get("status_msg") or "")
-    if actual in ("offline", "unknown"):
-        return InstanceState.LOST
-    if actual == "created" and "OCI runtime create failed" in message:
-        return InstanceState.FAILED
-    if actual in (None, "loading", "created") and any(p in message.lower() for p in PULL_ERRORS):
-        return InstanceState.FAILED
-    if row.get("cur_state") == row.get("intended_status") == row.get("next_state") == "stopped":
-        return InstanceState.STOPPED_OUTBID
-    if actual == "running":
-        return InstanceState.RUNNING
-    if actual == "exited":
-        return InstanceState.EXITED
-    return InstanceState.PENDING
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret of at least MIN_SECRET_CHARS characters replaced."""
-    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 class VastApiError(InfraError):
@@ -439,8 +398,12 @@ class VastClient:
                     raise error from None
                 log.warning(
                     "Vast.ai %s: HTTP %s, round %d of %d; retrying in %.1fs",
-                    op, exc.response.status_code, attempt + 1, self._retries + 1, wait,
-                )  # fmt: skip
+                    op,
+                    exc.response.status_code,
+                    attempt + 1,
+                    self._retries + 1,
+                    wait,
+                )
                 time.sleep(wait)
                 continue
             except (req.ConnectionError, req.Timeout) as exc:
@@ -452,8 +415,12 @@ class VastClient:
                 wait = min(self._max_backoff_s, self._backoff_s * 2**attempt)
                 log.warning(
                     "Vast.ai %s: %s, round %d of %d; retrying in %.1fs",
-                    op, type(exc).__name__, attempt + 1, self._retries + 1, wait,
-                )  # fmt: skip
+                    op,
+                    type(exc).__name__,
+                    attempt + 1,
+                    self._retries + 1,
+                    wait,
+                )
                 time.sleep(wait)
                 continue
             except (req.RequestException, KeyError, TypeError, ValueError) as exc:

@@ -258,6 +258,9 @@ class LimitsSpec(Section):
     0 turns the dead-man switch off. Default: 30."""
     max_attempts: int = Field(default=3, ge=1, le=20)
     """Instances rented for one job at most (interruptions, bad hosts). Default: 3."""
+    retry_window_minutes: float = Field(default=120, gt=0)
+    """Replacement instances (after an interruption or a bad host) are rented only within
+    this many minutes of the first one ending. Default: 120."""
 
 
 class StorageSpec(Section):

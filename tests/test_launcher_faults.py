@@ -1,0 +1,247 @@
+"""Every way a launch can go wrong ends with nothing live, nothing billing, the documented exit
+code and a message saying what happened (fake Vast.ai, loopback S3, the real container)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.vast_faults import Fault
+from tests.fakes.vast_offers import make_offer
+from tests.fakes.vast_server import running_fake_vast
+from tests.helpers import make_dataset
+from tests.launcher_env import (
+    FAST,
+    TINY_DATA,
+    Containers,
+    Lab,
+    env_var,
+    lab,
+    tiny_spec,
+    wait_for,
+    with_data,
+)
+from trainer.errors import (
+    EXIT_INFRA,
+    EXIT_JOB_FAILED,
+    EXIT_LIMIT,
+    EXIT_PROVISIONING,
+    InfraError,
+    JobFailed,
+    LimitExceeded,
+    ObjectNotFound,
+    ProvisioningError,
+)
+from trainer.launcher.hosts import BadHosts
+from trainer.layout import Layout, Loc
+from trainer.storage import ObjectStore
+
+MARKET = [make_offer(8_000_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(10)]
+
+
+@pytest.fixture
+def market(s3_env: dict[str, str], s3_store: ObjectStore, tmp_path: Path) -> Iterator[Lab]:
+    with lab(s3_store, tmp_path, offers=MARKET) as found:
+        yield found
+
+
+def events(handle_events: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in handle_events if e["event"] == name]
+
+
+def test_every_rental_fault_on_the_way_then_one_clean_success(market: Lab) -> None:
+    """Offers gone (404, 410, race), an unsure create, a refused create that left an instance,
+    an OCI start failure and an image pull failure, plus 429s and 5xx: the launch works
+    through all of it, marks the two broken hosts, and bills only what it must."""
+    spec = with_data(market.store, tiny_spec("lt-flaky"))
+    fake = market.fake
+    fake.inject("create", "http_503", call=1, times=2)  # unsure: maybe created, look by label
+    fake.inject("create", "offer_gone_404", call=3)
+    fake.inject("create", "offer_gone_410", call=4)
+    fake.inject("create", "offer_race", call=5)
+    fake.inject("create", "bid_too_low", call=6)  # refused, but an instance was left behind
+    fake.inject("create", "oci_fail", call=7)
+    fake.inject("create", "pull_fail", call=8)
+    fake.inject("search", "http_502")
+    fake.inject("show", "rate_limit_detail", call=2, times=9)  # more than the client absorbs
+    fake.inject("show", "http_504", call=14, times=9)
+    fake.inject("logs", "rate_limit_text", times=3)
+
+    handle = market.launch(spec)
+    result = handle.wait()
+
+    assert result.outcome == "succeeded" and result.exit_code == 0
+    seen = handle.events
+    assert len(events(seen, "create_unsure")) == 1
+    assert len(events(seen, "offer_gone")) == 3
+    rejected = events(seen, "create_rejected")
+    assert len(rejected) == 1 and fake.ledger().entries[int(str(rejected[0]["instance_id"]))]
+    assert len(events(seen, "poll_failed")) >= 2
+    assert [a["outcome"] for a in result.attempts] == ["retry", "retry", "succeeded"]
+    assert "OCI runtime create failed" in result.attempts[0]["reason"]
+    assert "pull access denied" in result.attempts[1]["reason"]
+    bad = BadHosts(market.tmp / "bad-hosts.json").machines()
+    assert {result.attempts[0]["machine_id"], result.attempts[1]["machine_id"]} == bad
+    assert market.creates() == 9 and result.cost_usd > 0
+    text = market.human.getvalue()
+    assert "offer 8000002 is gone; taking the next one" in text
+    assert f"create refused; instance {rejected[0]['instance_id']} destroyed" in text
+    market.assert_clean()
+
+
+def test_an_instance_that_is_not_what_was_rented_is_destroyed_at_once(market: Lab) -> None:
+    """Read back right after create: a price above the offer's (or the wrong rental type)."""
+    spec = with_data(market.store, tiny_spec("lt-price", limits={"max_attempts": 1}))
+    row = {
+        "id": 31_000_001,
+        "start_date": 1.0,
+        "extra_env": [],
+        "actual_status": None,
+        "intended_status": "running",
+        "cur_state": "running",
+        "next_state": "running",
+        "dph_total": 9.5,
+        "is_bid": False,
+        "machine_id": 40_001,
+        "label": "quantlab:lt-price",
+    }
+    market.fake.inject("show", Fault(status=200, body={"instances": row}))  # fmt: skip
+    handle = market.launch(spec)
+    with pytest.raises(ProvisioningError, match=r"costs \$9\.5000/h, the offer said \$0\.3083/h"):
+        handle.wait()
+    assert market.creates() == 1
+    market.assert_clean()
+
+
+def test_no_other_offer_is_rented_while_an_instance_cannot_be_destroyed(market: Lab) -> None:
+    spec = with_data(market.store, tiny_spec("lt-undead"))
+    market.fake.inject("create", "oci_fail")
+    market.fake.inject("destroy", "http_502", times=8)  # every try of one destroy call
+    handle = market.launch(spec)
+    with pytest.raises(InfraError) as caught:
+        handle.wait()
+    assert caught.value.exit_code == EXIT_INFRA
+    assert "could not be destroyed so no other offer is rented" in str(caught.value)
+    assert "vastai destroy instance 31000001" in str(caught.value)
+    assert market.creates() == 1
+    market.assert_clean()  # the cleanup on the way out got it
+
+
+def test_stuck_loading_hits_the_provisioning_deadline_then_the_launch_gives_up(
+    market: Lab,
+) -> None:
+    spec = with_data(market.store, tiny_spec(
+        "lt-stuck", limits={"provision_timeout_minutes": 0.01, "max_attempts": 2}))  # fmt: skip
+    market.fake.inject("create", "stuck_loading", times=2)
+    handle = market.launch(spec)
+    with pytest.raises(ProvisioningError) as caught:
+        handle.wait()
+    assert caught.value.exit_code == EXIT_PROVISIONING
+    assert "no instance started the job in 2 attempt(s)" in str(caught.value)
+    assert "no status from the container within 0.01 min" in str(caught.value)
+    assert handle.result is not None and handle.result.outcome == "provisioning_failed"
+    machines = {a["machine_id"] for a in handle.result.attempts}
+    assert len(machines) == 2 and machines <= BadHosts(market.tmp / "bad-hosts.json").machines()
+    assert market.creates() == 2
+    market.assert_clean()
+
+
+def test_outbid_then_host_lost_gives_up_as_an_infrastructure_failure(market: Lab) -> None:
+    spec = with_data(market.store, tiny_spec(
+        "lt-lost", resources={"interruptible": True}, limits={"max_attempts": 2},
+        train={"epochs": 10_000}))  # fmt: skip
+    handle = market.launch(spec)
+    status = Layout().job_file("lt-lost", "status.json")
+
+    def interfere() -> None:
+        first = wait_for(lambda: _row_of(market, 0, "running"), timeout=30)
+        market.fake.outbid(first)
+        second = wait_for(lambda: _row_of(market, 1, "running"), timeout=30)
+        wait_for(lambda: _container_of(market.store, status) == str(second), timeout=30)
+        market.fake.host_lost(second)
+
+    thread = threading.Thread(target=interfere, daemon=True)
+    thread.start()
+    with pytest.raises(InfraError) as caught:
+        handle.wait()
+    thread.join(5)
+    assert caught.value.exit_code == EXIT_INFRA
+    message = str(caught.value)
+    assert message.startswith("the job lost its host on every attempt: #1 instance")
+    assert "was stopped (outbid or out of credit); #2 instance" in message
+    assert message.endswith("stopped reporting (offline)")
+    sent = market.fake.requests_to("create")[0].body
+    assert sent["price"] == pytest.approx(MARKET[0]["min_bid"] * 1.1, abs=0.001)
+    market.assert_clean()
+
+
+def _row_of(market: Lab, n: int, actual: str) -> int | None:
+    """The id of the n-th instance once its actual_status is `actual`."""
+    ids = sorted(market.fake.ledger().entries)
+    row = market.fake.instance(ids[n]) if len(ids) > n else None
+    return ids[n] if row is not None and row["actual_status"] == actual else None
+
+
+def _container_of(store: ObjectStore, loc: Loc) -> str | None:
+    try:
+        return str(json.loads(store.get(loc))["container_id"])
+    except (ObjectNotFound, ValueError, KeyError):
+        return None
+
+
+def test_a_job_that_fails_reports_the_reason_and_is_not_retried(market: Lab) -> None:
+    spec = tiny_spec("lt-fail", data={"non_finite": "fail"})
+    make_dataset(market.store, spec, replace(TINY_DATA, feature_nan_rate=0.05))
+    handle = market.launch(spec)
+    with pytest.raises(JobFailed) as caught:
+        handle.wait()
+    assert caught.value.exit_code == EXIT_JOB_FAILED
+    assert "job lt-fail failed: the job reported:" in str(caught.value)
+    assert "non-finite" in str(caught.value) or "NaN" in str(caught.value)
+    assert handle.result is not None and handle.result.outcome == "failed"
+    assert market.creates() == 1
+    market.assert_clean()
+
+
+def test_the_result_sentinel_alone_ends_the_job(
+    s3_env: dict[str, str], s3_store: ObjectStore, tmp_path: Path
+) -> None:
+    """A container that only prints its last line (no status.json yet) is still understood."""
+    sentinel = 'QUANTLAB_RESULT {"exit_code": 6, "outcome": "failed", "reason": "loss is NaN"}'
+    spec = with_data(s3_store, tiny_spec("lt-sentinel"))
+    with (
+        running_fake_vast(
+            timings=FAST, script=[(0.0, "booting"), (0.1, sentinel)], script_exits=False
+        ) as fake,
+        env_var("VAST_API_KEY", fake.api_key),
+    ):
+        handle = Lab(fake, Containers(), s3_store, tmp_path).launch(spec)
+        with pytest.raises(JobFailed, match="the job reported: loss is NaN"):
+            handle.wait()
+        assert fake.live_instances() == [] and fake.ledger().still_billing == []
+
+
+@pytest.mark.parametrize("limit", ["budget", "runtime"])
+def test_money_and_runtime_limits_destroy_the_instance(market: Lab, limit: str) -> None:
+    if limit == "budget":
+        spec = tiny_spec("lt-budget", limits={"max_cost_usd": 0.0001})  # ~1 s at $0.30/h
+    else:
+        spec = tiny_spec("lt-runtime", limits={"max_runtime_minutes": 0.01},
+                         train={"epochs": 10_000})  # fmt: skip
+    with_data(market.store, spec)
+    handle = market.launch(spec)
+    with pytest.raises(LimitExceeded) as caught:
+        handle.wait()
+    assert caught.value.exit_code == EXIT_LIMIT
+    expected = "max_cost_usd reached" if limit == "budget" else "max_runtime"
+    assert expected in str(caught.value)
+    assert handle.result is not None and handle.result.outcome == "limit_exceeded"
+    if limit == "budget":
+        assert handle.result.cost_usd >= 0.0001
+        assert market.fake.ledger().total_cost < 0.001
+    market.assert_clean()

@@ -1,0 +1,328 @@
+"""The launcher's subcommands of `quantlab-train`: launch, status, logs, stop, list, reap.
+
+`register(subparsers)` adds them to the main parser. Each handler is a thin layer over the
+Python API (`launch`) and `commands`: it returns 0 or raises a TrainerError that the main
+entry point turns into its documented exit code. `launch --json` prints NDJSON events on
+stdout and, last, the `result` event, also when the launch fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import SpecError, TrainerError
+from trainer.launcher.events import Reporter, Secrets, SecretsFilter
+from trainer.launcher.hosts import default_bad_hosts_file
+from trainer.launcher.payload import OPTIONAL_ENV
+from trainer.launcher.session import Session
+from trainer.spec import load_spec
+from trainer.spec.model import StorageSpec
+
+
+def register(subparsers: Any) -> None:
+    """Add the launcher commands to `quantlab-train`'s subparsers."""
+    p = subparsers.add_parser("launch", help="run a JobSpec on a rented Vast.ai GPU, watch it")
+    p.add_argument("spec", nargs="+", help="JobSpec YAML file(s); several run in parallel")
+    p.add_argument(
+        "--total-budget",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="stop every job once all of them together have spent this much",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set train.lr=3e-4 (validated like the file)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--wait",
+        action="store_true",
+        help="watch until the job ends, then destroy its instance (the default)",
+    )
+    mode.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once the job runs; its own limits and self-destroy take over",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, pre-flight, train a few steps on this CPU, search offers and "
+        "estimate the cost; rent nothing",
+    )
+    p.add_argument(
+        "--local-dry-run", action="store_true", help="train a few steps on this CPU first"
+    )
+    p.add_argument("--poll-s", type=float, default=10.0, help="seconds between polls (10)")
+    p.add_argument(
+        "--logs-every-s", type=float, default=30.0, help="seconds between log snapshots (30)"
+    )
+    p.add_argument(
+        "--env",
+        dest="container_env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"container setting: {', '.join(sorted(OPTIONAL_ENV))}",
+    )
+    p.add_argument(
+        "--credentials",
+        choices=["auto", "scoped", "passthrough"],
+        default="auto",
+        help="AWS credentials for the job: STS-scoped to its prefixes, or the launcher's own "
+        "(auto: scoped, else the launcher's own with a warning)",
+    )
+    p.add_argument(
+        "--bad-hosts-file",
+        type=Path,
+        default=None,
+        help=f"hosts to skip, remembered across launches (default {default_bad_hosts_file()})",
+    )
+    _common(p, with_bucket=False, json_help="NDJSON events, then the result, on stdout")
+    p.set_defaults(handler=_launch)
+
+    p = subparsers.add_parser("status", help="a job's state, progress, instances and cost")
+    p.add_argument("job_id")
+    _common(p)
+    p.set_defaults(handler=_status)
+
+    p = subparsers.add_parser("logs", help="a job's container log (live, else the shipped one)")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    p.add_argument("--tail", type=int, default=200, help="lines (200)")
+    _common(p, with_json=False)
+    p.set_defaults(handler=_logs)
+
+    p = subparsers.add_parser("stop", help="destroy every instance of a job now")
+    p.add_argument("job_id")
+    _common(p)
+    p.set_defaults(handler=_stop)
+
+    p = subparsers.add_parser("list", help="jobs with live instances (labels quantlab:<jobId>)")
+    _common(p)
+    p.set_defaults(handler=_list)
+
+    p = subparsers.add_parser("reap", help="destroy labelled instances no live job needs")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be destroyed")
+    p.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=None,
+        help="launcher heartbeat age that means the launcher is gone "
+        "(default: each job's limits.heartbeat_timeout_minutes)",
+    )
+    _common(p)
+    p.set_defaults(handler=_reap)
+
+
+def _common(
+    p: argparse.ArgumentParser,
+    *,
+    with_json: bool = True,
+    with_bucket: bool = True,
+    json_help: str = "",
+) -> None:
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="ROOT",
+        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
+    )
+    if with_bucket:  # launch takes it from the spec
+        p.add_argument(
+            "--bucket",
+            default=StorageSpec().artifacts_bucket,
+            help="artifacts bucket holding the jobs' ml-artifacts/ (default quantlab-artifacts)",
+        )
+    p.add_argument(
+        "--vast-key-file", metavar="FILE", help="Vast.ai API key file (default $VAST_API_KEY)"
+    )
+    p.add_argument(
+        "--vast-url", metavar="URL", help="Vast.ai API base (default $VAST_URL, else Vast.ai)"
+    )
+    if with_json:
+        p.add_argument("--json", action="store_true", help=json_help or "JSON on stdout")
+
+
+def _reporter(args: argparse.Namespace, events: bool = False) -> Reporter:
+    """Human lines on stderr; NDJSON events on stdout only for `launch --json`. Every log
+    handler masks the secrets this command learns (keys, minted credentials)."""
+    secrets = Secrets()
+    for logger in (logging.getLogger("quantlab"), logging.getLogger()):
+        for handler in logger.handlers:
+            for old in [f for f in handler.filters if isinstance(f, SecretsFilter)]:
+                handler.removeFilter(old)
+            handler.addFilter(SecretsFilter(secrets))
+    json_out = sys.stdout if events and args.json else None
+    return Reporter(json_out=json_out, human=sys.stderr, secrets=secrets)
+
+
+def _session(args: argparse.Namespace, reporter: Reporter) -> Session:
+    from trainer.launcher.session import open_session
+
+    return open_session(
+        store=args.store, key_file=args.vast_key_file, url=args.vast_url, secrets=reporter.secrets
+    )
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError("bad --env", [f"{item!r}: write it as KEY=VALUE"])
+        found[key] = value
+    return found
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from trainer.launcher.launch import LaunchOptions, launch, outcome_of
+
+    reporter = _reporter(args, events=True)
+    options = LaunchOptions(
+        dry_run=args.dry_run,
+        local_dry_run=args.local_dry_run,
+        detach=args.detach,
+        poll_s=args.poll_s,
+        logs_every_s=args.logs_every_s,
+        container_env=_pairs(args.container_env),
+        credentials=args.credentials,
+        bad_hosts_file=args.bad_hosts_file or default_bad_hosts_file(),
+    )
+    session = {"store": args.store, "vast_url": args.vast_url, "vast_key_file": args.vast_key_file}
+    try:
+        if len(args.spec) > 1 or args.total_budget:
+            return _launch_many(args, options, reporter, session)
+        spec = load_spec(args.spec[0], args.overrides)
+        reporter.job_id = spec.job_id
+        result = launch(spec, options=options, reporter=reporter, **session).wait()
+    except TrainerError as exc:
+        if not any(e["event"] == "result" for e in reporter.events):
+            reason = str(exc).splitlines()[0]
+            reporter.emit("result", reason, outcome=outcome_of(exc), exit_code=exc.exit_code)
+        raise
+    finally:
+        reporter.close()
+    if not args.json:
+        print(f"job {result.job_id}: {result.outcome} ({result.reason})")
+        if result.artifacts:
+            print(f"artifacts: {result.artifacts.get('manifest.json', '')}")
+        print(f"cost: ${result.cost_usd:.4f} over {len(result.attempts)} instance(s)")
+    return result.exit_code
+
+
+def _launch_many(
+    args: argparse.Namespace, options: Any, reporter: Reporter, session: dict[str, Any]
+) -> int:
+    """Several specs at once; the exit code is the first non-zero one in spec order."""
+    from trainer.launcher.fleet import launch_many
+
+    specs = [load_spec(path, args.overrides) for path in args.spec]
+    results = launch_many(
+        specs, options=options, reporter=reporter, total_budget_usd=args.total_budget, **session
+    )
+    if not args.json:
+        for r in results:
+            print(
+                f"job {r['job_id']}: {r['outcome']} ({r.get('reason', '')}), "
+                f"${r.get('cost_usd', 0):.4f}"
+            )
+    return next((int(r["exit_code"]) for r in results if r.get("exit_code")), 0)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from trainer.launcher.commands import job_status
+
+    reporter = _reporter(args)
+    found = job_status(_session(args, reporter), args.bucket, args.job_id)
+    if args.json:
+        print(reporter.secrets.redact(json.dumps(found, indent=2, default=str)))
+        return 0
+    progress = found["progress"] or {}
+    loss = (progress.get("latest") or {}).get("loss")
+    print(f"job {found['job_id']}: {found['state']}  ({found['artifacts']})")
+    if progress:
+        tail = f"  loss {loss:.4f}" if isinstance(loss, float) else ""
+        print(f"  step {progress.get('step')}  epoch {progress.get('epoch')}{tail}")
+    if found["failure"]:
+        print(f"  failure: {found['failure'].get('reason')}")
+    for i in found["instances"]:
+        print(
+            f"  instance {i['instance_id']}: {i['state']}  {i['gpu']}  ${i['dph']:.4f}/h  "
+            f"${i['spent_usd']:.4f} so far"
+        )
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from trainer.launcher.commands import follow_logs, job_logs
+
+    reporter = _reporter(args)
+    session = _session(args, reporter)
+
+    def emit(line: str) -> None:
+        print(reporter.secrets.redact(line), flush=True)
+
+    for line in job_logs(session, args.bucket, args.job_id, args.tail):
+        emit(line)
+    if args.follow:
+        follow_logs(session, args.job_id, emit)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from trainer.launcher.commands import stop_job
+
+    reporter = _reporter(args)
+    reporter.job_id = args.job_id
+    destroyed = stop_job(_session(args, reporter), args.bucket, args.job_id, reporter)
+    if args.json:
+        print(json.dumps({"job_id": args.job_id, "destroyed": destroyed}))
+    else:
+        print(f"job {args.job_id}: {len(destroyed)} instance(s) destroyed")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from trainer.launcher.commands import list_jobs
+
+    reporter = _reporter(args)
+    jobs = list_jobs(_session(args, reporter), args.bucket)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    for job in jobs:
+        ids = ", ".join(str(i["instance_id"]) for i in job["instances"])
+        print(f"{job['job_id']}  {job['state']}  instances {ids}  ${job['spent_usd']:.4f}")
+    if not jobs:
+        print("no job has a live instance")
+    return 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    from trainer.launcher.commands import reap
+
+    reporter = _reporter(args)
+    records = reap(
+        _session(args, reporter),
+        args.bucket,
+        dry_run=args.dry_run,
+        stale_after_s=args.stale_after_s,
+        reporter=reporter,
+    )
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        gone = sum(r["action"] == "destroyed" for r in records)
+        print(f"reap: {gone} destroyed, {len(records) - gone} kept")
+    return 0

@@ -1,0 +1,68 @@
+"""Following a container log through Vast.ai's snapshots: new lines only, and the result sentinel.
+
+Vast.ai has no log stream, only the last N lines on request. Each snapshot is matched against
+the end of the previous one (the longest overlap wins), so repeated requests print every
+line once; when the snapshots no longer overlap, some lines were missed and a marker says so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from trainer.container.entrypoint import SENTINEL
+
+GAP = "… (lines missed between two log snapshots)"
+
+
+class LogTail:
+    """Feed snapshots to `update`; it returns the lines not seen before."""
+
+    def __init__(self, keep: int = 2_000) -> None:
+        self.keep = keep
+        self.seen: list[str] = []
+        self.result: dict[str, Any] | None = None
+        """The container's last-line report (`QUANTLAB_RESULT {...}`), once it appeared."""
+
+    def update(self, snapshot: str) -> list[str]:
+        lines = [line for line in snapshot.splitlines() if line.strip()]
+        if not lines:
+            return []
+        overlap = _overlap(self.seen, lines)
+        fresh = lines[overlap:]
+        if self.seen and overlap == 0 and not _contains(self.seen, lines):
+            fresh = [GAP, *lines]
+        elif self.seen and overlap == 0:
+            fresh = []
+        self.seen = (self.seen + [line for line in fresh if line != GAP])[-self.keep :]
+        for line in fresh:
+            found = parse_sentinel(line)
+            if found is not None:
+                self.result = found
+        return fresh
+
+
+def parse_sentinel(line: str) -> dict[str, Any] | None:
+    """The JSON of a `QUANTLAB_RESULT {...}` line, None for any other line."""
+    head, _, body = line.strip().partition(" ")
+    if head != SENTINEL:
+        return None
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _overlap(old: list[str], new: list[str]) -> int:
+    """The largest k with old[-k:] == new[:k]."""
+    for k in range(min(len(old), len(new)), 0, -1):
+        if old[-k:] == new[:k]:
+            return k
+    return 0
+
+
+def _contains(old: list[str], new: list[str]) -> bool:
+    """Whether `new` is a stretch of `old` (an older snapshot arriving late)."""
+    n = len(new)
+    return any(old[i : i + n] == new for i in range(len(old) - n + 1))

@@ -1,0 +1,387 @@
+"""One launch from start to result: checks, rent (or attach), watch, retry, clean up, report.
+
+The invariant: every instance id a create returns is recorded before anything else happens,
+and `_cleanup` (on every way out of `prepare` and `wait`, Ctrl-C included, with a second
+Ctrl-C ignored meanwhile) destroys each recorded instance that is not deliberately kept
+(detached). A destroy that fails is reported with the command that finishes it by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from trainer.artifacts import MANIFEST, read_manifest
+from trainer.data.plan import preflight
+from trainer.errors import (
+    EXIT_OK,
+    Cancelled,
+    InfraError,
+    JobFailed,
+    LimitExceeded,
+    NoOfferError,
+    ProvisioningError,
+    TrainerError,
+)
+from trainer.launcher import launch as api
+from trainer.launcher.attempt import Attempt, Ending, Verdict
+from trainer.launcher.events import Reporter
+from trainer.launcher.hosts import BadHosts
+from trainer.launcher.records import JOBSPEC, check_spec_matches, write_heartbeat
+from trainer.launcher.rent import Renter, UnsureCreate, first_line, live_instances
+from trainer.launcher.session import Session
+from trainer.launcher.vast import VastApiError, VastClient
+from trainer.launcher.watch import WatchConfig, Watcher
+from trainer.layout import Layout
+from trainer.spec import JobSpec, dump_spec
+
+log = logging.getLogger("quantlab.launcher")
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Ignore Ctrl-C (main thread only) so a second one cannot cut a destroy short."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class Run:
+    def __init__(
+        self, spec: JobSpec, session: Session, options: api.LaunchOptions, reporter: Reporter
+    ) -> None:
+        self.spec, self.job_id, self.session = spec, spec.job_id, session
+        self.store, self.layout = session.store, Layout(spec.storage)
+        self.options, self.reporter = options, reporter
+        self.bad = BadHosts(options.bad_hosts_file)
+        self.renter = Renter(
+            spec,
+            session,
+            reporter,
+            self.bad,
+            credentials=options.credentials,
+            role_arn=options.role_arn,
+            extra_env=dict(options.container_env),
+        )
+        self.attempts: list[Attempt] = []
+        self.created: set[int] = set()  # rented here, not destroyed yet
+        self.attached: set[int] = set()  # found live for this job, not destroyed yet
+        self.kept: set[int] = set()  # left running on purpose (detach)
+        self.estimate_usd: float | None = None
+        self.result: api.LaunchResult | None = None
+        self.shared_budget: Callable[[float], str | None] | None = None
+        self.t0 = time.monotonic()
+        config = WatchConfig(
+            poll_s=options.poll_s, logs_every_s=options.logs_every_s, detach=options.detach
+        )
+        self.watcher = Watcher(
+            job_id=self.job_id,
+            limits=spec.limits,
+            session=session,
+            layout=self.layout,
+            reporter=reporter,
+            config=config,
+            spent=self._spent,
+            over_budget=self._over_budget,
+        )
+
+    @property
+    def vast(self) -> VastClient:
+        return self.session.vast
+
+    # -- before the watch -----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything up to the first rental, or to the result when nothing needs renting."""
+        try:
+            self._prepare()
+        except TrainerError as exc:
+            with shielded():
+                self._cleanup(job_ending=False)
+            self._finish(api.outcome_of(exc), exc.exit_code, first_line(exc))
+            raise
+        except KeyboardInterrupt:
+            with shielded():
+                self._cleanup(job_ending=False)
+            self._finish("cancelled", Cancelled.exit_code, "interrupted before the watch began")
+            raise Cancelled("interrupted; anything rented was destroyed") from None
+
+    def _prepare(self) -> None:
+        r, spec, store = self.reporter, self.spec, self.store
+        r.emit("validated", say=f"spec ok: job {self.job_id}")
+        if read_manifest(store, self.layout, self.job_id) is not None:
+            check_spec_matches(spec, store, self.layout)
+            self._end_job()
+            self._finish("already_done", EXIT_OK, "the job is already committed")
+            return
+        plan = preflight(spec.data, store, self.layout)
+        r.emit(
+            "preflight",
+            partitions=len(plan.partitions),
+            rows=plan.rows,
+            bytes=plan.bytes,
+            say=f"data ok: {len(plan.partitions)} partitions, {plan.rows:,} rows",
+        )
+        live = live_instances(self.vast, self.job_id)
+        if live and self.options.dry_run:
+            ids = ", ".join(str(i.id) for i in live)
+            self._finish("dry_run", EXIT_OK, f"the job is already running on instance(s) {ids}")
+            return
+        if live:
+            check_spec_matches(spec, store, self.layout)
+            self.attempts.append(self.renter.attach(live))
+            self.attached.add(self.attempts[0].instance_id)
+            return
+        if self.options.dry_run or self.options.local_dry_run:
+            ran = api.local_dry_run(spec, store)
+            r.emit("local_dry_run", skipped=ran is None, **(ran or {}))
+        self.estimate_usd = self.renter.survey(self.options.shown_offers)["estimate_usd"]
+        if self.options.dry_run:
+            self._finish("dry_run", EXIT_OK, "dry run: nothing was rented")
+            return
+        store.put(self.layout.job_file(self.job_id, JOBSPEC), dump_spec(spec).encode())
+        write_heartbeat(store, self.layout, self.job_id, False, [])
+        self._rent()
+
+    def _rent(self) -> None:
+        while len(self.attempts) < self.spec.limits.max_attempts and self._in_retry_window():
+            cand = self.renter.next_candidate()
+            if cand is None:
+                break
+            try:
+                found = self.renter.create(cand, len(self.attempts) + 1, self.created.add)
+            except UnsureCreate:
+                self._destroy_strays()
+                continue
+            if found is not None:
+                self.attempts.append(found)
+                return
+        raise self._give_up()
+
+    def _in_retry_window(self) -> bool:
+        """Replacement instances are rented only within `limits.retry_window_minutes` of the
+        first attempt's end, so a flapping market cannot keep a job renting forever."""
+        ended = [a.ended_at for a in self.attempts if a.ended_at is not None]
+        window_s = self.spec.limits.retry_window_minutes * 60
+        return not ended or time.monotonic() - min(ended) <= window_s
+
+    def _destroy_strays(self) -> None:
+        """After an unsure create: destroy instances of this job that nobody here knows."""
+        for inst in live_instances(self.vast, self.job_id):
+            if inst.id not in self.created | self.attached:
+                self.created.add(inst.id)
+                if not self._destroy(inst.id, "left by a create that reported an error"):
+                    raise InfraError(_undestroyed([inst.id], "so no other offer is rented"))
+
+    def _give_up(self) -> TrainerError:
+        reasons = "; ".join(f"#{a.number} {a.verdict.reason}" for a in self.attempts if a.verdict)
+        if not self.attempts:
+            return NoOfferError(
+                f"no offer could be rented ({len(self.renter.tried)} tried, each gone or "
+                "refused); try again later or widen `resources`"
+            )
+        if self.attempts[-1].job_started is not None:
+            return InfraError(f"the job lost its host on every attempt: {reasons}")
+        return ProvisioningError(
+            f"no instance started the job in {len(self.attempts)} attempt(s) "
+            f"(limits.max_attempts={self.spec.limits.max_attempts}): {reasons}"
+        )
+
+    # -- the watch ------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.watcher.stop.set()
+
+    def wait(self) -> api.LaunchResult:
+        if self.result is not None:
+            return self.result
+        try:
+            try:
+                return self._watch_all()
+            except KeyboardInterrupt:
+                ids = sorted((self.created | self.attached) - self.kept)
+                raise Cancelled(f"interrupted; destroying instance(s) {ids}") from None
+        except TrainerError as exc:
+            with shielded():
+                self._cleanup(job_ending=not isinstance(exc, Cancelled))
+            self._finish(api.outcome_of(exc), exc.exit_code, first_line(exc))
+            raise
+        finally:
+            with shielded():
+                self._cleanup(job_ending=False)
+
+    def _watch_all(self) -> api.LaunchResult:
+        while True:
+            a = self.attempts[-1]
+            try:
+                verdict = self.watcher.watch(a)
+            except KeyboardInterrupt:
+                if not (self.options.detach and a.job_started is not None):
+                    raise
+                verdict = Verdict(Ending.DETACHED, "interrupted; the job keeps running")
+            if self.watcher.stop.is_set() and verdict.ending is not Ending.SUCCEEDED:
+                verdict = Verdict(Ending.CANCELLED, "stop requested")
+            a.verdict = verdict
+            a.end()
+            self.reporter.emit(
+                "attempt_ended",
+                verdict.reason,
+                instance_id=a.instance_id,
+                ending=verdict.ending.value,
+                say=f"instance {a.instance_id}: {verdict.ending.value}: {verdict.reason}",
+            )
+            if verdict.ending is Ending.DETACHED:
+                self.kept.add(a.instance_id)
+                write_heartbeat(self.store, self.layout, self.job_id, True, [a.instance_id])
+                return self._finish("detached", EXIT_OK, verdict.reason)
+            if verdict.ending is Ending.SUCCEEDED:
+                left = self._cleanup(job_ending=True)
+                if left:
+                    raise InfraError(_undestroyed(left, "although the job succeeded"))
+                result = self._finish(
+                    "succeeded", EXIT_OK, verdict.reason, verdict.manifest, promote=True
+                )
+                return result
+            if verdict.ending is Ending.JOB_FAILED:
+                raise JobFailed(f"job {self.job_id} failed: {verdict.reason}")
+            if verdict.ending is Ending.LIMIT:
+                raise LimitExceeded(f"job {self.job_id} stopped: {verdict.reason}")
+            if verdict.ending is Ending.CANCELLED:
+                raise Cancelled(f"job {self.job_id} stopped on request ({verdict.reason})")
+            if verdict.bad_host:
+                self.bad.add(a.machine_id, verdict.reason)
+            if not self._destroy(a.instance_id, verdict.reason):
+                raise InfraError(_undestroyed([a.instance_id], "so no other offer is rented"))
+            self._rent()
+
+    def _spent(self, current: Attempt) -> float:
+        return sum(a.cost() for a in self.attempts if a is not current) + current.cost()
+
+    def _over_budget(self, spent: float) -> str | None:
+        cap = self.spec.limits.max_cost_usd
+        if spent >= cap:
+            return f"max_cost_usd reached: ${spent:.4f} spent of ${cap:g}"
+        return self.shared_budget(spent) if self.shared_budget else None
+
+    # -- cleaning up and reporting --------------------------------------------------------
+    def _destroy(self, instance_id: int, reason: str) -> bool:
+        try:
+            self.vast.destroy_instance(instance_id)
+        except VastApiError as exc:
+            self.reporter.emit(
+                "destroy_failed",
+                first_line(exc),
+                instance_id=instance_id,
+                say=f"COULD NOT DESTROY instance {instance_id} ({first_line(exc)}); "
+                + _undestroyed([instance_id], ""),
+            )
+            return False
+        self.created.discard(instance_id)
+        self.attached.discard(instance_id)
+        for a in self.attempts:
+            if a.instance_id == instance_id:
+                a.end()
+        self.reporter.emit(
+            "destroyed", reason, instance_id=instance_id, say=f"instance {instance_id} destroyed"
+        )
+        return True
+
+    def _end_job(self) -> None:
+        """The job is over: nothing labelled for it should still run."""
+        try:
+            self.attached |= {i.id for i in live_instances(self.vast, self.job_id)} - self.kept
+        except VastApiError as exc:
+            log.warning("could not list the instances of job %s: %s", self.job_id, exc)
+        for instance_id in sorted((self.created | self.attached) - self.kept):
+            self._destroy(instance_id, "the job ended")
+
+    def _cleanup(self, job_ending: bool) -> list[int]:
+        """Destroy what this launch rented (and, when the job is over, whatever else runs
+        for it); the ids that could not be destroyed."""
+        if job_ending:
+            self._end_job()
+        for instance_id in sorted(self.created - self.kept):
+            self._destroy(instance_id, "cleanup: this launch rented it")
+        return sorted(self.created - self.kept)
+
+    def _auto_promote(self) -> dict[str, Any] | None:
+        """With `promotion.auto`: promote the fresh model through the spec's gate."""
+        if not self.spec.promotion.auto:
+            return None
+        from trainer.promote import maybe_auto_promote  # torch loads only when promoting
+
+        decision = maybe_auto_promote(self.spec.promotion, self.store, self.layout, self.job_id)
+        verb = "promoted" if decision.get("promoted") else "not promoted"
+        self.reporter.emit(
+            "promotion",
+            str(decision.get("reason", "")),
+            say=f"job {self.job_id}: {verb}: {decision.get('reason', '')}",
+            **{k: v for k, v in decision.items() if k != "reason"},
+        )
+        return decision
+
+    def _finish(
+        self,
+        outcome: str,
+        code: int,
+        reason: str,
+        manifest: dict[str, Any] | None = None,
+        promote: bool = False,
+    ) -> api.LaunchResult:
+        if self.result is not None:
+            return self.result
+        promotion = self._auto_promote() if promote else None
+        artifacts: dict[str, str] = {}
+        if outcome in ("succeeded", "already_done"):
+            manifest = manifest or read_manifest(self.store, self.layout, self.job_id) or {}
+            for name in [MANIFEST, *(f["name"] for f in manifest.get("files", []))]:
+                artifacts[name] = self.store.uri(self.layout.job_file(self.job_id, name))
+        summaries = [a.summary() for a in self.attempts]
+        self.result = api.LaunchResult(
+            job_id=self.job_id,
+            outcome=outcome,
+            exit_code=code,
+            reason=reason,
+            artifacts=artifacts,
+            cost_usd=sum(a.cost() for a in self.attempts),
+            estimate_usd=self.estimate_usd,
+            attempts=summaries,
+            durations={
+                "total_s": round(time.monotonic() - self.t0, 3),
+                "provisioning_s": round(sum(s["provisioning_s"] for s in summaries), 3),
+                "running_s": round(sum(s["running_s"] for s in summaries), 3),
+            },
+            recovery_s=_recoveries(self.attempts),
+            promotion=promotion,
+        )
+        fields = {k: v for k, v in self.result.to_json().items() if k not in ("job_id", "reason")}
+        self.reporter.emit(
+            "result", reason, say=f"job {self.job_id}: {outcome} ({reason})", **fields
+        )
+        return self.result
+
+
+def _recoveries(attempts: list[Attempt]) -> list[float]:
+    """For each attempt that replaced an interrupted one: seconds from the interruption being
+    detected to the new instance's first training progress."""
+    out = []
+    for before, after in itertools.pairwise(attempts):
+        if before.ended_at is not None and after.first_step_at is not None:
+            out.append(round(after.first_step_at - before.ended_at, 3))
+    return out
+
+
+def _undestroyed(ids: list[int], why: str) -> str:
+    joined = ", ".join(str(i) for i in ids)
+    return (
+        f"instance(s) {joined} could not be destroyed {why} and may still bill: run "
+        f"`vastai destroy instance {ids[0]}` (each id) or `quantlab-train reap`"
+    ).replace("  ", " ")
