@@ -72,3 +72,16 @@ def test_outbid_instance_is_replaced_and_the_job_resumes(market: Lab) -> None:
     assert metrics is not None and metrics["resumed_from_step"] is not None
     assert "artifacts" in result.to_json() and result.artifacts["model.bin"]
     market.assert_clean()
+
+
+def test_auto_promotion_after_a_successful_launch(market: Lab) -> None:
+    spec = tiny_spec("lt-auto", promotion={"auto": True})
+    make_dataset(market.store, spec, SynthConfig(rows_per_day=2_000, row_group_size=1_000))
+    result = market.launch(spec).wait()
+
+    assert result.outcome == "succeeded"
+    assert result.promotion is not None and result.promotion["promoted"] is True
+    assert result.to_json()["promotion"]["promoted"] is True
+    live = json.loads(market.store.get(Layout().production_file("btcusdt", "manifest.json")))
+    assert live["source_job"] == "lt-auto"
+    market.assert_clean()
