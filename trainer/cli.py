@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer import __version__, commands, promotion_cli
+from trainer.cli_args import add_overrides, add_store
 from trainer.errors import EXIT_INTERNAL, TrainerError
 from trainer.launcher import cli as launcher_cli
 from trainer.spec.docs import json_schema, markdown_reference
@@ -36,20 +37,8 @@ def setup_logging() -> None:
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="path to a JobSpec YAML file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set train.lr=3e-4 (validated like the file)",
-    )
-    p.add_argument(
-        "--store",
-        default=None,
-        metavar="ROOT",
-        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
-    )
+    add_overrides(p)
+    add_store(p)
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 

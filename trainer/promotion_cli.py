@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from trainer.cli_args import add_store
 from trainer.layout import Layout
 from trainer.spec.model import StorageSpec
 from trainer.storage import ObjectStore, default_store_root, open_store
@@ -39,12 +40,7 @@ def register(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store",
-        default=None,
-        metavar="ROOT",
-        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
-    )
+    add_store(p)
     p.add_argument("--by", default=None, metavar="WHO", help="recorded as promoted_by")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 

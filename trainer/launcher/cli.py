@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.cli_args import add_overrides, add_store
 from trainer.errors import SpecError, TrainerError
 from trainer.launcher.events import Reporter, Secrets, SecretsFilter
 from trainer.launcher.hosts import default_bad_hosts_file
@@ -35,14 +36,7 @@ def register(subparsers: Any) -> None:
         metavar="USD",
         help="stop every job once all of them together have spent this much",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set train.lr=3e-4 (validated like the file)",
-    )
+    add_overrides(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--wait",
@@ -132,12 +126,7 @@ def _common(
     with_bucket: bool = True,
     json_help: str = "",
 ) -> None:
-    p.add_argument(
-        "--store",
-        default=None,
-        metavar="ROOT",
-        help="object store root: s3:// (default, or $QUANTLAB_STORE) or file://DIR",
-    )
+    add_store(p)
     if with_bucket:  # launch takes it from the spec
         p.add_argument(
             "--bucket",
