@@ -56,3 +56,8 @@ def make_dataset(store: ObjectStore, spec: JobSpec, cfg: SynthConfig | None = No
     d = spec.data
     generate(store, Layout(spec.storage), d.exchange, d.stream, d.symbols, d.dates.resolve(), cfg)
     return cfg
+
+
+def cpu_run_args(spec_path: Path, store_root: str) -> list[str]:
+    """`trainer run` on the CPU against a store: what the subprocess tests start."""
+    return ["trainer", "run", str(spec_path), "--store", store_root, "--device", "cpu"]

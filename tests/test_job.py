@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
 from trainer.artifacts import MANIFEST, read_manifest, verify
 from trainer.data.loader import read_split_arrays
 from trainer.data.plan import preflight
@@ -169,13 +169,7 @@ def test_corrupt_partition_fails_with_a_record_and_no_manifest(
         [
             sys.executable,
             "-m",
-            "trainer",
-            "run",
-            str(spec_path),
-            "--store",
-            local_store.root,
-            "--device",
-            "cpu",
+            *cpu_run_args(spec_path, local_store.root),
         ],
         capture_output=True,
         text=True,

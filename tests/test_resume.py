@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
 from trainer.artifacts import read_manifest
 from trainer.data.loader import compute_feature_stats
 from trainer.data.plan import preflight
@@ -47,13 +47,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
         [
             sys.executable,
             "-m",
-            "trainer",
-            "run",
-            str(spec_path),
-            "--store",
-            local_store.root,
-            "--device",
-            "cpu",
+            *cpu_run_args(spec_path, local_store.root),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -118,13 +112,7 @@ def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "trainer",
-            "run",
-            str(spec_path),
-            "--store",
-            local_store.root,
-            "--device",
-            "cpu",
+            *cpu_run_args(spec_path, local_store.root),
             "--json",
         ],
         capture_output=True,
