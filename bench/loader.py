@@ -41,9 +41,9 @@ def dates(days: int) -> list[str]:
 
 def ensure_dataset(root: Path, days: int, rows_per_day: int) -> Path:
     """Generate the dataset under `root/store` unless the same one is already there."""
-    from trainer.layout import Layout
-    from trainer.storage import open_store
-    from trainer.synth import SynthConfig, generate
+    from trainer.data.synth import SynthConfig, generate
+    from trainer.store import open_store
+    from trainer.store.layout import Layout
 
     marker = root / "bench-dataset.json"
     want = {"days": days, "rows_per_day": rows_per_day, "features": FEATURES, "rg": ROW_GROUP}
@@ -66,9 +66,9 @@ def _plan(store_root: Path, days: int) -> Any:
 
     from trainer.data.plan import preflight
     from trainer.data.split import SplitBounds
-    from trainer.layout import Layout
-    from trainer.spec.model import DataSpec
-    from trainer.storage import open_store
+    from trainer.spec.sections import DataSpec
+    from trainer.store import open_store
+    from trainer.store.layout import Layout
 
     ds = dates(days)
     spec = DataSpec(
@@ -84,7 +84,7 @@ def _plan(store_root: Path, days: int) -> Any:
 
 
 def _store(kind: str, store_root: Path) -> Any:
-    from trainer.storage import open_store
+    from trainer.store import open_store
 
     return open_store("s3://" if kind == "s3" else f"file://{store_root}")
 

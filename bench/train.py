@@ -25,11 +25,11 @@ import torch
 
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats
 from trainer.data.plan import DatasetPlan, preflight
-from trainer.layout import Layout
-from trainer.model import build_model
+from trainer.data.synth import SynthConfig, generate
+from trainer.model.mlp import build_model
 from trainer.spec import JobSpec, spec_from_dict
-from trainer.storage import ObjectStore, open_store
-from trainer.synth import SynthConfig, generate
+from trainer.store import ObjectStore, open_store
+from trainer.store.layout import Layout
 from trainer.train.loop import Validation, fit
 
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = bench_spec(args.days, args.batch, args.epochs)
     root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
     store: ObjectStore = open_store(f"file://{root}")
-    layout = Layout(spec.storage)
+    layout = Layout.of(spec.storage)
     cfg = SynthConfig(rows_per_day=args.rows_per_day, n_features=40, row_group_size=100_000)
     d = spec.data
     marker = root / f".generated-{args.days}-{args.rows_per_day}"

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.layout import Layout
-from trainer.spec.model import StorageSpec
-from trainer.storage import ObjectStore, open_store
+from trainer.store import ObjectStore, open_store
+from trainer.store.layout import Layout
 
-BUCKETS = StorageSpec()
+BUCKETS = Layout()
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "AKIATESTKEY0000000000",
     "AWS_SECRET_ACCESS_KEY": "test-secret-0123456789abcdefghijklmnopqrstuv",
@@ -75,7 +74,7 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
 
 @pytest.fixture
 def layout() -> Layout:
-    return Layout(BUCKETS)
+    return BUCKETS
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ from typing import Any
 
 import yaml
 
-from trainer.layout import Layout
+from trainer.data.synth import SynthConfig, generate
 from trainer.spec import JobSpec, spec_from_dict
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig, generate
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout
 
 
 def spec_dict(
@@ -54,7 +54,8 @@ def write_spec(path: Path, raw: dict[str, Any]) -> Path:
 def make_dataset(store: ObjectStore, spec: JobSpec, cfg: SynthConfig | None = None) -> SynthConfig:
     cfg = cfg or SynthConfig(rows_per_day=6_000, row_group_size=1_500)
     d = spec.data
-    generate(store, Layout(spec.storage), d.exchange, d.stream, d.symbols, d.dates.resolve(), cfg)
+    layout = Layout.of(spec.storage)
+    generate(store, layout, d.exchange, d.stream, d.symbols, d.dates.resolve(), cfg)
     return cfg
 
 

@@ -8,7 +8,6 @@ when the instance is stopped or destroyed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -25,11 +24,10 @@ from typing import Any
 from tests.fakes.vast_server import FakeVast, Timings, running_fake_vast
 from tests.fakes.vast_state import InstanceView
 from tests.helpers import make_dataset, make_spec
-from trainer.errors import TrainerError
+from trainer.data.synth import SynthConfig
 from trainer.launcher.launch import JobHandle, LaunchOptions
 from trainer.spec import JobSpec
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig
+from trainer.store import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -165,27 +163,9 @@ def run_cli(argv: list[str]) -> CliRun:
 
 
 def cli_main(argv: list[str]) -> int:
-    """trainer.cli.main once it knows the launcher commands, else a parser holding only
-    them, with main's error mapping."""
-    from trainer import cli
+    from trainer.cli import main
 
-    if "launch" in cli.build_parser().format_help():
-        return cli.main(argv)
-    return _standalone(argv)
-
-
-def _standalone(argv: list[str]) -> int:
-    from trainer.launcher.cli import register
-
-    parser = argparse.ArgumentParser(prog="quantlab-train")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-        return code
-    except TrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return main(argv)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:

@@ -17,14 +17,14 @@ import pytest
 
 from tests.fakes.vast_server import FakeVast, running_fake_vast
 from tests.helpers import make_dataset, make_spec
-from trainer.artifacts import read_manifest
-from trainer.container.entrypoint import SENTINEL
+from trainer.data.synth import SynthConfig
 from trainer.errors import EXIT_DATA, EXIT_LIMIT
+from trainer.job.artifacts import read_manifest
 from trainer.launcher.vast import VastClient
-from trainer.layout import Layout, Partition
 from trainer.spec import JobSpec, dump_spec
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Partition
+from trainer.store.records import SENTINEL
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -69,7 +69,7 @@ def _container_env(
 
 
 def _upload_spec(store: ObjectStore, spec: JobSpec) -> str:
-    loc = Layout(spec.storage).job_file(spec.job_id, "jobspec.yaml")
+    loc = Layout.of(spec.storage).job(spec.job_id).jobspec
     store.put(loc, dump_spec(spec).encode())
     return str(loc)
 
@@ -79,7 +79,7 @@ def _run(
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     """Run the entrypoint; meanwhile read status.json as the launcher would."""
     seen: list[dict[str, Any]] = []
-    loc = Layout(spec.storage).job_file(spec.job_id, "status.json")
+    loc = Layout.of(spec.storage).job(spec.job_id).status
     done = threading.Event()
 
     def watch() -> None:
@@ -130,7 +130,7 @@ def test_successful_job_commits_reports_and_destroys_itself(
         "exit_code": 0,
         "artifacts": "s3://quantlab-artifacts/ml-artifacts/box-ok/",
     }
-    assert read_manifest(s3_store, Layout(), "box-ok") is not None
+    assert read_manifest(s3_store, Layout().job("box-ok")) is not None
     states = [doc["state"] for doc in seen]
     assert states[0] == "starting" and states[-1] == "succeeded"
     assert any(doc["step"] > 0 and doc["state"] == "training" for doc in seen), states
@@ -141,7 +141,7 @@ def test_successful_job_commits_reports_and_destroys_itself(
     assert calls[0].headers.get("Authorization") == f"Bearer {instance[1]}"
     assert fake_vast.instance(instance[0]) is None  # gone, nothing billing
     assert proc.stderr.index("committed") < proc.stderr.index("destroy requested")
-    log = s3_store.get(Layout().job_file("box-ok", f"logs/{instance[0]}.log")).decode()
+    log = s3_store.get(Layout().job("box-ok").log(str(instance[0]))).decode()
     assert "committed" in log
     for secret in (instance[1], s3_env["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in proc.stdout + proc.stderr + log
@@ -161,8 +161,8 @@ def test_failing_job_leaves_a_record_and_still_destroys(
     result = _sentinel(proc.stdout)
     assert result["outcome"] == "failed" and result["exit_code"] == EXIT_DATA
     assert "pre-flight" in result["reason"]
-    assert read_manifest(s3_store, Layout(), "box-fail") is None
-    failure = json.loads(s3_store.get(Layout().job_file("box-fail", "failure.json")))
+    assert read_manifest(s3_store, Layout().job("box-fail")) is None
+    failure = json.loads(s3_store.get(Layout().job("box-fail").failure))
     assert "date=20251202" in failure["reason"]
     assert len(_destroy_calls(fake_vast, instance[0])) == 1
     assert fake_vast.instance(instance[0]) is None
@@ -182,9 +182,9 @@ def test_max_runtime_stops_records_and_destroys(
     assert proc.returncode == EXIT_LIMIT, proc.stderr[-3000:]
     result = _sentinel(proc.stdout)
     assert result["outcome"] == "stopped" and "max_runtime exceeded" in result["reason"]
-    failure = json.loads(s3_store.get(Layout().job_file("box-slow", "failure.json")))
+    failure = json.loads(s3_store.get(Layout().job("box-slow").failure))
     assert "max_runtime exceeded" in failure["reason"]
-    assert read_manifest(s3_store, Layout(), "box-slow") is None
+    assert read_manifest(s3_store, Layout().job("box-slow")) is None
     assert seen[-1]["state"] == "stopped"
     assert fake_vast.instance(instance[0]) is None
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
-from trainer.container.entrypoint import SENTINEL
-from trainer.job import run_job
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig
+from trainer.data.synth import SynthConfig
+from trainer.job.run import run_job
+from trainer.store import ObjectStore
+from trainer.store.records import SENTINEL
 from trainer.train.loop import autocast_dtype
 
 pytestmark = [
@@ -38,19 +38,19 @@ def test_bf16_autocast_trains_and_learns(local_store: ObjectStore) -> None:
         torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     )
     result = run_job(spec, local_store, device="cuda")
-    final = result.metrics["final"]
-    assert final["ic"] > 0.25
-    assert all(h["val_loss"] == h["val_loss"] for h in result.metrics["history"])  # no NaN
+    assert result.metrics is not None
+    assert result.metrics.final.ic > 0.25
+    assert all(h.val_loss == h.val_loss for h in result.metrics.history)  # no NaN
 
 
 def test_loader_delivers_cuda_batches_through_pinned_memory(local_store: ObjectStore) -> None:
     from trainer.data.loader import StreamingLoader
     from trainer.data.plan import preflight
-    from trainer.layout import Layout
+    from trainer.store.layout import Layout
 
     spec = make_spec()
     make_dataset(local_store, spec)
-    plan = preflight(spec.data, local_store, Layout(spec.storage))
+    plan = preflight(spec.data, local_store, Layout.of(spec.storage))
     loader = StreamingLoader(plan, local_store, split="train", batch_size=1024, device="cuda")
     rows = 0
     for x, y in loader.epoch(0):

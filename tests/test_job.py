@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
-from trainer.artifacts import MANIFEST, read_manifest, verify
 from trainer.data.loader import read_split_arrays
 from trainer.data.plan import preflight
+from trainer.data.synth import SIGNAL_FEATURE, SynthConfig
 from trainer.errors import EXIT_DATA, DataError
-from trainer.job import run_job
-from trainer.layout import Layout, Partition
-from trainer.storage import ObjectStore
-from trainer.synth import SIGNAL_FEATURE, SynthConfig
+from trainer.job.artifacts import read_manifest, verify
+from trainer.job.run import run_job
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Partition
 from trainer.train.metrics import pearson
 
 EXPECTED_FILES = {
@@ -61,12 +61,13 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
 
     assert result.outcome == "succeeded"
     assert result.artifacts == "s3://quantlab-artifacts/ml-artifacts/job-8271/"
-    keys = {o.loc.key for o in s3_store.list(layout.job_dir("job-8271"))}
-    assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | {MANIFEST}}
-    manifest = verify(s3_store, layout, "job-8271", tmp_path)
-    assert {f["name"] for f in manifest["files"]} == EXPECTED_FILES
-    assert manifest["job_id"] == "job-8271" and manifest["started_at"] <= manifest["ended_at"]
-    assert manifest["code_version"]
+    paths = layout.job("job-8271")
+    keys = {o.loc.key for o in s3_store.list(paths.dir)}
+    assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | {paths.MANIFEST}}
+    manifest = verify(s3_store, paths, tmp_path)
+    assert {f.name for f in manifest.files} == EXPECTED_FILES
+    assert manifest.job_id == "job-8271" and manifest.started_at <= manifest.ended_at
+    assert manifest.code_version
 
     # model.bin loads where only torch is available and reproduces the job's predictions
     plan = preflight(spec.data, s3_store, layout)
@@ -101,7 +102,8 @@ def test_validation_ic_reaches_the_true_signal(local_store: ObjectStore, layout:
     plan = preflight(spec.data, local_store, layout)
     x_val, y_val, _ = read_split_arrays(plan, local_store, "val")
     signal_ic = pearson(x_val[:, plan.features.index(SIGNAL_FEATURE)], y_val)
-    model_ic = result.metrics["final"]["ic"]
+    assert result.final is not None
+    model_ic = result.final.ic
     assert signal_ic > 0.3
     assert model_ic >= 0.8 * signal_ic, (model_ic, signal_ic)
 
@@ -130,10 +132,10 @@ def test_a_committed_job_is_not_run_again(local_store: ObjectStore, layout: Layo
     spec = make_spec(job={"id": "once"})
     make_dataset(local_store, spec)
     first = run_job(spec, local_store, device="cpu")
-    manifest = local_store.get(layout.job_file("once", MANIFEST))
+    manifest = local_store.get(layout.job("once").manifest)
     again = run_job(spec, local_store, device="cpu")
     assert (first.outcome, again.outcome) == ("succeeded", "already_done")
-    assert local_store.get(layout.job_file("once", MANIFEST)) == manifest
+    assert local_store.get(layout.job("once").manifest) == manifest
 
 
 def test_dry_run_uploads_nothing(local_store: ObjectStore, layout: Layout) -> None:
@@ -141,8 +143,8 @@ def test_dry_run_uploads_nothing(local_store: ObjectStore, layout: Layout) -> No
     make_dataset(local_store, spec)
     result = run_job(spec, local_store, device="cpu", dry_run=True)
     assert result.outcome == "dry_run"
-    assert result.metrics["steps"] <= 5
-    assert local_store.list(layout.job_dir("dry")) == []
+    assert result.metrics is not None and result.metrics.steps <= 5
+    assert local_store.list(layout.job("dry").dir) == []
     assert (Path(result.artifacts) / "model.bin").exists()
 
 
@@ -176,8 +178,8 @@ def test_corrupt_partition_fails_with_a_record_and_no_manifest(
     )
     assert proc.returncode == EXIT_DATA, proc.stderr
     assert "date=20251202" in proc.stderr
-    assert read_manifest(local_store, layout, "broken") is None
-    failure = json.loads(local_store.get(layout.job_file("broken", "failure.json")))
+    assert read_manifest(local_store, layout.job("broken")) is None
+    failure = json.loads(local_store.get(layout.job("broken").failure))
     assert "date=20251202" in failure["reason"] and failure["error"] == "DataError"
 
 

@@ -25,13 +25,13 @@ from trainer.errors import (
     EXIT_NO_OFFER,
     EXIT_SPEC,
     Cancelled,
+    exit_code_of,
 )
 from trainer.launcher.payload import ENTRYPOINT
 from trainer.launcher.vast import VastClient
-from trainer.layout import Layout, Loc
 from trainer.spec import JobSpec, dump_spec
-from trainer.spec.model import StorageSpec
-from trainer.storage import ObjectStore
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Loc
 
 
 @pytest.fixture
@@ -61,14 +61,14 @@ def cli(env: Lab, *argv: str) -> list[str]:
 
 def status_container(store: ObjectStore, job_id: str) -> str | None:
     try:
-        doc = json.loads(store.get(Layout().job_file(job_id, "status.json")))
+        doc = json.loads(store.get(Layout().job(job_id).status))
     except Exception:
         return None
     return str(doc.get("container_id"))
 
 
 def every_object(store: ObjectStore) -> Iterator[bytes]:
-    buckets = StorageSpec()
+    buckets = Layout()
     for bucket in (buckets.compact_bucket, buckets.artifacts_bucket, buckets.raw_bucket):
         for info in store.list(Loc(bucket, "")):
             yield store.get(info.loc)
@@ -78,7 +78,7 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     env: Lab, s3_env: dict[str, str]
 ) -> None:
     spec = with_data(env.store, tiny_spec("lt-happy"))
-    manifest = Layout().job_file("lt-happy", "manifest.json")
+    manifest = Layout().job("lt-happy").manifest
     landed: list[float] = []
 
     def watch_manifest() -> None:
@@ -125,7 +125,7 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     assert sent["AWS_ENDPOINT_URL_S3"] == s3_env["AWS_ENDPOINT_URL_S3"]
     assert sent["AWS_SESSION_TOKEN"] and sent["AWS_ACCESS_KEY_ID"] != s3_env["AWS_ACCESS_KEY_ID"]
     assert "VAST_API_KEY" not in sent and "QUANTLAB_STORE" not in sent
-    stored = env.store.get(Layout().job_file("lt-happy", "jobspec.yaml")).decode()
+    stored = env.store.get(Layout().job("lt-happy").jobspec).decode()
     assert stored == dump_spec(spec)
 
     status = json.loads(run_cli(cli(env, "status", "lt-happy", "--json")).stdout)
@@ -189,7 +189,7 @@ def test_dry_run_does_everything_but_rent(env: Lab) -> None:
     assert "estimated cost: up to $" in run.stderr
     assert run.result["outcome"] == "dry_run"
     assert env.creates() == 0 and env.fake.calls("search") == 1
-    assert env.store.head(Layout().job_file("lt-dry", "jobspec.yaml")) is None
+    assert env.store.head(Layout().job("lt-dry").jobspec) is None
 
 
 def test_bad_spec_bad_data_and_no_offer_spend_nothing(env: Lab) -> None:
@@ -219,7 +219,7 @@ def test_reap_destroys_what_a_dead_launcher_left_and_keeps_detached_jobs(env: La
     detached = with_data(env.store, tiny_spec("lt-detach", train={"epochs": 10_000}))
     run = run_cli(launch_argv(env, detached, "--detach"))
     assert run.code == 0 and run.result["outcome"] == "detached", run.stderr[-3000:]
-    beat = json.loads(env.store.get(Layout().job_file("lt-detach", "launcher-heartbeat.json")))
+    beat = json.loads(env.store.get(Layout().job("lt-detach").launcher_heartbeat))
     assert beat["detached"] is True
     rows = {row["label"]: row["id"] for row in env.fake.live_instances()}
     orphan_id = rows["quantlab:lt-orphan"]
@@ -252,7 +252,7 @@ def test_reap_destroys_what_a_dead_launcher_left_and_keeps_detached_jobs(env: La
 
     stopped = run_cli(cli(env, "stop", "lt-detach"))
     assert stopped.code == 0 and "1 instance(s) destroyed" in stopped.stdout
-    request = json.loads(env.store.get(Layout().job_file("lt-detach", "stop-requested.json")))
+    request = json.loads(env.store.get(Layout().job("lt-detach").stop_request))
     assert request["by"] == "quantlab-train stop"  # (the stopped container rewrites failure.json)
     assert [r["id"] for r in env.fake.live_instances()] == [foreign.instance_id]
     VastClient(env.fake.api_key, env.fake.url).destroy_instance(foreign.instance_id)
@@ -276,12 +276,12 @@ def test_the_python_api_handle_reports_and_stops_a_running_job(env: Lab) -> None
         (row,) = env.fake.live_instances()
         wait_for(lambda: status_container(env.store, "lt-stop") == str(row["id"]), timeout=30)
         status = handle.status()
-        assert status["state"] in ("starting", "training")
-        assert [i["instance_id"] for i in status["instances"]] == [row["id"]]
+        assert status.state in ("starting", "training")
+        assert [i["instance_id"] for i in status.instances] == [row["id"]]
         assert wait_for(handle.logs, timeout=10)
         handle.stop()
         thread.join(30)
-    assert errors and errors[0].exit_code == EXIT_CANCELLED  # type: ignore[attr-defined]
+    assert errors and exit_code_of(errors[0]) == EXIT_CANCELLED
     assert handle.result is not None and handle.result.outcome == "cancelled"
     assert handle.result.attempts[0]["reason"] in (
         "stop requested", "stopped by `quantlab-train stop`")  # fmt: skip

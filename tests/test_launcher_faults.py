@@ -36,10 +36,11 @@ from trainer.errors import (
     LimitExceeded,
     ObjectNotFound,
     ProvisioningError,
+    exit_code_of,
 )
 from trainer.launcher.hosts import BadHosts
-from trainer.layout import Layout, Loc
-from trainer.storage import ObjectStore
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Loc
 
 MARKET = [make_offer(8_000_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(10)]
 
@@ -125,7 +126,7 @@ def test_no_other_offer_is_rented_while_an_instance_cannot_be_destroyed(market: 
     handle = market.launch(spec)
     with pytest.raises(InfraError) as caught:
         handle.wait()
-    assert caught.value.exit_code == EXIT_INFRA
+    assert exit_code_of(caught.value) == EXIT_INFRA
     assert "could not be destroyed so no other offer is rented" in str(caught.value)
     assert "vastai destroy instance 31000001" in str(caught.value)
     assert market.creates() == 1
@@ -141,7 +142,7 @@ def test_stuck_loading_hits_the_provisioning_deadline_then_the_launch_gives_up(
     handle = market.launch(spec)
     with pytest.raises(ProvisioningError) as caught:
         handle.wait()
-    assert caught.value.exit_code == EXIT_PROVISIONING
+    assert exit_code_of(caught.value) == EXIT_PROVISIONING
     assert "no instance started the job in 2 attempt(s)" in str(caught.value)
     assert "no status from the container within 0.01 min" in str(caught.value)
     assert handle.result is not None and handle.result.outcome == "provisioning_failed"
@@ -156,7 +157,7 @@ def test_outbid_then_host_lost_gives_up_as_an_infrastructure_failure(market: Lab
         "lt-lost", resources={"interruptible": True}, limits={"max_attempts": 2},
         train={"epochs": 10_000}))  # fmt: skip
     handle = market.launch(spec)
-    status = Layout().job_file("lt-lost", "status.json")
+    status = Layout().job("lt-lost").status
 
     def interfere() -> None:
         first = wait_for(lambda: _row_of(market, 0, "running"), timeout=30)
@@ -170,7 +171,7 @@ def test_outbid_then_host_lost_gives_up_as_an_infrastructure_failure(market: Lab
     with pytest.raises(InfraError) as caught:
         handle.wait()
     thread.join(5)
-    assert caught.value.exit_code == EXIT_INFRA
+    assert exit_code_of(caught.value) == EXIT_INFRA
     message = str(caught.value)
     assert message.startswith("the job lost its host on every attempt: #1 instance")
     assert "was stopped (outbid or out of credit); #2 instance" in message
@@ -200,7 +201,7 @@ def test_a_job_that_fails_reports_the_reason_and_is_not_retried(market: Lab) -> 
     handle = market.launch(spec)
     with pytest.raises(JobFailed) as caught:
         handle.wait()
-    assert caught.value.exit_code == EXIT_JOB_FAILED
+    assert exit_code_of(caught.value) == EXIT_JOB_FAILED
     assert "job lt-fail failed: the job reported:" in str(caught.value)
     assert "non-finite" in str(caught.value) or "NaN" in str(caught.value)
     assert handle.result is not None and handle.result.outcome == "failed"
@@ -237,7 +238,7 @@ def test_money_and_runtime_limits_destroy_the_instance(market: Lab, limit: str) 
     handle = market.launch(spec)
     with pytest.raises(LimitExceeded) as caught:
         handle.wait()
-    assert caught.value.exit_code == EXIT_LIMIT
+    assert exit_code_of(caught.value) == EXIT_LIMIT
     expected = "max_cost_usd reached" if limit == "budget" else "max_runtime"
     assert expected in str(caught.value)
     assert handle.result is not None and handle.result.outcome == "limit_exceeded"

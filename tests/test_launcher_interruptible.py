@@ -13,10 +13,10 @@ import pytest
 from tests.fakes.vast_offers import make_offer
 from tests.helpers import make_dataset
 from tests.launcher_env import Lab, lab, tiny_spec, wait_for
+from trainer.data.synth import SynthConfig
 from trainer.errors import ObjectNotFound
-from trainer.layout import Layout
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout
 
 MARKET = [make_offer(9_100_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(4)]
 
@@ -29,7 +29,7 @@ def market(s3_env: dict[str, str], s3_store: ObjectStore, tmp_path: Path) -> Ite
 
 def _json(store: ObjectStore, key: str) -> dict[str, object] | None:
     try:
-        return json.loads(store.get(Layout().job_file("lt-spot", key)))  # type: ignore[no-any-return]
+        return json.loads(store.get(Layout().job("lt-spot").file(key)))  # type: ignore[no-any-return]
     except (ObjectNotFound, ValueError):
         return None
 
@@ -82,6 +82,6 @@ def test_auto_promotion_after_a_successful_launch(market: Lab) -> None:
     assert result.outcome == "succeeded"
     assert result.promotion is not None and result.promotion["promoted"] is True
     assert result.to_json()["promotion"]["promoted"] is True
-    live = json.loads(market.store.get(Layout().production_file("btcusdt", "manifest.json")))
+    live = json.loads(market.store.get(Layout().production("btcusdt").manifest))
     assert live["source_job"] == "lt-auto"
     market.assert_clean()

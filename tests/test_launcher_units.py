@@ -12,11 +12,10 @@ import pytest
 from tests.fakes.vast_offers import make_offer
 from tests.helpers import make_spec
 from trainer.errors import InfraError, SpecError
-from trainer.launcher.commands import JobFiles, reap_reason
 from trainer.launcher.credentials import job_credentials, scope_policy, token_seconds
-from trainer.launcher.events import Progress, Reporter, Secrets, status_line
+from trainer.launcher.events import Progress, Reporter, status_line
 from trainer.launcher.hosts import BadHosts
-from trainer.launcher.logtail import GAP, LogTail, parse_sentinel
+from trainer.launcher.logtail import GAP, LogTail
 from trainer.launcher.offers import (
     bid_for,
     candidates,
@@ -25,6 +24,7 @@ from trainer.launcher.offers import (
     search_filters,
     why_ineligible,
 )
+from trainer.launcher.ops import JobFiles, reap_reason
 from trainer.launcher.payload import (
     ENTRYPOINT,
     container_env,
@@ -33,7 +33,9 @@ from trainer.launcher.payload import (
     label_for,
 )
 from trainer.launcher.vast import Instance, Offer
-from trainer.spec.model import LimitsSpec, ResourcesSpec
+from trainer.redact import Secrets
+from trainer.spec.sections import LimitsSpec, ResourcesSpec
+from trainer.store.records import FailureRecord, LauncherHeartbeat, ResultSentinel
 
 
 def offer(offer_id: int, gpu: str = "RTX 4090", **fields: object) -> Offer:
@@ -151,9 +153,14 @@ def test_log_tail_prints_each_line_once_and_finds_the_sentinel() -> None:
     assert tail.result is None
     line = 'QUANTLAB_RESULT {"exit_code": 3, "outcome": "failed", "reason": "no data"}'
     assert tail.update(f"y\n{line}\n") == [line]
-    assert tail.result == {"exit_code": 3, "outcome": "failed", "reason": "no data"}
-    assert parse_sentinel("QUANTLAB_RESULT not-json") is None
-    assert parse_sentinel("other 1") is None
+    assert tail.result is not None
+    assert tail.result.model_dump(exclude_none=True) == {
+        "exit_code": 3,
+        "outcome": "failed",
+        "reason": "no data",
+    }
+    assert ResultSentinel.parse_line("QUANTLAB_RESULT not-json") is None
+    assert ResultSentinel.parse_line("other 1") is None
 
 
 def test_reporter_writes_ndjson_and_redacts_everything() -> None:
@@ -248,6 +255,10 @@ def _files(**fields: Any) -> JobFiles:
                             "heartbeat": {"updated_at": 1000.0, "detached": False},
                             "limits": LimitsSpec(heartbeat_timeout_minutes=10)}  # fmt: skip
     base.update(fields)
+    if isinstance(base["heartbeat"], dict):
+        base["heartbeat"] = LauncherHeartbeat.model_validate(base["heartbeat"])
+    if isinstance(base["failure"], dict):
+        base["failure"] = FailureRecord.model_validate({"job_id": "j", **base["failure"]})
     return JobFiles(**base)
 
 

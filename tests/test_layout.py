@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trainer.errors import StorageError
-from trainer.layout import Layout, Loc, Partition
-from trainer.spec.model import StorageSpec
-from trainer.storage import ObjectStore
+from trainer.store import ObjectStore
+from trainer.store.base import Loc
+from trainer.store.layout import Layout, Partition
 
 PART = Partition("binance", "bbo", "btcusdt", "20251229")
 
@@ -28,17 +30,17 @@ def test_feature_example() -> None:
 
 def test_artifact_and_production_examples() -> None:
     layout = Layout()
-    assert str(layout.job_file("job-8271", "model.bin")) == (
+    assert str(layout.job("job-8271").model) == (
         "s3://quantlab-artifacts/ml-artifacts/job-8271/model.bin"
     )
-    assert str(layout.production_file("btcusdt", "model.bin")) == (
+    assert str(layout.production("btcusdt").model) == (
         "s3://quantlab-artifacts/models/production/btcusdt/model.bin"
     )
 
 
 def test_buckets_are_overridable_for_staging() -> None:
-    layout = Layout(StorageSpec(artifacts_bucket="quantlab-artifacts-staging"))
-    assert str(layout.job_dir("j1")) == "s3://quantlab-artifacts-staging/ml-artifacts/j1/"
+    layout = Layout(artifacts_bucket="quantlab-artifacts-staging")
+    assert str(layout.job("j1").dir) == "s3://quantlab-artifacts-staging/ml-artifacts/j1/"
 
 
 @pytest.mark.parametrize(
@@ -47,8 +49,8 @@ def test_buckets_are_overridable_for_staging() -> None:
         lambda: Partition("binance", "bbo", "BTCUSDT", "20251229"),
         lambda: Partition("binance", "bbo", "btcusdt", "20251332"),
         lambda: Partition("bin/ance", "bbo", "btcusdt", "20251229"),
-        lambda: Layout().job_dir("../escape"),
-        lambda: Layout().production_dir("BTC"),
+        lambda: Layout().job("../escape"),
+        lambda: Layout().production("BTC"),
     ],
 )
 def test_invalid_partition_values_are_rejected(bad: object) -> None:
@@ -56,8 +58,11 @@ def test_invalid_partition_values_are_rejected(bad: object) -> None:
         bad()  # type: ignore[operator]
 
 
-def test_nothing_writes_to_the_raw_bucket(local_store: ObjectStore) -> None:
+def test_nothing_writes_to_the_raw_bucket(local_store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="read-only"):
         local_store.put(Loc("quantlab-raw", "x"), b"")
-    with pytest.raises(PermissionError):
-        Layout().check_writable(Loc("quantlab-raw", "x"))
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(StorageError, match="read-only"):
+        local_store.upload(Loc("quantlab-raw", "x"), tmp_path / "f")
+    with pytest.raises(StorageError, match="read-only"):
+        local_store.delete(Loc("quantlab-raw", "x"))

@@ -19,13 +19,13 @@ from trainer.data.loader import (
     compute_feature_stats,
     read_split_arrays,
 )
+from trainer.data.order import batch_segments
 from trainer.data.plan import DatasetPlan, preflight
-from trainer.data.schedule import batch_segments
+from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
 from trainer.errors import DataError
-from trainer.layout import Layout, Partition
-from trainer.spec.model import DataSpec
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig, generate, make_day, meta_for, write_partition
+from trainer.spec.sections import DataSpec
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Partition
 
 SYMBOLS = ("btcusdt", "ethusdt")
 DATES = ("20250101", "20250102", "20250103")

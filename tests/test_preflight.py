@@ -14,10 +14,10 @@ import pytest
 
 from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
 from trainer.data.plan import preflight, summary
+from trainer.data.synth import SynthConfig, make_day, meta_for, write_partition
 from trainer.errors import EXIT_DATA, DataError
-from trainer.layout import Layout, Partition
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig, make_day, meta_for, write_partition
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout, Partition
 
 
 def test_clean_dataset_passes_with_a_summary(store: ObjectStore, layout: Layout) -> None:

@@ -18,36 +18,27 @@ import pytest
 
 from tests.conftest import BUCKETS
 from tests.helpers import make_dataset, make_spec
-from trainer.errors import EXIT_CONFLICT, EXIT_REFUSED, EXIT_SPEC
-from trainer.export import load_model
-from trainer.job import run_job
-from trainer.layout import Layout
-from trainer.production import (
+from trainer.errors import EXIT_CONFLICT, EXIT_REFUSED, EXIT_SPEC, exit_code_of
+from trainer.job.run import JobResult, run_job
+from trainer.model.export import load_model
+from trainer.promotion.candidate import CandidateInvalid, check_sample
+from trainer.promotion.gate import GateRefused, resolve_symbol
+from trainer.promotion.production import (
     NoProduction,
     ProductionCorrupt,
     PromotionConflict,
-    manifest_loc,
-    object_loc,
+    SymbolError,
     production_status,
     read_history,
     read_production,
-    seed_loc,
     sha256_bytes,
     sync_seed_copy,
 )
-from trainer.promote import (
-    CandidateInvalid,
-    GateRefused,
-    NothingToRollBack,
-    SymbolError,
-    check_sample,
-    maybe_auto_promote,
-    promote,
-    resolve_symbol,
-    rollback,
-)
-from trainer.spec.model import PromotionSpec
-from trainer.storage import ObjectStore, open_store
+from trainer.promotion.promote import NothingToRollBack, maybe_auto_promote, promote, rollback
+from trainer.spec.sections import PromotionSpec
+from trainer.store import ObjectStore, open_store
+from trainer.store.layout import Layout
+from trainer.store.records import ProductionManifest
 
 SYMBOL = "btcusdt"
 BY = "tester@ci"
@@ -63,7 +54,12 @@ class Jobs:
     ic: dict[str, float]
 
     def model(self, job_id: str) -> bytes:
-        return self.source.get(Layout(BUCKETS).job_file(job_id, "model.bin"))
+        return self.source.get(BUCKETS.job(job_id).model)
+
+
+def _final_ic(result: JobResult) -> float:
+    assert result.final is not None
+    return result.final.ic
 
 
 @pytest.fixture(scope="module")
@@ -78,30 +74,30 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Jobs:
         make_spec(job={"id": "job-other"}, train={**few, "seed": 1}, promotion={"min_ic": 0.99}),
     ]
     make_dataset(source, specs[0])
-    ic = {s.job_id: float(run_job(s, source, device="cpu").metrics["final"]["ic"]) for s in specs}
+    ic = {s.job_id: _final_ic(run_job(s, source, device="cpu")) for s in specs}
     strong, weak = sorted(["job-full", "job-short"], key=lambda j: -ic[j])
     return Jobs(source, strong, weak, "job-other", ic)
 
 
 def install(jobs: Jobs, store: ObjectStore, *job_ids: str) -> None:
     """Copy committed jobs, manifest included, into the store a test uses."""
-    layout = Layout(BUCKETS)
+    layout = BUCKETS
     for job_id in job_ids:
-        for info in jobs.source.list(layout.job_dir(job_id)):
+        for info in jobs.source.list(layout.job(job_id).dir):
             store.put(info.loc, jobs.source.get(info.loc))
 
 
 def snapshot(store: ObjectStore, layout: Layout) -> dict[str, bytes]:
-    return {i.loc.key: store.get(i.loc) for i in store.list(layout.production_dir(SYMBOL))}
+    return {i.loc.key: store.get(i.loc) for i in store.list(layout.production(SYMBOL).dir)}
 
 
-def assert_consistent(store: ObjectStore, layout: Layout, expected: bytes) -> dict[str, Any]:
+def assert_consistent(store: ObjectStore, layout: Layout, expected: bytes) -> ProductionManifest:
     """The live manifest, its object and the seed copy all agree on `expected`."""
     live = read_production(store, layout, SYMBOL)
-    sha = live.manifest["model"]["sha256"]
+    sha = live.manifest.model.sha256
     assert live.data == expected and sha == sha256_bytes(expected)
-    assert store.get(object_loc(layout, SYMBOL, sha)) == expected
-    assert store.get(seed_loc(layout, SYMBOL)) == expected
+    assert store.get(layout.production(SYMBOL).object(sha)) == expected
+    assert store.get(layout.production(SYMBOL).model) == expected
     return live.manifest
 
 
@@ -116,15 +112,15 @@ def test_promotion_publishes_through_the_manifest(
     assert result.model_uri == "s3://quantlab-artifacts/models/production/btcusdt/model.bin"
     assert result.seed_copy_current
     manifest = assert_consistent(s3_store, layout, jobs.model(jobs.strong))
-    assert manifest["source_job"] == jobs.strong and manifest["action"] == "promote"
-    assert manifest["metrics"]["ic"] == pytest.approx(jobs.ic[jobs.strong])
-    assert manifest["promoted_by"] == BY and manifest["forced"] is False
-    assert manifest["gate"].startswith("passed: ") and "no production model" in manifest["gate"]
-    assert manifest["model"]["features"] and manifest["model"]["size"] > 0
-    assert -1 <= manifest["sample"]["ic"] <= 1 and manifest["sample"]["rows"] > 0
+    assert manifest.source_job == jobs.strong and manifest.action == "promote"
+    assert manifest.metrics.ic == pytest.approx(jobs.ic[jobs.strong])
+    assert manifest.promoted_by == BY and manifest.forced is False
+    assert manifest.gate.startswith("passed: ") and "no production model" in manifest.gate
+    assert manifest.model.features and manifest.model.size > 0
+    assert -1 <= manifest.sample.ic <= 1 and manifest.sample.rows > 0
     (tmp_path / "live.bin").write_bytes(read_production(s3_store, layout, SYMBOL).data)
     _, meta = load_model(tmp_path / "live.bin")
-    assert meta["job_id"] == jobs.strong
+    assert meta.job_id == jobs.strong
 
     again = promote(s3_store, layout, jobs.strong, promoted_by=BY, workdir=tmp_path)
     assert (again.outcome, again.version) == ("already_live", 1)
@@ -136,7 +132,7 @@ def test_a_tampered_model_is_refused_naming_the_file(
     install(jobs, s3_store, jobs.strong, jobs.weak)
     promote(s3_store, layout, jobs.strong, promoted_by=BY, workdir=tmp_path / "a")
     before = snapshot(s3_store, layout)
-    loc = layout.job_file(jobs.weak, "model.bin")
+    loc = layout.job(jobs.weak).model
     data = bytearray(s3_store.get(loc))
     data[len(data) // 2] ^= 0xFF
     s3_store.put(loc, bytes(data))
@@ -161,7 +157,7 @@ def test_the_gate_refuses_a_weaker_candidate_showing_both_metrics(
     assert f"candidate {jobs.weak} validation IC {jobs.ic[jobs.weak]:.4f}" in message
     assert f"production v1 ({jobs.strong}) validation IC {jobs.ic[jobs.strong]:.4f}" in message
     assert f"max_ic_drop {gate.max_ic_drop:.4f}" in message and "--force" in message
-    assert err.value.exit_code == EXIT_REFUSED
+    assert exit_code_of(err.value) == EXIT_REFUSED
     assert snapshot(s3_store, layout) == before
 
 
@@ -170,16 +166,16 @@ def test_force_promotes_records_it_and_keeps_the_replaced_model(
 ) -> None:
     install(jobs, s3_store, jobs.strong, jobs.weak)
     first = promote(s3_store, layout, jobs.strong, promoted_by=BY, workdir=tmp_path)
-    v1 = s3_store.get(manifest_loc(layout, SYMBOL))
+    v1 = s3_store.get(layout.production(SYMBOL).manifest)
 
     result = promote(s3_store, layout, jobs.weak, force=True, promoted_by=BY, workdir=tmp_path)
     assert (result.version, result.previous_version, result.forced) == (2, 1, True)
     manifest = assert_consistent(s3_store, layout, jobs.model(jobs.weak))
-    assert manifest["forced"] is True and manifest["gate"].startswith("forced: gate refused")
-    assert manifest["rollback_to"] == 1
-    old, data = read_history(s3_store, layout, SYMBOL, 1)
+    assert manifest.forced is True and manifest.gate.startswith("forced: gate refused")
+    assert manifest.rollback_to == 1
+    old, data = read_history(s3_store, layout.production(SYMBOL), 1)
     assert data == jobs.model(jobs.strong) and old == first.manifest
-    assert s3_store.get(layout.production_file(SYMBOL, "history/1/manifest.json")) == v1
+    assert s3_store.get(layout.production(SYMBOL).history(1, "manifest.json")) == v1
 
 
 @dataclass(frozen=True)
@@ -216,7 +212,7 @@ def test_concurrent_changes_have_exactly_one_winner(
     # Hold both commits until both have read production and are about to write the manifest.
     barrier = threading.Barrier(2, timeout=30)
     real_put = s3_store._put
-    manifest = manifest_loc(layout, SYMBOL)
+    manifest = layout.production(SYMBOL).manifest
 
     def held_put(loc: Any, data: bytes, if_absent: bool, if_match: str | None) -> Any:
         if loc == manifest and (if_absent or if_match):
@@ -248,14 +244,15 @@ def test_concurrent_changes_have_exactly_one_winner(
     conflicts = [o for o in outcomes if isinstance(o, PromotionConflict)]
     wins = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(conflicts) == 1 and len(wins) == 1, outcomes
-    assert conflicts[0].exit_code == EXIT_CONFLICT and "changed nothing live" in str(conflicts[0])
+    assert exit_code_of(conflicts[0]) == EXIT_CONFLICT
+    assert "changed nothing live" in str(conflicts[0])
     winner = wins[0]
     assert winner.version == base + 1 and winner.previous_version == (base or None)
     expected = jobs.model(winner.source_job)
     live = assert_consistent(s3_store, layout, expected)
     assert live == winner.manifest
     if base:
-        _, replaced = read_history(s3_store, layout, SYMBOL, base)
+        _, replaced = read_history(s3_store, layout.production(SYMBOL), base)
         assert replaced == jobs.model(names[spec.setup[-1]])
 
 
@@ -269,15 +266,15 @@ def test_rollback_restores_the_previous_model_byte_for_byte(
     result = rollback(s3_store, layout, SYMBOL, promoted_by="oncall", workdir=tmp_path)
     assert (result.outcome, result.action, result.version) == ("rolled_back", "rollback", 3)
     manifest = assert_consistent(s3_store, layout, jobs.model(jobs.strong))
-    assert manifest["rolled_back_from"] == 2 and manifest["restored_version"] == 1
-    assert manifest["source_job"] == jobs.strong and manifest["promoted_by"] == "oncall"
-    assert manifest["metrics"]["ic"] == pytest.approx(jobs.ic[jobs.strong])
-    _, replaced = read_history(s3_store, layout, SYMBOL, 2)
+    assert manifest.rolled_back_from == 2 and manifest.restored_version == 1
+    assert manifest.source_job == jobs.strong and manifest.promoted_by == "oncall"
+    assert manifest.metrics.ic == pytest.approx(jobs.ic[jobs.strong])
+    _, replaced = read_history(s3_store, layout.production(SYMBOL), 2)
     assert replaced == jobs.model(jobs.weak)
 
     with pytest.raises(NothingToRollBack, match="v3 has no earlier version") as err:
         rollback(s3_store, layout, SYMBOL, promoted_by="oncall", workdir=tmp_path)
-    assert err.value.exit_code == EXIT_REFUSED
+    assert exit_code_of(err.value) == EXIT_REFUSED
 
 
 def test_status_lists_what_is_live_and_the_history(
@@ -291,11 +288,11 @@ def test_status_lists_what_is_live_and_the_history(
 
     [status] = production_status(local_store, layout)
     assert production_status(local_store, layout, SYMBOL) == [status]
-    assert status["symbol"] == SYMBOL and status["managed"] and status["seed_copy"] == "current"
-    live = status["live"]
-    assert (live["version"], live["action"], live["source_job"]) == (3, "rollback", jobs.strong)
-    assert live["restored_version"] == 1 and live["metrics"]["ic"] > 0
-    assert [(h["version"], h["source_job"], h["forced"]) for h in status["history"]] == [
+    assert status.symbol == SYMBOL and status.managed and status.seed_copy == "current"
+    live = status.live
+    assert (live.version, live.action, live.source_job) == (3, "rollback", jobs.strong)
+    assert live.restored_version == 1 and live.metrics.ic > 0
+    assert [(h.version, h.source_job, h.forced) for h in status.history] == [
         (2, jobs.weak, True),
         (1, jobs.strong, False),
     ]
@@ -308,16 +305,16 @@ def test_a_stale_seed_copy_is_never_served(
     with pytest.raises(NoProduction, match="promote a job first"):
         read_production(local_store, layout, SYMBOL)
     promote(local_store, layout, jobs.strong, promoted_by=BY, workdir=tmp_path)
-    local_store.put(seed_loc(layout, SYMBOL), b"left over by a writer that died")
+    local_store.put(layout.production(SYMBOL).model, b"left over by a writer that died")
 
     live = read_production(local_store, layout, SYMBOL)
     assert live.data == jobs.model(jobs.strong) and "/objects/" in live.source
-    assert production_status(local_store, layout)[0]["seed_copy"] == "stale"
-    assert sync_seed_copy(local_store, layout, SYMBOL)
+    assert production_status(local_store, layout)[0].seed_copy == "stale"
+    assert sync_seed_copy(local_store, layout.production(SYMBOL))
     assert_consistent(local_store, layout, jobs.model(jobs.strong))
 
-    local_store.put(seed_loc(layout, SYMBOL), b"stale again")
-    local_store.delete(object_loc(layout, SYMBOL, sha256_bytes(jobs.model(jobs.strong))))
+    local_store.put(layout.production(SYMBOL).model, b"stale again")
+    local_store.delete(layout.production(SYMBOL).object(sha256_bytes(jobs.model(jobs.strong))))
     with pytest.raises(ProductionCorrupt, match="does not match the sha256"):
         read_production(local_store, layout, SYMBOL)
 
@@ -326,16 +323,16 @@ def test_a_bare_seed_model_is_adopted_as_version_0(
     local_store: ObjectStore, layout: Layout, jobs: Jobs, tmp_path: Path
 ) -> None:
     install(jobs, local_store, jobs.strong)
-    local_store.put(seed_loc(layout, SYMBOL), b"model deployed by hand")
-    assert production_status(local_store, layout)[0]["managed"] is False
+    local_store.put(layout.production(SYMBOL).model, b"model deployed by hand")
+    assert production_status(local_store, layout)[0].managed is False
 
     result = promote(local_store, layout, jobs.strong, promoted_by=BY, workdir=tmp_path)
     assert (result.version, result.previous_version) == (1, 0)
-    old, data = read_history(local_store, layout, SYMBOL, 0)
-    assert data == b"model deployed by hand" and old["action"] == "legacy"
+    old, data = read_history(local_store, layout.production(SYMBOL), 0)
+    assert data == b"model deployed by hand" and old.action == "legacy"
 
     back = rollback(local_store, layout, SYMBOL, promoted_by=BY, workdir=tmp_path)
-    assert (back.version, back.manifest["restored_version"]) == (2, 0)
+    assert (back.version, back.manifest.restored_version) == (2, 0)
     assert_consistent(local_store, layout, b"model deployed by hand")
 
 
@@ -348,7 +345,8 @@ def test_the_gate_defaults_to_the_jobs_own_promotion_rule(
     assert snapshot(local_store, layout) == {}
 
     result = promote(local_store, layout, jobs.other, gate=PromotionSpec(), workdir=tmp_path)
-    assert result.manifest["gate_rule"] == {"max_ic_drop": 0.0, "min_ic": None}
+    assert result.manifest.gate_rule is not None
+    assert result.manifest.gate_rule.model_dump() == {"max_ic_drop": 0.0, "min_ic": None}
 
 
 def test_auto_promotion_after_a_job(
@@ -366,7 +364,7 @@ def test_auto_promotion_after_a_job(
     refused = maybe_auto_promote(on, local_store, layout, jobs.weak, workdir=tmp_path)
     assert refused["promoted"] is False and "gate refused" in refused["reason"]
     assert refused["symbols"][0]["exit_code"] == EXIT_REFUSED
-    assert read_production(local_store, layout, SYMBOL).manifest["source_job"] == jobs.strong
+    assert read_production(local_store, layout, SYMBOL).manifest.source_job == jobs.strong
 
     missing = maybe_auto_promote(on, local_store, layout, "job-never-ran", workdir=tmp_path)
     assert missing["promoted"] is False and "job-never-ran/manifest.json" in missing["reason"]
@@ -377,7 +375,7 @@ def test_the_symbol_comes_from_the_job(local_store: ObjectStore, layout: Layout)
     assert resolve_symbol("ethusdt", ("btcusdt", "ethusdt"), "job-1") == "ethusdt"
     with pytest.raises(SymbolError, match="choose one with --symbol") as err:
         resolve_symbol(None, ("btcusdt", "ethusdt"), "job-1")
-    assert err.value.exit_code == EXIT_SPEC
+    assert exit_code_of(err.value) == EXIT_SPEC
     with pytest.raises(SymbolError, match="did not train on 'solusdt'"):
         resolve_symbol("solusdt", ("btcusdt", "ethusdt"), "job-1")
     with pytest.raises(SymbolError, match="must be lower case"):
@@ -388,10 +386,10 @@ def test_a_model_that_does_not_reproduce_its_sample_is_refused(
     jobs: Jobs, layout: Layout, tmp_path: Path
 ) -> None:
     model, sample = tmp_path / "model.bin", tmp_path / "sample.parquet"
-    jobs.source.download(layout.job_file(jobs.strong, "model.bin"), model)
-    jobs.source.download(layout.job_file(jobs.strong, "val_sample.parquet"), sample)
+    jobs.source.download(layout.job(jobs.strong).model, model)
+    jobs.source.download(layout.job(jobs.strong).val_sample, sample)
     meta, ic, rows = check_sample(model, sample, "MODEL", "SAMPLE")
-    assert meta["job_id"] == jobs.strong and rows > 0 and -1 <= ic <= 1
+    assert meta.job_id == jobs.strong and rows > 0 and -1 <= ic <= 1
 
     table = pq.read_table(sample)
     shifted = pc.add(table["__prediction"], 0.01)
@@ -404,6 +402,6 @@ def test_a_model_that_does_not_reproduce_its_sample_is_refused(
     ):
         check_sample(model, sample, "MODEL", "SAMPLE")
 
-    pq.write_table(table.drop_columns([meta["features"][0]]), sample)
-    with pytest.raises(CandidateInvalid, match=f"missing columns \\['{meta['features'][0]}'\\]"):
+    pq.write_table(table.drop_columns([meta.features[0]]), sample)
+    with pytest.raises(CandidateInvalid, match=f"missing columns \\['{meta.features[0]}'\\]"):
         check_sample(model, sample, "MODEL", "SAMPLE")

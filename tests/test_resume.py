@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
-from trainer.artifacts import read_manifest
 from trainer.data.loader import compute_feature_stats
 from trainer.data.plan import preflight
-from trainer.job import run_job
-from trainer.layout import Layout
-from trainer.storage import ObjectStore
-from trainer.synth import SynthConfig
+from trainer.data.synth import SynthConfig
+from trainer.job.artifacts import read_manifest
+from trainer.job.run import run_job
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout
 
 TRAIN = {
     "epochs": 2,
@@ -41,7 +41,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
 ) -> None:
     make_dataset(local_store, make_spec(train=TRAIN), DATA)
     spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(job={"id": "killed"}, train=TRAIN))
-    pointer = layout.job_file("killed", "checkpoints/latest.json")
+    pointer = layout.job("killed").checkpoint_pointer
 
     proc = subprocess.Popen(
         [
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     finally:
         proc.wait(30)
     killed_at = json.loads(local_store.get(pointer))["step"]
-    assert read_manifest(local_store, layout, "killed") is None
+    assert read_manifest(local_store, layout.job("killed")) is None
 
     resumed = run_job(
         make_spec(job={"id": "killed"}, train=TRAIN),
@@ -80,16 +80,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
         workdir=tmp_path / "straight",
     )
 
-    assert resumed.metrics["resumed_from_step"] >= killed_at >= 15
-    assert straight.metrics["resumed_from_step"] is None
-    assert resumed.metrics["steps"] == straight.metrics["steps"]
+    assert resumed.metrics is not None and straight.metrics is not None
+    assert resumed.metrics.resumed_from_step is not None
+    assert resumed.metrics.resumed_from_step >= killed_at >= 15
+    assert straight.metrics.resumed_from_step is None
+    assert resumed.metrics.steps == straight.metrics.steps
     wa, wb = (
         _weights(tmp_path / "resumed" / "model.bin"),
         _weights(tmp_path / "straight" / "model.bin"),
     )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert resumed.metrics["final"] == straight.metrics["final"]
-    assert local_store.list(layout.job_file("killed", "checkpoints/")) == []  # cleaned up
+    assert resumed.metrics.final == straight.metrics.final
+    assert local_store.list(layout.job("killed").checkpoints) == []  # cleaned up
 
 
 @pytest.mark.skipif(
@@ -120,14 +122,14 @@ def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    manifest = read_manifest(local_store, layout, "ddp")
+    manifest = read_manifest(local_store, layout.job("ddp"))
     assert manifest is not None
-    metrics = json.loads(local_store.get(layout.job_file("ddp", "metrics.json")))
+    metrics = json.loads(local_store.get(layout.job("ddp").metrics))
     plan = preflight(spec.data, local_store, layout)
     _, _, n_train = compute_feature_stats(plan, local_store)
     assert metrics["world_size"] == 2
     assert metrics["rows_seen_all_ranks"] == n_train * spec.train.epochs  # type: ignore[operator]
     # one set of artifacts: exactly one manifest and one model under the job
-    keys = [o.loc.key for o in local_store.list(layout.job_dir("ddp"))]
+    keys = [o.loc.key for o in local_store.list(layout.job("ddp").dir)]
     assert keys.count("ml-artifacts/ddp/model.bin") == 1
     assert '"outcome": "succeeded"' in proc.stdout

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
-from trainer.layout import Loc
-from trainer.storage import ObjectStore
+from trainer.store import ObjectStore
+from trainer.store.layout import Loc
 
 ART = "quantlab-artifacts"
 

@@ -123,30 +123,14 @@ def test_list_follows_every_page_and_filters_by_label() -> None:
         assert vast.list_instances("nobody") == []
 
 
-def test_stop_label_and_change_bid_send_the_documented_bodies(fake: FakeVast) -> None:
-    vast = client(fake)
-    instance_id = rent(vast, bid_price=0.3)
-    vast.label_instance(instance_id, "renamed")
-    vast.change_bid(instance_id, 0.35)
-    vast.stop_instance(instance_id)
-    bodies = [r.body for r in fake.requests if r.endpoint in ("manage", "bid")]
-    assert bodies == [
-        {"label": "renamed"},
-        {"client_id": "me", "price": 0.35},
-        {"state": "stopped"},
-    ]
-    found = vast.show_instance(instance_id)
-    assert found is not None and found.label == "renamed" and found.is_bid
-
-
 # -- errors ----------------------------------------------------------------------------------
 def test_success_false_in_a_2xx_body_raises(fake: FakeVast) -> None:
     vast = client(fake)
     instance_id = rent(vast)
     body = {"success": False, "error": "missing_billing", "msg": "Add a payment method."}
-    fake.inject("manage", Fault(status=200, body=body))
+    fake.inject("destroy", Fault(status=200, body=body))
     with pytest.raises(VastApiError, match="missing_billing: Add a payment method") as caught:
-        vast.stop_instance(instance_id)
+        vast.destroy_instance(instance_id)
     assert caught.value.status == 200
 
 
@@ -280,7 +264,6 @@ def test_no_error_or_log_line_carries_the_key_or_an_env_value(
         ("show", lambda: vast.show_instance(instance_id)),
         ("destroy", lambda: vast.destroy_instance(instance_id)),
         ("list", vast.list_instances),
-        ("manage", lambda: vast.stop_instance(instance_id)),
     ]:
         fake.inject(endpoint, Fault(status=400, body={"error": "invalid_args", "msg": echo}))
         times = 1 if endpoint == "create" else 3  # a create is not retried after a 5xx

@@ -1,10 +1,14 @@
-"""Typed errors of the runner and the exit code each one maps to at the CLI edge."""
+"""Typed errors of the runner, and the one table from error type to exit code and outcome.
+
+Only the CLI (`trainer.cli.main`) and the launch result turn errors into codes and outcomes,
+and both read `exit_code_of` / `outcome_of` below: an error class never carries its own code.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Documented exit codes (README, "Exit codes"). Only trainer.cli turns errors into them.
+# Documented exit codes (README, "Exit codes").
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_SPEC = 2
@@ -22,35 +26,46 @@ EXIT_CANCELLED = 130
 class TrainerError(Exception):
     """Base of every error the runner raises on purpose; the message says what to do next."""
 
-    exit_code: int = EXIT_INTERNAL
+    @property
+    def headline(self) -> str:
+        """The first line of the message: what a one-line summary shows."""
+        text = str(self)
+        return text.splitlines()[0] if text else type(self).__name__
 
 
 class ProblemsError(TrainerError):
     """An error that carries several independent problems, reported together."""
 
     def __init__(self, headline: str, problems: Sequence[str]) -> None:
-        self.headline = headline
+        self._headline = headline
         self.problems = list(problems)
         body = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{headline}\n{body}" if body else headline)
+
+    @property
+    def headline(self) -> str:
+        return self._headline
 
 
 class SpecError(ProblemsError):
     """The JobSpec is invalid; each problem starts with its YAML path."""
 
-    exit_code = EXIT_SPEC
+
+class UsageError(TrainerError):
+    """A command-line argument is not one the command can take (a job id, a symbol)."""
 
 
 class DataError(ProblemsError):
     """The dataset the spec names is missing or inconsistent; each problem names its partition."""
 
-    exit_code = EXIT_DATA
+
+class VerificationError(TrainerError):
+    """A stored artifact does not match its manifest, or a stored record does not parse; the
+    message names the URI."""
 
 
 class StorageError(TrainerError):
     """Object storage (S3 or the local store) failed; the message names the URI."""
-
-    exit_code = EXIT_INFRA
 
 
 class ObjectNotFound(StorageError):
@@ -60,46 +75,67 @@ class ObjectNotFound(StorageError):
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object exists, or changed since it was read."""
 
-    exit_code = EXIT_CONFLICT
-
 
 class JobFailed(TrainerError):
     """The training job ran and failed; a failure record says why."""
-
-    exit_code = EXIT_JOB_FAILED
 
 
 class LimitExceeded(TrainerError):
     """The job hit its runtime or money limit and was stopped."""
 
-    exit_code = EXIT_LIMIT
-
 
 class InfraError(TrainerError):
     """A provider (Vast.ai, S3) failed in a way the runner cannot fix by itself."""
-
-    exit_code = EXIT_INFRA
 
 
 class NoOfferError(TrainerError):
     """No Vast.ai offer satisfies the spec's resources and price cap."""
 
-    exit_code = EXIT_NO_OFFER
-
 
 class ProvisioningError(TrainerError):
     """Instances were rented but none started the job within the provisioning budget."""
-
-    exit_code = EXIT_PROVISIONING
 
 
 class Refused(TrainerError):
     """A deliberate no: a promotion gate, or nothing to roll back to."""
 
-    exit_code = EXIT_REFUSED
-
 
 class Cancelled(TrainerError):
     """The user interrupted the command; anything it rented was destroyed."""
 
-    exit_code = EXIT_CANCELLED
+
+ERRORS: dict[type[TrainerError], tuple[int, str]] = {
+    SpecError: (EXIT_SPEC, "invalid_spec"),
+    UsageError: (EXIT_SPEC, "invalid_spec"),
+    DataError: (EXIT_DATA, "data_error"),
+    VerificationError: (EXIT_DATA, "data_error"),
+    NoOfferError: (EXIT_NO_OFFER, "no_offer"),
+    ProvisioningError: (EXIT_PROVISIONING, "provisioning_failed"),
+    JobFailed: (EXIT_JOB_FAILED, "failed"),
+    LimitExceeded: (EXIT_LIMIT, "limit_exceeded"),
+    PreconditionFailed: (EXIT_CONFLICT, "conflict"),
+    StorageError: (EXIT_INFRA, "infra_error"),
+    InfraError: (EXIT_INFRA, "infra_error"),
+    Refused: (EXIT_REFUSED, "refused"),
+    Cancelled: (EXIT_CANCELLED, "cancelled"),
+}
+"""Error type → (exit code, outcome). The most specific class in an error's MRO decides, so a
+subclass defined anywhere (a Vast.ai error is an InfraError) maps without an entry here."""
+
+
+def _entry(exc: BaseException) -> tuple[int, str]:
+    for kind in type(exc).__mro__:
+        if kind in ERRORS:
+            return ERRORS[kind]
+    return (EXIT_INTERNAL, "error")
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The documented exit code of an error; 1 (a bug) for anything the runner did not mean."""
+    return _entry(exc)[0]
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The launch result's `outcome` for an error; success outcomes are succeeded,
+    already_done, dry_run and detached."""
+    return _entry(exc)[1]

@@ -8,7 +8,6 @@ launcher's heartbeat goes stale."""
 from __future__ import annotations
 
 import _thread
-import json
 import logging
 import os
 import signal
@@ -19,26 +18,34 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from trainer.artifacts import write_failure
 from trainer.container.env import ContainerEnv, read_env
 from trainer.container.selfdestroy import destroy_self
 from trainer.container.status import StatusWriter
-from trainer.container.watchdog import Watchdog
-from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_LIMIT, SpecError, TrainerError
-from trainer.layout import Layout, Loc
-from trainer.redact import RedactingFilter
+from trainer.container.watchdog import StopReason, Watchdog
+from trainer.errors import (
+    EXIT_CANCELLED,
+    EXIT_INTERNAL,
+    EXIT_LIMIT,
+    SpecError,
+    TrainerError,
+    exit_code_of,
+)
+from trainer.job.artifacts import write_failure
+from trainer.redact import Secrets, install
 from trainer.spec import JobSpec, parse_spec
-from trainer.storage import ObjectStore, open_store
+from trainer.store import ObjectStore, open_store
+from trainer.store.base import Loc
+from trainer.store.layout import Layout
+from trainer.store.records import ResultSentinel
 
 log = logging.getLogger("quantlab.container")
-SENTINEL = "QUANTLAB_RESULT"
 HARD_STOP_GRACE_S = 120.0
 
 
 class _Stop:
-    """Why the main thread was interrupted (a limit, or a signal), set by the ticker."""
+    """Why the main thread was interrupted (a limit, the heartbeat, or a signal)."""
 
-    reason: str | None = None
+    why: StopReason | None = None
 
 
 _STOP = _Stop()
@@ -48,51 +55,56 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="quantlab-"))
     log_path = workdir / "container.log"
     _setup_logging(log_path)
-    result: dict[str, object] = {"job_id": None, "outcome": "failed", "exit_code": EXIT_INTERNAL}
+    result = ResultSentinel(job_id=None, outcome="failed", exit_code=EXIT_INTERNAL)
     env: ContainerEnv | None = None
     _install_signal_handlers(_STOP)
     try:
         env = read_env()
-        for handler in logging.getLogger("quantlab").handlers:
-            handler.addFilter(RedactingFilter(env.secrets()))
+        install(Secrets(), [logging.getLogger("quantlab")])
         result = _run(env, workdir, log_path)
     except TrainerError as exc:
         log.error("%s", exc)
-        result |= {"reason": str(exc).splitlines()[0], "exit_code": exc.exit_code}
+        result = result.model_copy(update={"reason": exc.headline, "exit_code": exit_code_of(exc)})
     except KeyboardInterrupt:  # a signal before the job started
-        log.error("stopped before the job started: %s", _STOP.reason or "interrupted")
-        result |= {
-            "outcome": "stopped",
-            "reason": _STOP.reason or "interrupted",
-            "exit_code": EXIT_CANCELLED,
-        }
+        why = _STOP.why or StopReason("signal", "interrupted")
+        log.error("stopped before the job started: %s", why.reason)
+        result = result.model_copy(
+            update={
+                "outcome": "stopped",
+                "reason": why.reason,
+                "cause": why.cause,
+                "exit_code": EXIT_CANCELLED,
+            }
+        )
     except BaseException as exc:  # the sentinel and the destroy must happen whatever broke
         log.exception("unexpected error")
-        result |= {"reason": f"{type(exc).__name__}: {exc}"}
+        result = result.model_copy(update={"reason": f"{type(exc).__name__}: {exc}"})
     finally:
-        code = int(str(result["exit_code"]))
-        print(f"{SENTINEL} {json.dumps(result, sort_keys=True)}", flush=True)
+        # From here on a SIGTERM (the host stopping us as we destroy ourselves) must not
+        # interrupt the destroy request or leave a traceback as the log's last words.
+        _disarm_signal_handlers()
+        print(result.line(), flush=True)
         if env is not None and env.can_self_destroy:
             destroy_self(env.vast_url, env.container_id or "", env.container_api_key or "")
-    return code
+    return result.exit_code
 
 
-def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> dict[str, object]:
+def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
     store = open_store(env.store_root)
     spec = _load_spec(env.jobspec_uri, store)
     store = open_store(env.store_root, read_only_buckets=[spec.storage.raw_bucket])
-    layout, job_id = Layout(spec.storage), spec.job_id
-    status = StatusWriter(store, layout, job_id, env.container_id, log_path)
+    paths = Layout.of(spec.storage).job(spec.job_id)
+    job_id = paths.job_id
+    status = StatusWriter(store, paths, env.container_id, log_path)
     status.set_state("starting")
-    watchdog = Watchdog(spec.limits, store, layout, job_id, started=time.time())
-    stop = _STOP
+    watchdog = Watchdog(spec.limits, store, paths, started=time.time())
     done = threading.Event()
     ticker = threading.Thread(
-        target=_tick, args=(status, watchdog, stop, done, env, job_id), daemon=True
+        target=_tick, args=(status, watchdog, _STOP, done, env, job_id), daemon=True
     )
     ticker.start()
     try:
-        from trainer.job import run_job  # torch loads after the environment checked out
+        from trainer.job.run import run_job  # torch loads after the environment checked out
 
         job = run_job(
             spec,
@@ -102,28 +114,27 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> dict[str, object]:
             workdir=workdir / "job",
             listener=status.on_progress,
         )
-        status.set_state(job.outcome, metrics=job.metrics.get("final", {}), artifacts=job.artifacts)
-        return {
-            "job_id": job_id,
-            "outcome": job.outcome,
-            "exit_code": 0,
-            "artifacts": job.artifacts,
-        }
+        status.set_state(job.outcome, metrics=job.final, artifacts=job.artifacts)  # type: ignore[arg-type]
+        return ResultSentinel(
+            job_id=job_id, outcome=job.outcome, exit_code=0, artifacts=job.artifacts
+        )
     except KeyboardInterrupt:
-        reason = stop.reason or "interrupted"
-        limit_hit = stop.reason is not None and not stop.reason.startswith("signal")
-        code = EXIT_LIMIT if limit_hit else EXIT_CANCELLED
-        write_failure(store, layout, job_id, reason, "Stopped", {})
-        status.set_state("stopped", reason=reason)
-        return {"job_id": job_id, "outcome": "stopped", "exit_code": code, "reason": reason}
+        why = _STOP.why or StopReason("signal", "interrupted")
+        code = EXIT_CANCELLED if why.cause == "signal" else EXIT_LIMIT
+        write_failure(store, paths, why.reason, "Stopped", why.cause)
+        status.set_state("stopped", reason=why.reason, cause=why.cause)
+        return ResultSentinel(
+            job_id=job_id, outcome="stopped", exit_code=code, reason=why.reason, cause=why.cause
+        )
     except TrainerError as exc:
-        status.set_state("failed", reason=str(exc).splitlines()[0])
-        return {
-            "job_id": job_id,
-            "outcome": "failed",
-            "exit_code": exc.exit_code,
-            "reason": str(exc).splitlines()[0],
-        }
+        status.set_state("failed", reason=exc.headline, cause="error")
+        return ResultSentinel(
+            job_id=job_id,
+            outcome="failed",
+            exit_code=exit_code_of(exc),
+            reason=exc.headline,
+            cause="error",
+        )
     finally:
         done.set()
 
@@ -141,28 +152,24 @@ def _tick(
     while not done.wait(env.status_every_s):
         status.write()
         if interrupted_at is None:
-            reason = watchdog.check()
-            if reason is not None:
-                log.error("stopping job %s: %s", job_id, reason)
-                stop.reason = reason
+            why = watchdog.check()
+            if why is not None:
+                log.error("stopping job %s: %s", job_id, why.reason)
+                stop.why = why
                 interrupted_at = time.monotonic()
                 _thread.interrupt_main()  # KeyboardInterrupt in the training thread
         elif time.monotonic() - interrupted_at > HARD_STOP_GRACE_S:
             # The main thread did not unwind (stuck in I/O or a kernel): end it all here.
             log.error("job %s did not stop within %.0f s; exiting hard", job_id, HARD_STOP_GRACE_S)
-            print(
-                f"{SENTINEL} "
-                + json.dumps(
-                    {
-                        "job_id": job_id,
-                        "outcome": "stopped",
-                        "exit_code": EXIT_LIMIT,
-                        "reason": stop.reason,
-                    },
-                    sort_keys=True,
-                ),
-                flush=True,
+            why = stop.why or StopReason("limit", "stopped")
+            sentinel = ResultSentinel(
+                job_id=job_id,
+                outcome="stopped",
+                exit_code=EXIT_LIMIT,
+                reason=why.reason,
+                cause=why.cause,
             )
+            print(sentinel.line(), flush=True)
             if env.can_self_destroy:
                 destroy_self(env.vast_url, env.container_id or "", env.container_api_key or "")
             os._exit(EXIT_LIMIT)
@@ -170,11 +177,16 @@ def _tick(
 
 def _install_signal_handlers(stop: _Stop) -> None:
     def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.reason = stop.reason or f"signal {signal.Signals(signum).name}"
+        stop.why = stop.why or StopReason("signal", f"signal {signal.Signals(signum).name}")
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
+
+
+def _disarm_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _load_spec(uri: str, store: ObjectStore) -> JobSpec:

@@ -35,11 +35,6 @@ class ContainerEnv:
     def can_self_destroy(self) -> bool:
         return bool(self.container_id and self.container_api_key)
 
-    def secrets(self) -> list[str]:
-        """Values that must never be printed."""
-        names = ("CONTAINER_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "VAST_API_KEY")
-        return [v for v in (os.environ.get(n) for n in names) if v]
-
 
 def read_env(environ: Mapping[str, str] | None = None) -> ContainerEnv:
     env = os.environ if environ is None else environ

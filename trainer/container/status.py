@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -12,13 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.artifacts import utc_now
 from trainer.errors import StorageError
-from trainer.layout import Layout
-from trainer.storage.base import ObjectStore
+from trainer.store.base import ObjectStore
+from trainer.store.layout import JobPaths
+from trainer.store.records import EvalRecord, JobState, Latest, StatusDoc, utc_now, write_record
 
 log = logging.getLogger("quantlab.container")
-STATUS = "status.json"
 
 
 def host_facts() -> dict[str, Any]:
@@ -50,66 +48,56 @@ class StatusWriter:
     ships the container log beside it. Called at every state change and periodically."""
 
     def __init__(
-        self,
-        store: ObjectStore,
-        layout: Layout,
-        job_id: str,
-        container_id: str | None,
-        log_path: Path,
+        self, store: ObjectStore, paths: JobPaths, container_id: str | None, log_path: Path
     ) -> None:
-        self._store, self._layout, self._job_id = store, layout, job_id
+        self._store, self._paths = store, paths
         self._log_path = log_path
-        self._log_name = f"logs/{container_id or 'local'}.log"
+        self._log_loc = paths.log(container_id)
         self._lock = threading.Lock()
-        self._doc: dict[str, Any] = {
-            "job_id": job_id,
-            "container_id": container_id,
-            "state": "starting",
-            "started_at": utc_now(),
-            "step": 0,
-            "epoch": 0,
-            "rows_seen": 0,
-            "latest": {},
-            "host": host_facts(),
-        }
+        self._doc = StatusDoc(
+            job_id=paths.job_id,
+            container_id=container_id,
+            state="starting",
+            started_at=utc_now(),
+            host=host_facts(),
+        )
 
     @property
-    def doc(self) -> dict[str, Any]:
+    def doc(self) -> StatusDoc:
         with self._lock:
-            return dict(self._doc)
+            return self._doc
 
-    def set_state(self, state: str, **fields: Any) -> None:
+    def set_state(self, state: JobState, **fields: Any) -> None:
         with self._lock:
-            self._doc.update(state=state, **fields)
+            self._doc = self._doc.model_copy(update={"state": state, **fields})
         log.info("state: %s", state)
         self.write()
 
     def on_progress(self, kind: str, record: dict[str, Any]) -> None:
         """The job's listener: every log step and evaluation lands here (no I/O)."""
         with self._lock:
-            if self._doc["state"] == "starting":
-                self._doc["state"] = "training"
-            self._doc["step"] = record.get("step", self._doc["step"])
-            self._doc["epoch"] = record.get("epoch", self._doc["epoch"])
+            doc = self._doc
+            update: dict[str, Any] = {
+                "state": "training" if doc.state == "starting" else doc.state,
+                "step": int(record.get("step", doc.step)),
+                "epoch": int(record.get("epoch", doc.epoch)),
+            }
             if kind == "step":
-                self._doc["rows_seen"] = record.get("rows_seen", self._doc["rows_seen"])
-                keys = ("loss", "lr", "rows_per_s", "eta_s", "grad_norm", "gpu_mem_gb")
-                self._doc["latest"] = {k: record[k] for k in keys if k in record}
+                update["rows_seen"] = int(record.get("rows_seen", doc.rows_seen))
+                update["latest"] = Latest.model_validate(record)
             else:
-                self._doc["last_eval"] = record
+                update["last_eval"] = EvalRecord.model_validate(record)
+            self._doc = doc.model_copy(update=update)
 
     def write(self) -> None:
         with self._lock:
-            doc = {**self._doc, "updated_at": utc_now(), "updated_at_epoch": time.time()}
-        try:
-            self._store.put(
-                self._layout.job_file(self._job_id, STATUS),
-                json.dumps(doc, indent=2, default=str).encode(),
+            doc = self._doc.model_copy(
+                update={"updated_at": utc_now(), "updated_at_epoch": time.time()}
             )
+        try:
+            write_record(self._store, self._paths.status, doc)
             if self._log_path.exists():
-                self._store.upload(
-                    self._layout.job_file(self._job_id, self._log_name), self._log_path
-                )
+                self._store.upload(self._log_loc, self._log_path)
         except StorageError as exc:
             # Evidence is best effort: a flaky store must not kill a paid training run.
             log.warning("could not write status to the store: %s", exc)

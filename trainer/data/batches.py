@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from trainer.data.blocks import Block
-from trainer.data.schedule import Segment
+from trainer.data.order import Segment
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 """x, y, and ts when asked for."""

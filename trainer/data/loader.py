@@ -14,11 +14,11 @@ import torch
 from trainer.data.batches import Batch, BufferSource, gather, join, rows_in
 from trainer.data.blocks import Block, Unit, resolve_device
 from trainer.data.cache import BlockCache
+from trainer.data.order import batch_segments, rank_units, row_order, split_units
 from trainer.data.passes import compute_feature_stats, read_split_arrays, split_spec
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader
-from trainer.data.schedule import batch_segments, rank_units, row_order, split_units
-from trainer.storage.base import ObjectStore
+from trainer.store.base import ObjectStore
 
 __all__ = [
     "BlockCache",

@@ -10,10 +10,10 @@ import torch
 
 from trainer.data.blocks import BlockSpec
 from trainer.data.cache import BlockCache
+from trainer.data.order import split_units
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader
-from trainer.data.schedule import split_units
-from trainer.storage.base import ObjectStore
+from trainer.store.base import ObjectStore
 
 Split = Literal["train", "val"]
 

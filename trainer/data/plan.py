@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from trainer.data.split import SplitBounds, split_bounds
 from trainer.errors import DataError, ObjectNotFound, StorageError
-from trainer.layout import Layout, Loc, Partition
 from trainer.spec.dates import day_bounds_ms
-from trainer.spec.model import DataSpec
-from trainer.storage.base import ObjectStore
+from trainer.spec.sections import DataSpec
+from trainer.store.base import Loc, ObjectStore
+from trainer.store.layout import Layout, Partition
+from trainer.store.records import DatasetFingerprint, PartitionFingerprint, PartitionMeta
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class RowGroup:
 class PartitionInfo:
     part: Partition
     data: Loc
-    meta: dict[str, object]
+    meta: PartitionMeta
     rows: int
     bytes: int
     row_groups: tuple[RowGroup, ...]
@@ -61,27 +64,24 @@ class DatasetPlan:
     def bytes(self) -> int:
         return sum(p.bytes for p in self.partitions)
 
-    def fingerprint(self) -> dict[str, object]:
+    def fingerprint(self) -> DatasetFingerprint:
         """The dataset's identity, stored with the model."""
-        return {
-            "featureset": self.featureset,
-            "config_hash": self.config_hash,
-            "label_horizon_sec": self.label_horizon_sec,
-            "features": list(self.features),
-            "label": self.label,
-            "timestamp": self.timestamp,
-            "val_start_ms": self.bounds.val_start_ms,
-            "train_end_ms": self.bounds.train_end_ms,
-            "partitions": [
-                {
-                    "uri": str(p.data),
-                    "rows": p.rows,
-                    "bytes": p.bytes,
-                    "config_hash": p.meta.get("config_hash"),
-                }
+        return DatasetFingerprint(
+            featureset=self.featureset,
+            config_hash=self.config_hash,
+            label_horizon_sec=self.label_horizon_sec,
+            features=self.features,
+            label=self.label,
+            timestamp=self.timestamp,
+            val_start_ms=self.bounds.val_start_ms,
+            train_end_ms=self.bounds.train_end_ms,
+            partitions=tuple(
+                PartitionFingerprint(
+                    uri=str(p.data), rows=p.rows, bytes=p.bytes, config_hash=p.meta.config_hash
+                )
                 for p in self.partitions
-            ],
-        }
+            ),
+        )
 
 
 @dataclass
@@ -114,9 +114,9 @@ def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int =
     infos = [info for info, _ in found]
     first_meta = infos[0].meta
     features = _resolve_features(data, found[0][1])
-    ts_min = min(int(str(i.meta["ts_min"])) for i in infos)
-    ts_max = max(int(str(i.meta["ts_max"])) for i in infos)
-    horizon = int(str(first_meta["label_horizon_sec"]))
+    ts_min = min(i.meta.ts_min for i in infos)
+    ts_max = max(i.meta.ts_max for i in infos)
+    horizon = first_meta.label_horizon_sec
     try:
         bounds = split_bounds(data.split, dates, ts_min, ts_max, horizon)
     except ValueError as exc:
@@ -127,7 +127,7 @@ def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int =
         label=data.label_column,
         timestamp=data.timestamp_column,
         label_horizon_sec=horizon,
-        config_hash=str(first_meta["config_hash"]),
+        config_hash=first_meta.config_hash,
         featureset=data.featureset,
         bounds=bounds,
         ts_min=ts_min,
@@ -158,21 +158,26 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
     except StorageError as exc:
         return _Footer(None, None, [f"{where}: {exc}"])
     try:
-        meta = json.loads(meta_raw)
-        if not isinstance(meta, dict):
+        raw = json.loads(meta_raw)
+        if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
     except ValueError as exc:
         return _Footer(None, None, [f"{where}meta.json: not valid JSON ({exc})"])
 
     expected = {"featureset_version": data.featureset, "symbol": part.symbol, "date": part.date}
     for key, want in expected.items():
-        if str(meta.get(key)) != want:
-            problems.append(f"{where}: meta.json {key}={meta.get(key)!r}, the path says {want!r}")
+        if str(raw.get(key)) != want:
+            problems.append(f"{where}: meta.json {key}={raw.get(key)!r}, the path says {want!r}")
     required = ("rows", "ts_min", "ts_max", "label_horizon_sec", "config_hash")
-    missing = [k for k in required if k not in meta]
+    missing = [k for k in required if k not in raw]
     if missing:
         problems.append(f"{where}: meta.json lacks {', '.join(missing)}")
         return _Footer(None, None, problems)
+    try:
+        meta = PartitionMeta.model_validate({**raw, **expected})
+    except ValidationError as exc:
+        wrong = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        return _Footer(None, None, [*problems, f"{where}: meta.json {'; '.join(wrong)}"])
 
     try:
         size_info = store.head(data_loc)
@@ -185,12 +190,12 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
     except (OSError, pa.ArrowException, StorageError) as exc:
         return _Footer(None, None, [f"{where}data.parquet: unreadable Parquet footer ({exc})"])
 
-    if int(meta["rows"]) != md.num_rows:
+    if meta.rows != md.num_rows:
         problems.append(
-            f"{where}: meta.json rows={meta['rows']} but data.parquet holds {md.num_rows} rows"
+            f"{where}: meta.json rows={meta.rows} but data.parquet holds {md.num_rows} rows"
         )
     day_first, day_last = day_bounds_ms(part.date)
-    ts_lo, ts_hi = int(meta["ts_min"]), int(meta["ts_max"])
+    ts_lo, ts_hi = meta.ts_min, meta.ts_max
     if not (day_first <= ts_lo <= ts_hi <= day_last):
         problems.append(
             f"{where}: ts_min..ts_max {ts_lo}..{ts_hi} is not inside date {part.date} "
@@ -224,14 +229,14 @@ def _agree(
     for key in ("label_horizon_sec", "config_hash"):
         values: dict[str, list[str]] = {}
         for info, _ in found:
-            values.setdefault(str(info.meta.get(key)), []).append(info.part.date)
+            values.setdefault(str(getattr(info.meta, key)), []).append(info.part.date)
         if len(values) > 1:
             majority = max(values, key=lambda v: len(values[v]))
             for value, _dates in values.items():
                 if value == majority:
                     continue
                 for info, _ in found:
-                    if str(info.meta.get(key)) == value:
+                    if str(getattr(info.meta, key)) == value:
                         problems.append(
                             f"{store.uri(layout.feature_dir(info.part, data.featureset))}: "
                             f"{key}={value}, "
@@ -307,8 +312,8 @@ def _estimate_split(plan: DatasetPlan) -> dict[str, int]:
     b = plan.bounds
     for p in plan.partitions:
         for rg in p.row_groups:
-            lo = rg.ts_min if rg.ts_min is not None else int(str(p.meta["ts_min"]))
-            hi = rg.ts_max if rg.ts_max is not None else int(str(p.meta["ts_max"]))
+            lo = rg.ts_min if rg.ts_min is not None else p.meta.ts_min
+            hi = rg.ts_max if rg.ts_max is not None else p.meta.ts_max
             span = max(hi - lo + 1, 1)
             train += int(rg.rows * _share(lo, hi, None, b.train_end_ms, span))
             val += int(rg.rows * _share(lo, hi, b.val_start_ms, None, span))
@@ -321,7 +326,7 @@ def _share(lo: int, hi: int, start: int | None, end: int | None, span: int) -> f
     return max(z - a, 0) / span
 
 
-def summary(plan: DatasetPlan) -> dict[str, object]:
+def summary(plan: DatasetPlan) -> dict[str, Any]:
     """The pre-flight summary printed by `validate`."""
     dates = sorted({p.part.date for p in plan.partitions})
     return {

@@ -30,7 +30,7 @@ from trainer.data.blocks import (
 from trainer.data.cache import BlockCache
 from trainer.data.plan import DatasetPlan
 from trainer.errors import DataError, StorageError
-from trainer.storage.base import ObjectStore
+from trainer.store.base import ObjectStore
 
 LOCAL_READ_BYTES = 256 << 10
 REMOTE_READ_BYTES = 8 << 20

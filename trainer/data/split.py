@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainer.spec.dates import day_bounds_ms
-from trainer.spec.model import SplitSpec
+from trainer.spec.sections import SplitSpec
 
 
 @dataclass(frozen=True)

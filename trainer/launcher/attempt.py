@@ -10,6 +10,7 @@ from typing import Any
 from trainer.launcher.logtail import LogTail
 from trainer.launcher.offers import Candidate
 from trainer.launcher.states import InstanceState
+from trainer.store.records import JobManifest
 
 
 class Ending(enum.StrEnum):
@@ -28,7 +29,7 @@ class Verdict:
     reason: str
     bad_host: bool = False
     """Skip this machine from now on (it failed to start or keep the container)."""
-    manifest: dict[str, Any] | None = None
+    manifest: JobManifest | None = None
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Attempt:
     running_since: float | None = None
     running_s: float = 0.0
     ended_at: float | None = None
-    gone_seen: bool = False
+    polls_gone: int = 0
+    """Polls that saw the container exited or the instance gone."""
     checked_price: bool = False
     verdict: Verdict | None = None
     tail: LogTail = field(default_factory=LogTail)

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trainer.errors import InfraError
-from trainer.layout import ARTIFACTS_ROOT, FEATURES_ROOT
-from trainer.spec.model import JobSpec
+from trainer.spec.sections import JobSpec
+from trainer.store.layout import ARTIFACTS_ROOT, FEATURES_ROOT
 
 log = logging.getLogger("quantlab.launcher")
 

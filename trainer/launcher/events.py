@@ -10,53 +10,13 @@ carries, and every log record of the `quantlab` loggers, passes through `trainer
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from trainer.artifacts import utc_now
-from trainer.redact import env_secrets, redact
-
-
-class Secrets:
-    """The values that must never be printed; grows as keys are minted or learned."""
-
-    def __init__(self, values: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self.add(*env_secrets(), *values)
-
-    def add(self, *values: str | None) -> None:
-        with self._lock:
-            self._values.update(v for v in values if v)
-
-    def values(self) -> list[str]:
-        with self._lock:
-            return sorted(self._values)
-
-    def redact(self, text: str) -> str:
-        return redact(text, self.values())
-
-
-class SecretsFilter(logging.Filter):
-    """Masks the current `Secrets` in every record a handler emits."""
-
-    def __init__(self, secrets: Secrets) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.secrets.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = self.secrets.redact(text)
-        return True
+from trainer.redact import Secrets
+from trainer.store.records import utc_now
 
 
 @dataclass(frozen=True)

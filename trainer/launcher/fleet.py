@@ -12,42 +12,14 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainer.errors import Cancelled, SpecError, TrainerError
+from trainer.launcher.budget import SharedBudget
 from trainer.launcher.events import Reporter
+from trainer.launcher.launch import JobHandle, launch
+from trainer.launcher.result import LaunchOptions
 from trainer.spec import JobSpec, load_spec
-
-if TYPE_CHECKING:
-    from trainer.launcher.launch import JobHandle, LaunchOptions
-    from trainer.launcher.run import Run
-
-
-class SharedBudget:
-    """Dollars spent by every run registered, against one limit."""
-
-    def __init__(self, limit_usd: float) -> None:
-        self.limit_usd = limit_usd
-        self.runs: list[Run] = []
-        self._lock = threading.Lock()
-
-    def add(self, run: Run) -> None:
-        with self._lock:
-            self.runs.append(run)
-
-    def spent(self) -> float:
-        with self._lock:
-            runs = list(self.runs)
-        return sum(a.cost() for run in runs for a in list(run.attempts))
-
-    def check(self, _own_spent: float) -> str | None:
-        total = self.spent()
-        if total >= self.limit_usd:
-            return (
-                f"the total budget is spent: ${total:.4f} of ${self.limit_usd:g} "
-                f"across {len(self.runs)} job(s)"
-            )
-        return None
 
 
 def launch_many(
@@ -60,8 +32,6 @@ def launch_many(
 ) -> list[dict[str, Any]]:
     """Launch and watch every spec; the `result` event of each job, in spec order (a job
     that failed before renting has one too)."""
-    from trainer.launcher.launch import launch
-
     loaded = [s if isinstance(s, JobSpec) else load_spec(s) for s in specs]
     ids = [s.job_id for s in loaded]
     if len(set(ids)) != len(ids):

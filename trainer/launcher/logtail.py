@@ -7,10 +7,7 @@ line once; when the snapshots no longer overlap, some lines were missed and a ma
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from trainer.container.entrypoint import SENTINEL
+from trainer.store.records import ResultSentinel
 
 GAP = "… (lines missed between two log snapshots)"
 
@@ -21,7 +18,7 @@ class LogTail:
     def __init__(self, keep: int = 2_000) -> None:
         self.keep = keep
         self.seen: list[str] = []
-        self.result: dict[str, Any] | None = None
+        self.result: ResultSentinel | None = None
         """The container's last-line report (`QUANTLAB_RESULT {...}`), once it appeared."""
 
     def update(self, snapshot: str) -> list[str]:
@@ -36,22 +33,10 @@ class LogTail:
             fresh = []
         self.seen = (self.seen + [line for line in fresh if line != GAP])[-self.keep :]
         for line in fresh:
-            found = parse_sentinel(line)
+            found = ResultSentinel.parse_line(line)
             if found is not None:
                 self.result = found
         return fresh
-
-
-def parse_sentinel(line: str) -> dict[str, Any] | None:
-    """The JSON of a `QUANTLAB_RESULT {...}` line, None for any other line."""
-    head, _, body = line.strip().partition(" ")
-    if head != SENTINEL:
-        return None
-    try:
-        found = json.loads(body)
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def _overlap(old: list[str], new: list[str]) -> int:

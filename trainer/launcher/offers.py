@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from trainer.launcher.vast import Offer
-from trainer.spec.model import LimitsSpec, ResourcesSpec
+from trainer.spec.sections import LimitsSpec, ResourcesSpec
 
 HOURS_PER_MONTH = 30 * 24
 MIN_BID = 0.001

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from trainer.container.env import DEFAULT_VAST_URL
 from trainer.errors import SpecError
 from trainer.launcher.offers import Candidate
-from trainer.spec.model import JobSpec
+from trainer.spec.sections import JobSpec
 
 ENTRYPOINT = "/usr/local/bin/quantlab-entrypoint"
 LABEL_PREFIX = "quantlab:"

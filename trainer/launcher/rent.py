@@ -21,7 +21,6 @@ from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
 from trainer.launcher.offers import Candidate, candidates, estimate, offer_type, search_filters
 from trainer.launcher.payload import container_env, create_request, label_for
-from trainer.launcher.records import JOBSPEC
 from trainer.launcher.session import Session
 from trainer.launcher.states import InstanceState
 from trainer.launcher.vast import (
@@ -32,8 +31,8 @@ from trainer.launcher.vast import (
     VastAuthError,
     VastClient,
 )
-from trainer.layout import Layout
 from trainer.spec import JobSpec
+from trainer.store.layout import Layout
 
 SEARCH_LIMIT = 64
 
@@ -44,10 +43,6 @@ class UnsureCreate(Exception):
 
 def live_instances(vast: VastClient, job_id: str) -> list[Instance]:
     return [i for i in vast.list_instances(label_for(job_id)) if i.state is not InstanceState.GONE]
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class Renter:
@@ -145,7 +140,7 @@ class Renter:
         except OfferGone as exc:
             self.reporter.emit(
                 "offer_gone",
-                first_line(exc),
+                exc.headline,
                 offer_id=cand.offer.id,
                 say=f"offer {cand.offer.id} is gone; taking the next one",
             )
@@ -155,7 +150,7 @@ class Renter:
                 raise InfraError(str(exc)) from None
             self.reporter.emit(
                 "create_rejected",
-                first_line(exc),
+                exc.headline,
                 instance_id=exc.instance_id,
                 say=f"create refused; instance {exc.instance_id} destroyed",
             )
@@ -165,7 +160,7 @@ class Renter:
         except VastApiError as exc:
             if exc.status is not None and exc.status < 500:
                 raise
-            self.reporter.emit("create_unsure", first_line(exc), offer_id=cand.offer.id)
+            self.reporter.emit("create_unsure", exc.headline, offer_id=cand.offer.id)
             raise UnsureCreate(str(exc)) from None
         record(created.instance_id)
         self.session.secrets.add(created.instance_api_key)
@@ -226,7 +221,7 @@ class Renter:
             self.session.secrets.add(*creds.secrets())
             self.reporter.emit("credentials", creds.note, mode=creds.mode)
             self.env = container_env(
-                jobspec_uri=str(Layout(self.spec.storage).job_file(self.spec.job_id, JOBSPEC)),
+                jobspec_uri=str(Layout.of(self.spec.storage).job(self.spec.job_id).jobspec),
                 num_gpus=self.spec.resources.num_gpus,
                 aws=creds.env,
                 launcher_env=os.environ,

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from trainer.artifacts import MANIFEST, read_manifest
 from trainer.data.plan import preflight
 from trainer.errors import (
+    EXIT_CANCELLED,
     EXIT_OK,
     Cancelled,
     InfraError,
@@ -28,18 +28,23 @@ from trainer.errors import (
     NoOfferError,
     ProvisioningError,
     TrainerError,
+    exit_code_of,
+    outcome_of,
 )
-from trainer.launcher import launch as api
+from trainer.job.artifacts import read_manifest
 from trainer.launcher.attempt import Attempt, Ending, Verdict
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
-from trainer.launcher.records import JOBSPEC, check_spec_matches, write_heartbeat
-from trainer.launcher.rent import Renter, UnsureCreate, first_line, live_instances
+from trainer.launcher.prefix import check_spec_matches, write_heartbeat
+from trainer.launcher.rent import Renter, UnsureCreate, live_instances
+from trainer.launcher.result import LaunchOptions, LaunchResult
 from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
-from trainer.layout import Layout
 from trainer.spec import JobSpec, dump_spec
+from trainer.store.base import ObjectStore
+from trainer.store.layout import Layout
+from trainer.store.records import JobManifest
 
 log = logging.getLogger("quantlab.launcher")
 
@@ -58,10 +63,11 @@ def shielded() -> Iterator[None]:
 
 class Run:
     def __init__(
-        self, spec: JobSpec, session: Session, options: api.LaunchOptions, reporter: Reporter
+        self, spec: JobSpec, session: Session, options: LaunchOptions, reporter: Reporter
     ) -> None:
         self.spec, self.job_id, self.session = spec, spec.job_id, session
-        self.store, self.layout = session.store, Layout(spec.storage)
+        self.store, self.layout = session.store, Layout.of(spec.storage)
+        self.paths = self.layout.job(self.job_id)
         self.options, self.reporter = options, reporter
         self.bad = BadHosts(options.bad_hosts_file)
         self.renter = Renter(
@@ -78,17 +84,16 @@ class Run:
         self.attached: set[int] = set()  # found live for this job, not destroyed yet
         self.kept: set[int] = set()  # left running on purpose (detach)
         self.estimate_usd: float | None = None
-        self.result: api.LaunchResult | None = None
+        self.result: LaunchResult | None = None
         self.shared_budget: Callable[[float], str | None] | None = None
         self.t0 = time.monotonic()
         config = WatchConfig(
             poll_s=options.poll_s, logs_every_s=options.logs_every_s, detach=options.detach
         )
         self.watcher = Watcher(
-            job_id=self.job_id,
+            paths=self.paths,
             limits=spec.limits,
             session=session,
-            layout=self.layout,
             reporter=reporter,
             config=config,
             spent=self._spent,
@@ -107,19 +112,19 @@ class Run:
         except TrainerError as exc:
             with shielded():
                 self._cleanup(job_ending=False)
-            self._finish(api.outcome_of(exc), exc.exit_code, first_line(exc))
+            self._finish(outcome_of(exc), exit_code_of(exc), exc.headline)
             raise
         except KeyboardInterrupt:
             with shielded():
                 self._cleanup(job_ending=False)
-            self._finish("cancelled", Cancelled.exit_code, "interrupted before the watch began")
+            self._finish("cancelled", EXIT_CANCELLED, "interrupted before the watch began")
             raise Cancelled("interrupted; anything rented was destroyed") from None
 
     def _prepare(self) -> None:
         r, spec, store = self.reporter, self.spec, self.store
         r.emit("validated", say=f"spec ok: job {self.job_id}")
-        if read_manifest(store, self.layout, self.job_id) is not None:
-            check_spec_matches(spec, store, self.layout)
+        if read_manifest(store, self.paths) is not None:
+            check_spec_matches(spec, store, self.paths)
             self._end_job()
             self._finish("already_done", EXIT_OK, "the job is already committed")
             return
@@ -137,19 +142,19 @@ class Run:
             self._finish("dry_run", EXIT_OK, f"the job is already running on instance(s) {ids}")
             return
         if live:
-            check_spec_matches(spec, store, self.layout)
+            check_spec_matches(spec, store, self.paths)
             self.attempts.append(self.renter.attach(live))
             self.attached.add(self.attempts[0].instance_id)
             return
         if self.options.dry_run or self.options.local_dry_run:
-            ran = api.local_dry_run(spec, store)
+            ran = local_dry_run(spec, store)
             r.emit("local_dry_run", skipped=ran is None, **(ran or {}))
         self.estimate_usd = self.renter.survey(self.options.shown_offers)["estimate_usd"]
         if self.options.dry_run:
             self._finish("dry_run", EXIT_OK, "dry run: nothing was rented")
             return
-        store.put(self.layout.job_file(self.job_id, JOBSPEC), dump_spec(spec).encode())
-        write_heartbeat(store, self.layout, self.job_id, False, [])
+        store.put(self.paths.jobspec, dump_spec(spec).encode())
+        write_heartbeat(store, self.paths, False, [])
         self._rent()
 
     def _rent(self) -> None:
@@ -200,7 +205,7 @@ class Run:
     def request_stop(self) -> None:
         self.watcher.stop.set()
 
-    def wait(self) -> api.LaunchResult:
+    def wait(self) -> LaunchResult:
         if self.result is not None:
             return self.result
         try:
@@ -212,13 +217,13 @@ class Run:
         except TrainerError as exc:
             with shielded():
                 self._cleanup(job_ending=not isinstance(exc, Cancelled))
-            self._finish(api.outcome_of(exc), exc.exit_code, first_line(exc))
+            self._finish(outcome_of(exc), exit_code_of(exc), exc.headline)
             raise
         finally:
             with shielded():
                 self._cleanup(job_ending=False)
 
-    def _watch_all(self) -> api.LaunchResult:
+    def _watch_all(self) -> LaunchResult:
         while True:
             a = self.attempts[-1]
             try:
@@ -240,7 +245,7 @@ class Run:
             )
             if verdict.ending is Ending.DETACHED:
                 self.kept.add(a.instance_id)
-                write_heartbeat(self.store, self.layout, self.job_id, True, [a.instance_id])
+                write_heartbeat(self.store, self.paths, True, [a.instance_id])
                 return self._finish("detached", EXIT_OK, verdict.reason)
             if verdict.ending is Ending.SUCCEEDED:
                 left = self._cleanup(job_ending=True)
@@ -262,6 +267,10 @@ class Run:
                 raise InfraError(_undestroyed([a.instance_id], "so no other offer is rented"))
             self._rent()
 
+    def spent_so_far(self) -> float:
+        """Dollars every attempt of this launch has cost so far."""
+        return sum(a.cost() for a in list(self.attempts))
+
     def _spent(self, current: Attempt) -> float:
         return sum(a.cost() for a in self.attempts if a is not current) + current.cost()
 
@@ -278,9 +287,9 @@ class Run:
         except VastApiError as exc:
             self.reporter.emit(
                 "destroy_failed",
-                first_line(exc),
+                exc.headline,
                 instance_id=instance_id,
-                say=f"COULD NOT DESTROY instance {instance_id} ({first_line(exc)}); "
+                say=f"COULD NOT DESTROY instance {instance_id} ({exc.headline}); "
                 + _undestroyed([instance_id], ""),
             )
             return False
@@ -316,7 +325,7 @@ class Run:
         """With `promotion.auto`: promote the fresh model through the spec's gate."""
         if not self.spec.promotion.auto:
             return None
-        from trainer.promote import maybe_auto_promote  # torch loads only when promoting
+        from trainer.promotion.promote import maybe_auto_promote  # torch loads only here
 
         decision = maybe_auto_promote(self.spec.promotion, self.store, self.layout, self.job_id)
         verb = "promoted" if decision.get("promoted") else "not promoted"
@@ -333,19 +342,20 @@ class Run:
         outcome: str,
         code: int,
         reason: str,
-        manifest: dict[str, Any] | None = None,
+        manifest: JobManifest | None = None,
         promote: bool = False,
-    ) -> api.LaunchResult:
+    ) -> LaunchResult:
         if self.result is not None:
             return self.result
         promotion = self._auto_promote() if promote else None
         artifacts: dict[str, str] = {}
         if outcome in ("succeeded", "already_done"):
-            manifest = manifest or read_manifest(self.store, self.layout, self.job_id) or {}
-            for name in [MANIFEST, *(f["name"] for f in manifest.get("files", []))]:
-                artifacts[name] = self.store.uri(self.layout.job_file(self.job_id, name))
+            manifest = manifest or read_manifest(self.store, self.paths)
+            names = [f.name for f in manifest.files] if manifest is not None else []
+            for name in [self.paths.MANIFEST, *names]:
+                artifacts[name] = self.store.uri(self.paths.file(name))
         summaries = [a.summary() for a in self.attempts]
-        self.result = api.LaunchResult(
+        self.result = LaunchResult(
             job_id=self.job_id,
             outcome=outcome,
             exit_code=code,
@@ -385,3 +395,17 @@ def _undestroyed(ids: list[int], why: str) -> str:
         f"instance(s) {joined} could not be destroyed {why} and may still bill: run "
         f"`vastai destroy instance {ids[0]}` (each id) or `quantlab-train reap`"
     ).replace("  ", " ")
+
+
+def local_dry_run(spec: JobSpec, store: ObjectStore) -> dict[str, Any] | None:
+    """A few training steps on this CPU; None when torch is not installed here."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        log.warning("skipping the local dry run: torch is not installed (pip install '.[train]')")
+        return None
+    from trainer.job.run import run_job
+
+    result = run_job(spec, store, device="cpu", dry_run=True)
+    steps = result.metrics.steps if result.metrics is not None else None
+    return {"steps": steps, "artifacts": result.artifacts}

@@ -14,9 +14,9 @@ from typing import Any
 
 from trainer.container.env import DEFAULT_VAST_URL
 from trainer.errors import InfraError
-from trainer.launcher.events import Secrets
 from trainer.launcher.vast import VastAuthError, VastClient
-from trainer.storage import ObjectStore, default_store_root, open_store
+from trainer.redact import Secrets
+from trainer.store import ObjectStore, default_store_root, open_store
 
 LAUNCHER_CLIENT: dict[str, Any] = {"logs_wait_s": 3.0}
 """VastClient settings of the launcher: a log snapshot may hold a poll up for 3 s at most."""

@@ -339,17 +339,6 @@ class VastClient:
                 return
             raise
 
-    def stop_instance(self, instance_id: int) -> None:
-        self._call(f"stop instance {instance_id}", lambda: self._vast.stop_instance(instance_id))
-
-    def label_instance(self, instance_id: int, label: str) -> None:
-        op = f"label instance {instance_id}"
-        self._call(op, lambda: self._vast.label_instance(instance_id, label))
-
-    def change_bid(self, instance_id: int, price: float) -> None:
-        op = f"change bid of instance {instance_id}"
-        self._call(op, lambda: self._vast.change_bid(instance_id, price=price))
-
     def logs(self, instance_id: int, tail: int = 200) -> str:
         """The last `tail` lines of the container's output; '' while the upload is not ready."""
 

@@ -1,7 +1,7 @@
 """The JobSpec: a closed, typed, frozen description of one training job."""
 
 from trainer.spec.load import dump_spec, load_spec, parse_spec, spec_from_dict
-from trainer.spec.model import (
+from trainer.spec.sections import (
     DataSpec,
     JobSpec,
     LimitsSpec,

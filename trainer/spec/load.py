@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trainer.errors import SpecError
-from trainer.spec.model import JobSpec
+from trainer.spec.sections import JobSpec
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
@@ -51,14 +49,6 @@ def dump_spec(spec: JobSpec) -> str:
     data = spec.model_dump(mode="json")
     data["job"]["id"] = spec.job_id
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def derived_job_id(spec: JobSpec) -> str:
-    """`job-` + 12 hex digits of the hash of everything in the spec but the id itself."""
-    data = spec.model_dump(mode="json")
-    data["job"].pop("id", None)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return f"job-{digest[:12]}"
 
 
 def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:

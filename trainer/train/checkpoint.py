@@ -9,32 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainer.errors import ObjectNotFound, StorageError
-from trainer.layout import Layout, Loc
-from trainer.spec.model import CheckpointSpec
-from trainer.storage.base import ObjectStore
-from trainer.train.loop import BatchSource, TrainState
+from trainer.spec.sections import CheckpointSpec
+from trainer.store.base import Loc, ObjectStore
+from trainer.store.layout import JobPaths
+from trainer.store.records import CheckpointPointer, read_record, write_record
+from trainer.train.loop import BatchSource, Restored, TrainState
 
 log = logging.getLogger("quantlab.checkpoint")
-POINTER = "checkpoints/latest.json"
-
-
-@dataclass(frozen=True)
-class Restored:
-    state: TrainState
-    optimizer: dict[str, Any]
-    step: int
 
 
 class Checkpointer:
@@ -44,13 +35,12 @@ class Checkpointer:
     def __init__(
         self,
         store: ObjectStore,
-        layout: Layout,
-        job_id: str,
+        paths: JobPaths,
         spec: CheckpointSpec,
         loader: BatchSource,
         epoch_boundaries_only: bool = False,
     ) -> None:
-        self.store, self.layout, self.job_id, self.spec = store, layout, job_id, spec
+        self.store, self.paths, self.spec = store, paths, spec
         self.loader = loader
         self.epoch_boundaries_only = epoch_boundaries_only
         self._last_save = time.monotonic()
@@ -75,7 +65,7 @@ class Checkpointer:
         buffer = io.BytesIO()
         torch.save(
             {
-                "model": _unwrap(model).state_dict(),
+                "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "train_state": asdict(state),
                 # Several ranks each hold their own position; their checkpoints are taken
@@ -91,19 +81,18 @@ class Checkpointer:
             buffer,
         )
         data = buffer.getvalue()
-        name = f"checkpoints/step-{state.step:08d}.pt"
-        loc = self.layout.job_file(self.job_id, name)
+        name = JobPaths.checkpoint_name(state.step)
         try:
-            self.store.put(loc, data)
-            pointer = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "object": name,
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "saved_at": time.time(),
-            }
-            self.store.put(self._pointer(), json.dumps(pointer).encode())
+            self.store.put(self.paths.file(name), data)
+            pointer = CheckpointPointer(
+                step=state.step,
+                epoch=state.epoch,
+                object=name,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                saved_at=time.time(),
+            )
+            write_record(self.store, self.paths.checkpoint_pointer, pointer)
         except StorageError as exc:
             # A missed checkpoint costs progress on a later interruption, not the run.
             log.warning("checkpoint at step %d not saved: %s", state.step, exc)
@@ -114,7 +103,7 @@ class Checkpointer:
         self._prune()
 
     def _prune(self) -> None:
-        prefix = self.layout.job_file(self.job_id, "checkpoints/step-")
+        prefix = self.paths.file("checkpoints/step-")
         objects = sorted(o.loc.key for o in self.store.list(prefix))
         for key in objects[: -self.spec.keep]:
             self.store.delete(Loc(prefix.bucket, key))
@@ -122,17 +111,19 @@ class Checkpointer:
     # -- restoring -----------------------------------------------------------------------
     def restore(self, model: nn.Module) -> Restored | None:
         """Load the latest checkpoint into `model` and the loader; None when there is none."""
+        pointer = read_record(self.store, self.paths.checkpoint_pointer, CheckpointPointer)
+        if pointer is None:
+            return None
+        loc = self.paths.file(pointer.object)
         try:
-            pointer = json.loads(self.store.get(self._pointer()))
-            loc = self.layout.job_file(self.job_id, pointer["object"])
             data = self.store.get(loc)
         except ObjectNotFound:
             return None
-        if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
+        if hashlib.sha256(data).hexdigest() != pointer.sha256:
             log.warning("checkpoint %s does not match its pointer; starting fresh", loc)
             return None
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        _unwrap(model).load_state_dict(blob["model"])
+        model.load_state_dict(blob["model"])
         if blob["loader"] is not None:
             self.loader.load_state_dict(blob["loader"])
         rng = blob["rng"]
@@ -143,12 +134,4 @@ class Checkpointer:
         random.setstate(rng["python"])
         state = TrainState(**blob["train_state"])
         log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
-        return Restored(state, blob["optimizer"], state.step)
-
-    def _pointer(self) -> Loc:
-        return self.layout.job_file(self.job_id, POINTER)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
+        return Restored(state, blob["optimizer"])

@@ -8,15 +8,19 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainer.spec.model import TrainSpec
+from trainer.spec.sections import TrainSpec
+from trainer.train.distributed import Ranks
+from trainer.train.lr import lr_at
 from trainer.train.metrics import evaluate_predictions, improved
-from trainer.train.schedule import lr_at
+
+SINGLE = Ranks()
+"""One process: rank 0 of 1."""
 
 
 class BatchSource(Protocol):
@@ -27,7 +31,7 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class Reporter(Protocol):
+class ProgressSink(Protocol):
     """Where progress goes: a human line, a metrics record, a heartbeat."""
 
     def on_step(self, record: dict[str, float]) -> None: ...
@@ -49,9 +53,20 @@ class TrainState:
 
 
 @dataclass(frozen=True)
+class Restored:
+    """A checkpoint read back: the training state and the optimizer's."""
+
+    state: TrainState
+    optimizer: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+
+@dataclass(frozen=True)
 class FitResult:
     state: TrainState
-    final: dict[str, float]
     stopped_early: bool
     wall_s: float
 
@@ -68,42 +83,53 @@ Checkpoint = Callable[[TrainState, nn.Module, torch.optim.Optimizer, bool], None
 """Called after every step with (state, model, optimizer, must_save); it decides when to save."""
 
 
+def step_budget(train: TrainSpec, steps_per_epoch: int) -> int:
+    """Optimizer steps the run takes at most: its epochs, capped by `max_steps`."""
+    by_epochs = steps_per_epoch * train.epochs if train.epochs else None
+    caps = [n for n in (by_epochs, train.max_steps) if n is not None]
+    return max(min(caps), 1)
+
+
 def fit(
     model: nn.Module,
     loader: BatchSource,
     val: Validation,
     train: TrainSpec,
     device: torch.device,
-    total_steps: int,
-    reporter: Reporter,
-    state: TrainState | None = None,
-    optimizer_state: dict[str, Any] | None = None,
+    max_steps: int,
+    progress: ProgressSink,
+    ranks: Ranks = SINGLE,
+    resume: Restored | None = None,
     checkpoint: Checkpoint | None = None,
-    is_main: bool = True,
-    distributed: bool = False,
 ) -> FitResult:
-    """Train `model` on `loader` for the spec's epochs/steps; evaluate, stop early, keep the
-    best weights. With `state` (from a checkpoint) it continues that run exactly.
+    """Train `model` on `loader` for at most `max_steps` (see `step_budget`); evaluate, stop
+    early, keep the best weights. With `resume` (from a checkpoint) it continues that run
+    exactly.
 
-    `distributed`: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
-    epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens
-    at epoch ends, where no rank is inside the join."""
+    Several ranks: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
+    epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens at
+    epoch ends, where no rank is inside the join."""
     started = time.monotonic()
-    state = state or TrainState()
+    raw = cast(nn.Module, model.module) if ranks.distributed else model  # outside DDP
+    state = resume.state if resume else TrainState()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
     amp_dtype = autocast_dtype(train.precision, device)
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    max_steps = min(total_steps, train.max_steps or total_steps)
     epochs = train.epochs if train.epochs is not None else 1 << 30  # max_steps ends it
     stop_early = False
     window_rows, window_start = 0, time.monotonic()
-    join = getattr(model, "join", None)  # DDP: ranks may hold unequal batch counts
+
+    def evaluate() -> bool:
+        return _evaluate(raw, val, train, state, progress, ranks.is_main)
 
     while state.epoch < epochs and state.step < max_steps and not stop_early:
-        with join() if callable(join) else contextlib.nullcontext():
+        # Ranks may hold unequal batch counts: join() lets the short ones shadow the rest.
+        with model.join() if ranks.distributed else contextlib.nullcontext():  # type: ignore[operator]
+            # The loader reads ahead on its own threads (`files_in_flight`), so the next
+            # blocks are being fetched and decoded while this step computes.
             for x, y in loader.epoch(state.epoch):
                 # 1. learning rate for this step
                 lr = lr_at(state.step, max_steps, train)
@@ -132,10 +158,10 @@ def fit(
                 window_rows += len(y)
 
                 # 4. log: `.item()` waits for the GPU, so only on log steps
-                if is_main and state.step % train.log_every_steps == 0:
+                if ranks.is_main and state.step % train.log_every_steps == 0:
                     now = time.monotonic()
                     rate = window_rows / max(now - window_start, 1e-9)
-                    reporter.on_step(
+                    progress.on_step(
                         {
                             "step": state.step,
                             "epoch": state.epoch,
@@ -143,6 +169,7 @@ def fit(
                             "grad_norm": float(grad_norm),
                             "lr": lr,
                             "rows_per_s": rate,
+                            "rows_seen": state.rows_seen,
                             "eta_s": (max_steps - state.step) * len(y) / max(rate, 1e-9),
                             **memory_stats(device),
                         }
@@ -150,30 +177,29 @@ def fit(
                     window_rows, window_start = 0, now
 
                 # 5. evaluate, keep the best weights, stop early (several ranks: per epoch)
-                if not distributed and state.step % train.eval_every_steps == 0:
-                    stop_early = _evaluate(model, val, train, state, reporter, is_main)
+                if not ranks.distributed and state.step % train.eval_every_steps == 0:
+                    stop_early = evaluate()
 
                 # 6. checkpoint (the callee decides whether one is due)
                 if checkpoint is not None:
-                    checkpoint(state, model, optimizer, False)
+                    checkpoint(state, raw, optimizer, False)
                 if stop_early or state.step >= max_steps:
                     break
-        if distributed:  # outside join(): every rank is here, so a collective is safe
-            verdict = [_evaluate(model, val, train, state, reporter, True) if is_main else False]
+        if ranks.distributed:  # outside join(): every rank is here, so a collective is safe
+            verdict = [evaluate() if ranks.is_main else False]
             torch.distributed.broadcast_object_list(verdict, src=0)
             stop_early = bool(verdict[0])
         if not stop_early and state.step < max_steps:
             state.epoch += 1
             if checkpoint is not None and state.epoch < epochs:
-                checkpoint(state, model, optimizer, True)  # an epoch boundary
+                checkpoint(state, raw, optimizer, True)  # an epoch boundary
 
     # Final evaluation, unless the last step just evaluated; then the best weights win.
-    if is_main and (not state.history or state.history[-1]["step"] != state.step):
-        _evaluate(model, val, train, state, reporter, is_main)
+    if ranks.is_main and (not state.history or state.history[-1]["step"] != state.step):
+        evaluate()
     if state.best_weights is not None:
-        _unwrap(model).load_state_dict(state.best_weights)
-    final = dict(state.best or {})
-    return FitResult(state, final, stop_early, time.monotonic() - started)
+        raw.load_state_dict(state.best_weights)
+    return FitResult(state, stop_early, time.monotonic() - started)
 
 
 def _evaluate(
@@ -181,7 +207,7 @@ def _evaluate(
     val: Validation,
     train: TrainSpec,
     state: TrainState,
-    reporter: Reporter,
+    progress: ProgressSink,
     is_main: bool,
 ) -> bool:
     """One evaluation; returns whether early stopping says to stop."""
@@ -189,7 +215,7 @@ def _evaluate(
     record = {"step": state.step, "epoch": state.epoch, **metrics}
     state.history.append(record)
     if is_main:
-        reporter.on_eval(record)
+        progress.on_eval(record)
     es = train.early_stopping
     metric = es.metric if es else "val_loss"
     value = metrics[metric]
@@ -197,7 +223,7 @@ def _evaluate(
         metric, value, state.best[metric] if state.best else None, es.min_delta if es else 0.0
     ):
         state.best, state.best_step, state.evals_without_gain = record, state.step, 0
-        state.best_weights = copy.deepcopy(_unwrap(model).state_dict())
+        state.best_weights = copy.deepcopy(model.state_dict())
         return False
     state.evals_without_gain += 1
     return es is not None and state.evals_without_gain >= es.patience
@@ -205,12 +231,11 @@ def _evaluate(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 65_536) -> np.ndarray:
-    """Predictions for every row of `x`, in order, as float64 numpy."""
-    net = _unwrap(model)
-    was_training = net.training
-    net.eval()
-    out = [net(x[i : i + batch]).float() for i in range(0, len(x), batch)]
-    net.train(was_training)
+    """Predictions for every row of `x`, in order, as float64 numpy (`model` unwrapped)."""
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch]).float() for i in range(0, len(x), batch)]
+    model.train(was_training)
     if not out:
         return np.zeros(0)
     return torch.cat(out).cpu().numpy().astype(np.float64)
@@ -229,8 +254,3 @@ def memory_stats(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model

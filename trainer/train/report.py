@@ -19,7 +19,7 @@ def _eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-class RunReporter:
+class RunLog:
     """Writes every record to `metrics.jsonl` and a readable line to the log; `listener`
     (e.g. the heartbeat) sees each record too."""
 

@@ -6,13 +6,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from trainer.cli_args import add_store
-from trainer.layout import Layout
-from trainer.spec.model import StorageSpec
-from trainer.storage import ObjectStore, default_store_root, open_store
+from trainer.cli.options import add_bucket, add_json, add_store, bucket_layout
 
 if TYPE_CHECKING:
-    from trainer.promote import PromotionResult
+    from trainer.promotion.promote import PromotionResult
 
 
 def register(sub: Any) -> None:
@@ -41,20 +38,15 @@ def register(sub: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_store(p)
+    add_bucket(p)
     p.add_argument("--by", default=None, metavar="WHO", help="recorded as promoted_by")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-
-
-def _open(root: str | None) -> tuple[ObjectStore, Layout]:
-    buckets = StorageSpec()
-    store = open_store(root or default_store_root(), read_only_buckets=[buckets.raw_bucket])
-    return store, Layout(buckets)
+    add_json(p)
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from trainer.promote import default_promoter, promote  # torch loads only here
+    from trainer.promotion.promote import default_promoter, promote  # torch loads only here
 
-    store, layout = _open(args.store)
+    store, layout = bucket_layout(args)
     result = promote(
         store,
         layout,
@@ -68,19 +60,19 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from trainer.promote import default_promoter, rollback
+    from trainer.promotion.promote import default_promoter, rollback
 
-    store, layout = _open(args.store)
+    store, layout = bucket_layout(args)
     result = rollback(store, layout, args.symbol, promoted_by=args.by or default_promoter())
     _print_change(result, args.json)
     return 0
 
 
 def _production(args: argparse.Namespace) -> int:
-    from trainer.production import production_status
+    from trainer.promotion.production import production_status
 
-    store, layout = _open(args.store)
-    rows = production_status(store, layout, args.symbol)
+    store, layout = bucket_layout(args)
+    rows = [state.to_json() for state in production_status(store, layout, args.symbol)]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -95,8 +87,8 @@ def _print_change(result: PromotionResult, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return
-    ic = result.manifest.get("metrics", {}).get("ic")
-    ic_text = f", IC {ic:.4f}" if isinstance(ic, float) else ""
+    metrics = result.manifest.metrics
+    ic_text = f", IC {metrics.ic:.4f}" if metrics is not None else ""
     replacing = (
         f", replacing v{result.previous_version}" if result.previous_version is not None else ""
     )

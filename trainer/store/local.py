@@ -14,8 +14,7 @@ from pathlib import Path
 import pyarrow.fs
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
-from trainer.layout import Loc
-from trainer.storage.base import ObjectInfo, ObjectStore
+from trainer.store.base import Loc, ObjectInfo, ObjectStore
 
 _LOCKS = ".locks"
 

@@ -1,4 +1,4 @@
-"""The models a JobSpec can ask for; each carries its input normalization inside."""
+"""The built-in MLP, with the input normalization inside, and `build_model`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.spec.model import ModelSpec
+from trainer.spec.sections import ModelSpec
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 

@@ -1,4 +1,5 @@
-"""The object store interface every backend implements, and the record it returns."""
+"""The object store interface every backend implements: locations, object records, writes
+guarded against read-only buckets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.errors import StorageError
-from trainer.layout import Loc
 
 if TYPE_CHECKING:
     import pyarrow.fs
+
+
+@dataclass(frozen=True, order=True)
+class Loc:
+    """One object (or prefix) in a bucket. `str()` is its canonical `s3://` URI."""
+
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def child(self, name: str) -> Loc:
+        return Loc(self.bucket, f"{self.key.rstrip('/')}/{name}" if self.key else name)
+
+    @property
+    def name(self) -> str:
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from trainer.storage.base import ObjectInfo, ObjectStore
-from trainer.storage.local import LocalStore
+from trainer.store.base import ObjectInfo, ObjectStore
+from trainer.store.local import LocalStore
 
 __all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "default_store_root", "open_store"]
 
@@ -18,7 +18,7 @@ def open_store(root: str, read_only_buckets: Iterable[str] = ()) -> ObjectStore:
     if root.startswith("s3://"):
         if root.rstrip("/") != "s3:":
             raise ValueError(f"store root {root!r}: write just s3://, buckets come from the spec")
-        from trainer.storage.s3 import S3Store  # boto3 and the Arrow S3 client load only here
+        from trainer.store.s3 import S3Store  # boto3 and the Arrow S3 client load only here
 
         return S3Store(read_only_buckets=ro)
     if root.startswith("file://"):

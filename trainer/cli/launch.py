@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from trainer.cli_args import add_overrides, add_store
-from trainer.errors import SpecError, TrainerError
-from trainer.launcher.events import Reporter, Secrets, SecretsFilter
+from trainer.cli.options import add_bucket, add_json, add_spec, add_store, add_vast
+from trainer.errors import SpecError, TrainerError, exit_code_of, outcome_of
+from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import default_bad_hosts_file
 from trainer.launcher.payload import OPTIONAL_ENV
 from trainer.launcher.session import Session
+from trainer.redact import Secrets, install
 from trainer.spec import load_spec
-from trainer.spec.model import StorageSpec
 
 
 def register(subparsers: Any) -> None:
     """Add the launcher commands to `quantlab-train`'s subparsers."""
     p = subparsers.add_parser("launch", help="run a JobSpec on a rented Vast.ai GPU, watch it")
-    p.add_argument("spec", nargs="+", help="JobSpec YAML file(s); several run in parallel")
+    add_spec(p, many=True)
     p.add_argument(
         "--total-budget",
         type=float,
@@ -36,7 +35,6 @@ def register(subparsers: Any) -> None:
         metavar="USD",
         help="stop every job once all of them together have spent this much",
     )
-    add_overrides(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--wait",
@@ -124,34 +122,21 @@ def _common(
     *,
     with_json: bool = True,
     with_bucket: bool = True,
-    json_help: str = "",
+    json_help: str = "JSON on stdout",
 ) -> None:
     add_store(p)
     if with_bucket:  # launch takes it from the spec
-        p.add_argument(
-            "--bucket",
-            default=StorageSpec().artifacts_bucket,
-            help="artifacts bucket holding the jobs' ml-artifacts/ (default quantlab-artifacts)",
-        )
-    p.add_argument(
-        "--vast-key-file", metavar="FILE", help="Vast.ai API key file (default $VAST_API_KEY)"
-    )
-    p.add_argument(
-        "--vast-url", metavar="URL", help="Vast.ai API base (default $VAST_URL, else Vast.ai)"
-    )
+        add_bucket(p)
+    add_vast(p)
     if with_json:
-        p.add_argument("--json", action="store_true", help=json_help or "JSON on stdout")
+        add_json(p, json_help)
 
 
 def _reporter(args: argparse.Namespace, events: bool = False) -> Reporter:
     """Human lines on stderr; NDJSON events on stdout only for `launch --json`. Every log
     handler masks the secrets this command learns (keys, minted credentials)."""
     secrets = Secrets()
-    for logger in (logging.getLogger("quantlab"), logging.getLogger()):
-        for handler in logger.handlers:
-            for old in [f for f in handler.filters if isinstance(f, SecretsFilter)]:
-                handler.removeFilter(old)
-            handler.addFilter(SecretsFilter(secrets))
+    install(secrets)
     json_out = sys.stdout if events and args.json else None
     return Reporter(json_out=json_out, human=sys.stderr, secrets=secrets)
 
@@ -175,7 +160,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from trainer.launcher.launch import LaunchOptions, launch, outcome_of
+    from trainer.launcher.launch import LaunchOptions, launch
 
     reporter = _reporter(args, events=True)
     options = LaunchOptions(
@@ -197,8 +182,9 @@ def _launch(args: argparse.Namespace) -> int:
         result = launch(spec, options=options, reporter=reporter, **session).wait()
     except TrainerError as exc:
         if not any(e["event"] == "result" for e in reporter.events):
-            reason = str(exc).splitlines()[0]
-            reporter.emit("result", reason, outcome=outcome_of(exc), exit_code=exc.exit_code)
+            reporter.emit(
+                "result", exc.headline, outcome=outcome_of(exc), exit_code=exit_code_of(exc)
+            )
         raise
     finally:
         reporter.close()
@@ -230,22 +216,22 @@ def _launch_many(
 
 
 def _status(args: argparse.Namespace) -> int:
-    from trainer.launcher.commands import job_status
+    from trainer.launcher.ops import job_status
 
     reporter = _reporter(args)
     found = job_status(_session(args, reporter), args.bucket, args.job_id)
     if args.json:
-        print(reporter.secrets.redact(json.dumps(found, indent=2, default=str)))
+        print(reporter.secrets.redact(json.dumps(found.to_json(), indent=2, default=str)))
         return 0
-    progress = found["progress"] or {}
-    loss = (progress.get("latest") or {}).get("loss")
-    print(f"job {found['job_id']}: {found['state']}  ({found['artifacts']})")
-    if progress:
-        tail = f"  loss {loss:.4f}" if isinstance(loss, float) else ""
-        print(f"  step {progress.get('step')}  epoch {progress.get('epoch')}{tail}")
-    if found["failure"]:
-        print(f"  failure: {found['failure'].get('reason')}")
-    for i in found["instances"]:
+    progress = found.progress
+    print(f"job {found.job_id}: {found.state}  ({found.artifacts})")
+    if progress is not None:
+        loss = progress.latest.loss
+        tail = f"  loss {loss:.4f}" if loss is not None else ""
+        print(f"  step {progress.step}  epoch {progress.epoch}{tail}")
+    if found.failure is not None:
+        print(f"  failure: {found.failure.reason}")
+    for i in found.instances:
         print(
             f"  instance {i['instance_id']}: {i['state']}  {i['gpu']}  ${i['dph']:.4f}/h  "
             f"${i['spent_usd']:.4f} so far"
@@ -254,7 +240,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from trainer.launcher.commands import follow_logs, job_logs
+    from trainer.launcher.ops import follow_logs, job_logs
 
     reporter = _reporter(args)
     session = _session(args, reporter)
@@ -270,7 +256,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from trainer.launcher.commands import stop_job
+    from trainer.launcher.ops import stop_job
 
     reporter = _reporter(args)
     reporter.job_id = args.job_id
@@ -283,7 +269,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from trainer.launcher.commands import list_jobs
+    from trainer.launcher.ops import list_jobs
 
     reporter = _reporter(args)
     jobs = list_jobs(_session(args, reporter), args.bucket)
@@ -299,7 +285,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _reap(args: argparse.Namespace) -> int:
-    from trainer.launcher.commands import reap
+    from trainer.launcher.ops import reap
 
     reporter = _reporter(args)
     records = reap(

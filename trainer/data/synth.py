@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.layout import Layout, Partition
 from trainer.spec.dates import day_bounds_ms
-from trainer.storage.base import ObjectStore
+from trainer.spec.sections import DataSpec
+from trainer.store.base import ObjectStore
+from trainer.store.layout import Layout, Partition
 
 GENERATOR = "synthetic-bbo-v1"
 SIGNAL_FEATURE = "imbalance_l1"
@@ -158,3 +159,12 @@ def generate(
             write_partition(store, layout, part, table, meta_for(table, symbol, date, cfg), cfg)
             written.append(part)
     return written
+
+
+def generate_for_spec(
+    store: ObjectStore, layout: Layout, data: DataSpec, cfg: SynthConfig | None = None
+) -> list[Partition]:
+    """Write synthetic partitions for every symbol and date a spec's `data` section names."""
+    return generate(
+        store, layout, data.exchange, data.stream, data.symbols, data.dates.resolve(), cfg
+    )

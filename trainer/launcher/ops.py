@@ -2,7 +2,7 @@
 
 Ownership: an instance belongs to a job when its label is `quantlab:<jobId>`; no other
 instance is ever listed or destroyed. What the job is doing is read from its prefix
-`ml-artifacts/<jobId>/` in the artifacts bucket (see records).
+`ml-artifacts/<jobId>/` in the artifacts bucket (see prefix).
 
 `reap` destroys a labelled instance when
 - its job is committed, or failed after the instance was created;
@@ -15,25 +15,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from trainer.artifacts import MANIFEST, write_failure
+from trainer.job.artifacts import write_failure
 from trainer.launcher.events import Reporter
 from trainer.launcher.logtail import LogTail
 from trainer.launcher.payload import job_of
-from trainer.launcher.records import JobFiles, epoch, read_job, request_stop
+from trainer.launcher.prefix import JobFiles, read_job, request_stop
 from trainer.launcher.rent import live_instances
 from trainer.launcher.session import Session
 from trainer.launcher.states import InstanceState
 from trainer.launcher.vast import Instance, VastApiError
-from trainer.layout import Layout
-from trainer.spec.model import StorageSpec
+from trainer.store.layout import JobPaths, Layout
+from trainer.store.records import FailureRecord, StatusDoc, epoch_of
 
 DEADLINE_GRACE_S = 600.0
 
 
-def _layout(bucket: str) -> Layout:
-    return Layout(StorageSpec(artifacts_bucket=bucket))
+def _paths(bucket: str, job_id: str) -> JobPaths:
+    return Layout(artifacts_bucket=bucket).job(job_id)
 
 
 def spent(inst: Instance, now: float | None = None) -> float:
@@ -61,26 +62,48 @@ def _state(files: JobFiles, live: bool) -> str:
     if files.committed:
         return "succeeded"
     if live:
-        return str((files.status or {}).get("state") or "provisioning")
+        return files.status.state if files.status is not None else "provisioning"
     return "failed" if files.failure else "not running"
 
 
-def job_status(session: Session, bucket: str, job_id: str) -> dict[str, Any]:
-    files = read_job(session.store, _layout(bucket), job_id)
+@dataclass(frozen=True)
+class JobStatus:
+    """What `status` shows of a job: its prefix, and its live instances."""
+
+    job_id: str
+    state: str
+    committed: bool
+    failure: FailureRecord | None
+    progress: StatusDoc | None
+    launcher_heartbeat_age_s: float | None
+    detached: bool
+    instances: list[dict[str, Any]]
+    artifacts: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "failure": self.failure.model_dump(mode="json") if self.failure else None,
+            "progress": self.progress.model_dump(mode="json") if self.progress else None,
+        }
+
+
+def job_status(session: Session, bucket: str, job_id: str) -> JobStatus:
+    paths = _paths(bucket, job_id)
+    files = read_job(session.store, paths)
     live = live_instances(session.vast, job_id)
-    beat = files.heartbeat or {}
-    age = round(time.time() - float(beat["updated_at"]), 1) if "updated_at" in beat else None
-    return {
-        "job_id": job_id,
-        "state": _state(files, bool(live)),
-        "committed": files.committed,
-        "failure": files.failure,
-        "progress": files.status,
-        "launcher_heartbeat_age_s": age,
-        "detached": bool(beat.get("detached")),
-        "instances": [_instance_json(i) for i in live],
-        "artifacts": str(_layout(bucket).job_dir(job_id)),
-    }
+    beat = files.heartbeat
+    return JobStatus(
+        job_id=job_id,
+        state=_state(files, bool(live)),
+        committed=files.committed,
+        failure=files.failure,
+        progress=files.status,
+        launcher_heartbeat_age_s=round(time.time() - beat.updated_at, 1) if beat else None,
+        detached=bool(beat and beat.detached),
+        instances=[_instance_json(i) for i in live],
+        artifacts=str(paths.dir),
+    )
 
 
 def job_logs(session: Session, bucket: str, job_id: str, tail: int = 200) -> list[str]:
@@ -90,7 +113,7 @@ def job_logs(session: Session, bucket: str, job_id: str, tail: int = 200) -> lis
         text = session.vast.logs(max(i.id for i in live), tail=tail)
         if text:
             return [line for line in text.splitlines() if line.strip()][-tail:]
-    shipped = session.store.list(_layout(bucket).job_dir(job_id).child("logs/"))
+    shipped = session.store.list(_paths(bucket, job_id).logs)
     if not shipped:
         return []
     newest = max(shipped, key=lambda o: o.loc.key)
@@ -117,13 +140,13 @@ def stop_job(
     """Destroy every instance of the job. Unless the job is committed, first a stop request
     (so a launcher watching it ends instead of renting again) and a failure record."""
     reporter = reporter or Reporter(job_id)
-    layout = _layout(bucket)
+    paths = _paths(bucket, job_id)
     instances = live_instances(session.vast, job_id)
     ids = [i.id for i in instances]
-    if not session.store.exists(layout.job_file(job_id, MANIFEST)):
-        request_stop(session.store, layout, job_id, "quantlab-train stop")
+    if not session.store.exists(paths.manifest):
+        request_stop(session.store, paths, "quantlab-train stop")
         write_failure(
-            session.store, layout, job_id, "stopped by user", "StoppedByUser", {"instances": ids}
+            session.store, paths, "stopped by user", "StoppedByUser", "user", instances=tuple(ids)
         )
     for instance_id in ids:
         session.vast.destroy_instance(instance_id)
@@ -149,7 +172,7 @@ def list_jobs(session: Session, bucket: str) -> list[dict[str, Any]]:
     """Jobs with live instances, by label, with what their prefix says."""
     found = []
     for job_id, instances in _labelled(session).items():
-        files = read_job(session.store, _layout(bucket), job_id)
+        files = read_job(session.store, _paths(bucket, job_id))
         found.append(
             {
                 "job_id": job_id,
@@ -167,12 +190,9 @@ def reap_reason(
     """Why this labelled instance should go (see the module docstring), or None to keep it."""
     if files.committed:
         return "its job is committed"
-    failure = files.failure or {}
-    try:
-        if epoch(failure["failed_at"]) >= inst.start_date - 1:
-            return f"its job failed: {failure.get('reason', '?')}"
-    except (KeyError, ValueError):
-        pass
+    failure = files.failure
+    if failure is not None and epoch_of(failure.failed_at) >= inst.start_date - 1:
+        return f"its job failed: {failure.reason}"
     limits = files.limits
     deadline = (
         inst.start_date + (limits.provision_timeout_minutes + limits.max_runtime_minutes) * 60
@@ -182,10 +202,10 @@ def reap_reason(
     beat = files.heartbeat
     if beat is None:
         return "no launcher heartbeat for its job"
-    if beat.get("detached"):
+    if beat.detached:
         return None
     stale = stale_after_s if stale_after_s is not None else limits.heartbeat_timeout_minutes * 60
-    age = now - float(beat.get("updated_at") or 0)
+    age = now - beat.updated_at
     return f"its launcher stopped: heartbeat {age:.0f} s old" if 0 < stale < age else None
 
 
@@ -201,7 +221,7 @@ def reap(
     reporter = reporter or Reporter()
     now, records = time.time(), []
     for job_id, instances in _labelled(session).items():
-        files = read_job(session.store, _layout(bucket), job_id)
+        files = read_job(session.store, _paths(bucket, job_id))
         for inst in instances:
             reason = reap_reason(inst, files, now, stale_after_s)
             action = "kept" if reason is None else ("would destroy" if dry_run else "destroyed")

@@ -13,8 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
-from trainer.layout import Loc
-from trainer.storage.base import ObjectInfo, ObjectStore
+from trainer.store.base import Loc, ObjectInfo, ObjectStore
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}

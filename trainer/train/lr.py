@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from trainer.spec.model import TrainSpec
+from trainer.spec.sections import TrainSpec
 
 
 def lr_at(step: int, total_steps: int, train: TrainSpec) -> float:

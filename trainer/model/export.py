@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from trainer.store.records import ModelMeta, parse_record
 
 METADATA_FILE = "quantlab.json"
 FORMAT = "torch.export/pt2"
 
 
-def export_model(model: nn.Module, n_features: int, metadata: dict[str, Any], path: Path) -> None:
+def export_model(model: nn.Module, n_features: int, meta: ModelMeta, path: Path) -> None:
     """Trace `model` with a dynamic batch dimension and save it with its metadata inside.
 
     The archive maps a float32 `[batch, n_features]` tensor of raw features, in the order
-    `metadata["features"]` lists them, to a `[batch]` tensor of predictions; the input
+    `meta.features` lists them, to a `[batch]` tensor of predictions; the input
     normalization is part of the graph."""
     model = model.eval().to("cpu")
     example = torch.zeros(2, n_features, dtype=torch.float32)  # 2, not 1: 1 would specialise
     batch = torch.export.Dim("batch")
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
     buffer = io.BytesIO()
-    extra = {METADATA_FILE: json.dumps({**metadata, "format": FORMAT}, sort_keys=True)}
-    torch.export.save(program, buffer, extra_files=extra)
+    torch.export.save(program, buffer, extra_files={METADATA_FILE: meta.model_dump_json()})
     path.write_bytes(buffer.getvalue())
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path) -> tuple[nn.Module, ModelMeta]:
     """The callable module and its metadata; what a consumer of `model.bin` does."""
     extra = {METADATA_FILE: ""}
     with open(path, "rb") as f:
         program = torch.export.load(f, extra_files=extra)
-    return program.module(), json.loads(extra[METADATA_FILE])
+    meta = parse_record(ModelMeta, extra[METADATA_FILE].encode(), f"{path} ({METADATA_FILE})")
+    return program.module(), meta

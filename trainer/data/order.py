@@ -27,7 +27,7 @@ def split_units(plan: DatasetPlan, spec: BlockSpec, time_order: bool) -> list[Un
     if time_order:
 
         def first_ts(u: Unit) -> tuple[int, int, int]:
-            meta_min = int(str(plan.partitions[u.part].meta.get("ts_min", 0)))
+            meta_min = plan.partitions[u.part].meta.ts_min
             return (u.ts_min if u.ts_min is not None else meta_min, u.part, u.group)
 
         units.sort(key=first_ts)

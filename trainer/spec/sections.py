@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Literal
 
@@ -311,6 +313,12 @@ class JobSpec(Section):
     @property
     def job_id(self) -> str:
         """The explicit id, else the content-derived one."""
-        from trainer.spec.load import derived_job_id
-
         return self.job.id or derived_job_id(self)
+
+
+def derived_job_id(spec: JobSpec) -> str:
+    """`job-` + 12 hex digits of the hash of everything in the spec but the id itself."""
+    data = spec.model_dump(mode="json")
+    data["job"].pop("id", None)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return f"job-{digest[:12]}"

@@ -33,37 +33,29 @@ version 0: it is kept in `history/0/` (first writer wins) before version 1 is co
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
 
-from trainer.errors import (
-    EXIT_SPEC,
-    ObjectNotFound,
-    PreconditionFailed,
-    StorageError,
-    TrainerError,
+from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError, UsageError
+from trainer.store.base import ObjectStore
+from trainer.store.layout import Layout, ProductionPaths, check_symbol
+from trainer.store.records import (
+    PRODUCTION_FORMAT,
+    ProductionManifest,
+    ProductionModel,
+    parse_record,
+    write_record,
 )
-from trainer.layout import PRODUCTION_ROOT, Layout, Loc
-from trainer.storage.base import ObjectStore
 
 log = logging.getLogger("quantlab.production")
 
-FORMAT = "quantlab-production/v1"
-MANIFEST = "manifest.json"
-SEED_MODEL = "model.bin"
-OBJECTS = "objects"
-HISTORY = "history"
 _READ_ATTEMPTS = 3
 _SYNC_ATTEMPTS = 4
 
 
-class SymbolError(TrainerError):
+class SymbolError(UsageError):
     """The symbol is not one production can hold, or not one the job trained on."""
-
-    exit_code = EXIT_SPEC
 
 
 class PromotionConflict(PreconditionFailed):
@@ -82,7 +74,7 @@ class NoProduction(ObjectNotFound):
 class Live:
     """The production state read once: the manifest, its exact bytes and the etag to CAS on."""
 
-    manifest: dict[str, Any]
+    manifest: ProductionManifest
     raw: bytes
     etag: str | None
     """None for an adopted bare `model.bin`: the commit then requires the manifest absent."""
@@ -91,7 +83,7 @@ class Live:
 
     @property
     def version(self) -> int:
-        return int(self.manifest["version"])
+        return self.manifest.version
 
 
 @dataclass(frozen=True)
@@ -99,7 +91,7 @@ class LiveModel:
     """What a consumer loads: a manifest and model bytes verified against it."""
 
     symbol: str
-    manifest: dict[str, Any]
+    manifest: ProductionManifest
     data: bytes
     source: str
     """The URI the bytes came from: the seed `model.bin`, or the object when that lags."""
@@ -109,45 +101,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dumps(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, indent=2, sort_keys=True).encode()
-
-
-def checked_symbol(symbol: str) -> str:
-    """The symbol, if the layout can write it (lower case, one path segment)."""
+def production_paths(layout: Layout, symbol: str) -> ProductionPaths:
+    """The paths of `symbol`'s production; SymbolError when the layout cannot write it."""
     try:
-        Layout().production_dir(symbol)
+        return layout.production(symbol)
     except ValueError as exc:
         raise SymbolError(f"{exc}, e.g. btcusdt") from None
-    return symbol
 
 
-def manifest_loc(layout: Layout, symbol: str) -> Loc:
-    return layout.production_file(symbol, MANIFEST)
-
-
-def seed_loc(layout: Layout, symbol: str) -> Loc:
-    return layout.production_file(symbol, SEED_MODEL)
-
-
-def object_loc(layout: Layout, symbol: str, sha256: str) -> Loc:
-    return layout.production_file(symbol, f"{OBJECTS}/{sha256}.bin")
-
-
-def history_loc(layout: Layout, symbol: str, version: int, name: str) -> Loc:
-    return layout.production_file(symbol, f"{HISTORY}/{version}/{name}")
-
-
-def read_live(store: ObjectStore, layout: Layout, symbol: str) -> Live | None:
+def read_live(store: ObjectStore, paths: ProductionPaths) -> Live | None:
     """The live state, or None when the symbol has no production at all.
 
     The etag is read BEFORE the body and confirmed after it: a body newer than the etag would
     only make the later conditional write fail, never commit over an unseen version."""
-    loc = manifest_loc(layout, symbol)
+    loc = paths.manifest
     for _ in range(_READ_ATTEMPTS):
         before = store.head(loc)
         if before is None:
-            return _legacy(store, layout, symbol)
+            return _legacy(store, paths)
         try:
             raw = store.get(loc)
         except ObjectNotFound:
@@ -158,43 +129,36 @@ def read_live(store: ObjectStore, layout: Layout, symbol: str) -> Live | None:
     raise PromotionConflict(f"{store.uri(loc)} kept changing while it was read; retry")
 
 
-def _legacy(store: ObjectStore, layout: Layout, symbol: str) -> Live | None:
+def _legacy(store: ObjectStore, paths: ProductionPaths) -> Live | None:
     try:
-        data = store.get(seed_loc(layout, symbol))
+        data = store.get(paths.model)
     except ObjectNotFound:
         return None
-    manifest = {
-        "format": FORMAT,
-        "symbol": symbol,
-        "version": 0,
-        "action": "legacy",
-        "previous_version": None,
-        "rollback_to": None,
-        "source_job": None,
-        "metrics": {},
-        "model": {"sha256": sha256_bytes(data), "size": len(data)},
-    }
-    return Live(manifest, dumps(manifest), None, legacy_data=data)
+    manifest = ProductionManifest(
+        format=PRODUCTION_FORMAT,
+        symbol=paths.symbol,
+        version=0,
+        action="legacy",
+        model=ProductionModel(sha256=sha256_bytes(data), size=len(data)),
+    )
+    return Live(manifest, manifest.to_json(), None, legacy_data=data)
 
 
-def _parse(raw: bytes, uri: str) -> dict[str, Any]:
+def _parse(raw: bytes, uri: str) -> ProductionManifest:
     try:
-        manifest = json.loads(raw)
-    except ValueError:
-        raise ProductionCorrupt(f"{uri} is not valid JSON; restore it from history/") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
-        raise ProductionCorrupt(f"{uri} is not a production manifest; restore it from history/")
-    return manifest
+        return parse_record(ProductionManifest, raw, uri)
+    except Exception as exc:  # VerificationError: say how to recover here
+        raise ProductionCorrupt(f"{exc}; restore it from history/") from None
 
 
-def model_bytes(store: ObjectStore, layout: Layout, symbol: str, manifest: dict[str, Any]) -> bytes:
+def model_bytes(store: ObjectStore, paths: ProductionPaths, manifest: ProductionManifest) -> bytes:
     """The bytes a manifest names, checked against its sha256: the object, else the history
     copy, else the seed copy."""
-    want = manifest["model"]["sha256"]
+    want = manifest.model.sha256
     places = [
-        object_loc(layout, symbol, want),
-        history_loc(layout, symbol, int(manifest["version"]), SEED_MODEL),
-        seed_loc(layout, symbol),
+        paths.object(want),
+        paths.history(manifest.version, paths.MODEL),
+        paths.model,
     ]
     for loc in places:
         try:
@@ -205,52 +169,50 @@ def model_bytes(store: ObjectStore, layout: Layout, symbol: str, manifest: dict[
             return data
     raise ProductionCorrupt(
         f"{store.uri(places[0])} is missing or does not match the sha256 that version "
-        f"{manifest['version']} records; roll back, or promote a job again"
+        f"{manifest.version} records; roll back, or promote a job again"
     )
 
 
 def read_history(
-    store: ObjectStore, layout: Layout, symbol: str, version: int
-) -> tuple[dict[str, Any], bytes]:
+    store: ObjectStore, paths: ProductionPaths, version: int
+) -> tuple[ProductionManifest, bytes]:
     """A replaced version's manifest and its model bytes, verified against each other."""
-    loc = history_loc(layout, symbol, version, MANIFEST)
+    loc = paths.history(version, paths.MANIFEST)
+    model = paths.history(version, paths.MODEL)
     try:
         manifest = _parse(store.get(loc), store.uri(loc))
-        data = store.get(history_loc(layout, symbol, version, SEED_MODEL))
+        data = store.get(model)
     except ObjectNotFound as exc:
         raise ProductionCorrupt(f"history of version {version} is incomplete: {exc}") from None
-    if sha256_bytes(data) != manifest["model"]["sha256"]:
-        raise ProductionCorrupt(
-            f"{store.uri(history_loc(layout, symbol, version, SEED_MODEL))} does not match the "
-            f"sha256 in {store.uri(loc)}"
-        )
+    if sha256_bytes(data) != manifest.model.sha256:
+        raise ProductionCorrupt(f"{store.uri(model)} does not match the sha256 in {store.uri(loc)}")
     return manifest, data
 
 
 @dataclass(frozen=True)
 class Published:
-    manifest: dict[str, Any]
+    manifest: ProductionManifest
     seed_copy_current: bool
 
 
 def publish(
     store: ObjectStore,
-    layout: Layout,
-    symbol: str,
+    paths: ProductionPaths,
     base: Live | None,
-    manifest: dict[str, Any],
+    manifest: ProductionManifest,
     data: bytes,
 ) -> Published:
     """Keep `base` in history, store the new bytes, then commit `manifest` against `base`."""
+    symbol = paths.symbol
     if base is not None:
-        _keep_in_history(store, layout, symbol, base)
-    store.put(object_loc(layout, symbol, manifest["model"]["sha256"]), data)
-    loc = manifest_loc(layout, symbol)
+        _keep_in_history(store, paths, base)
+    store.put(paths.object(manifest.model.sha256), data)
+    loc = paths.manifest
     try:
         if base is None or base.etag is None:
-            store.put(loc, dumps(manifest), if_absent=True)
+            write_record(store, loc, manifest, if_absent=True)
         else:
-            store.put(loc, dumps(manifest), if_match=base.etag)
+            write_record(store, loc, manifest, if_match=base.etag)
     except PreconditionFailed:
         seen = "no production" if base is None else f"version {base.version}"
         raise PromotionConflict(
@@ -258,20 +220,20 @@ def publish(
             f"of {symbol} committed first, and this one changed nothing live; check "
             f"`quantlab-train production {symbol}` and retry if still wanted"
         ) from None
-    log.info("%s: version %s committed at %s", symbol, manifest["version"], store.uri(loc))
+    log.info("%s: version %s committed at %s", symbol, manifest.version, store.uri(loc))
     try:
-        current = sync_seed_copy(store, layout, symbol)
+        current = sync_seed_copy(store, paths)
     except StorageError as exc:  # committed already; the copy is refreshed by the next writer
-        log.warning("%s: could not refresh %s: %s", symbol, SEED_MODEL, exc)
+        log.warning("%s: could not refresh %s: %s", symbol, paths.MODEL, exc)
         current = False
     return Published(manifest, current)
 
 
-def _keep_in_history(store: ObjectStore, layout: Layout, symbol: str, base: Live) -> None:
-    model = history_loc(layout, symbol, base.version, SEED_MODEL)
-    record = history_loc(layout, symbol, base.version, MANIFEST)
+def _keep_in_history(store: ObjectStore, paths: ProductionPaths, base: Live) -> None:
+    model = paths.history(base.version, paths.MODEL)
+    record = paths.history(base.version, paths.MANIFEST)
     if base.legacy_data is None:
-        store.put(model, model_bytes(store, layout, symbol, base.manifest))
+        store.put(model, model_bytes(store, paths, base.manifest))
         store.put(record, base.raw)
         return
     # Adopting a bare model.bin: the first writer's copy stands (it was read before any commit).
@@ -280,22 +242,22 @@ def _keep_in_history(store: ObjectStore, layout: Layout, symbol: str, base: Live
             store.put(loc, body, if_absent=True)
 
 
-def sync_seed_copy(store: ObjectStore, layout: Layout, symbol: str) -> bool:
+def sync_seed_copy(store: ObjectStore, paths: ProductionPaths) -> bool:
     """Make `model.bin` equal the live version's bytes; True when it is current."""
-    seed = seed_loc(layout, symbol)
+    seed = paths.model
     for _ in range(_SYNC_ATTEMPTS):
         info = store.head(seed)  # the copy's etag first, then the manifest: see the docstring
-        live = read_live(store, layout, symbol)
+        live = read_live(store, paths)
         if live is None or live.etag is None:
             return False
-        want = live.manifest["model"]
-        if info is not None and info.size == want["size"]:
+        want = live.manifest.model
+        if info is not None and info.size == want.size:
             try:
-                if sha256_bytes(store.get(seed)) == want["sha256"]:
+                if sha256_bytes(store.get(seed)) == want.sha256:
                     return True
             except ObjectNotFound:
                 continue
-        data = model_bytes(store, layout, symbol, live.manifest)
+        data = model_bytes(store, paths, live.manifest)
         try:
             if info is None:
                 store.put(seed, data, if_absent=True)
@@ -303,7 +265,7 @@ def sync_seed_copy(store: ObjectStore, layout: Layout, symbol: str) -> bool:
                 store.put(seed, data, if_match=info.etag)
         except PreconditionFailed:
             continue
-        now = store.head(manifest_loc(layout, symbol))
+        now = store.head(paths.manifest)
         if now is not None and now.etag == live.etag:
             return True
     return False
@@ -312,80 +274,90 @@ def sync_seed_copy(store: ObjectStore, layout: Layout, symbol: str) -> bool:
 def read_production(store: ObjectStore, layout: Layout, symbol: str) -> LiveModel:
     """The live model for a consumer: `model.bin` when its sha256 matches the manifest, else
     the object the manifest names. Never returns bytes that disagree with the manifest."""
-    live = read_live(store, layout, symbol)
+    paths = production_paths(layout, symbol)
+    live = read_live(store, paths)
     if live is None or live.etag is None:
         raise NoProduction(
-            f"{store.uri(manifest_loc(layout, symbol))} does not exist: {symbol} has no "
+            f"{store.uri(paths.manifest)} does not exist: {symbol} has no "
             "managed production model; promote a job first"
         )
-    seed = seed_loc(layout, symbol)
+    want = live.manifest.model.sha256
     try:
-        data = store.get(seed)
-        if sha256_bytes(data) == live.manifest["model"]["sha256"]:
-            return LiveModel(symbol, live.manifest, data, store.uri(seed))
+        data = store.get(paths.model)
+        if sha256_bytes(data) == want:
+            return LiveModel(symbol, live.manifest, data, store.uri(paths.model))
     except ObjectNotFound:
         pass
-    data = model_bytes(store, layout, symbol, live.manifest)
-    source = object_loc(layout, symbol, live.manifest["model"]["sha256"])
-    return LiveModel(symbol, live.manifest, data, store.uri(source))
+    data = model_bytes(store, paths, live.manifest)
+    return LiveModel(symbol, live.manifest, data, store.uri(paths.object(want)))
+
+
+@dataclass(frozen=True)
+class SymbolState:
+    """What `production` shows for one symbol."""
+
+    symbol: str
+    uri: str
+    live: ProductionManifest | None
+    managed: bool
+    """A manifest commits it (False for an adopted bare model.bin)."""
+    seed_copy: str
+    """`current`, `stale` or `missing`: the seed model.bin against the manifest."""
+    history: tuple[ProductionManifest, ...]
+    """Replaced versions, newest first."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "symbol": self.symbol,
+            "uri": self.uri,
+            "live": self.live.model_dump(mode="json") if self.live else None,
+            "managed": self.managed,
+            "seed_copy": self.seed_copy,
+            "history": [h.model_dump(mode="json") for h in self.history],
+        }
 
 
 def production_status(
     store: ObjectStore, layout: Layout, symbol: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[SymbolState]:
     """What is live per symbol (source job, metrics, version) and its history, newest first."""
-    symbols = [checked_symbol(symbol)] if symbol is not None else _symbols(store, layout)
-    return [_status(store, layout, s) for s in symbols]
+    symbols = [symbol] if symbol is not None else _symbols(store, layout)
+    return [_status(store, production_paths(layout, s)) for s in symbols]
 
 
 def _symbols(store: ObjectStore, layout: Layout) -> list[str]:
-    root = Loc(layout.buckets.artifacts_bucket, f"{PRODUCTION_ROOT}/")
+    root = layout.production_root
     found = set()
     for info in store.list(root):
         parts = info.loc.key[len(root.key) :].split("/")
-        if len(parts) == 2 and parts[1] in (MANIFEST, SEED_MODEL):
-            found.add(parts[0])
+        if len(parts) == 2 and parts[1] in (ProductionPaths.MANIFEST, ProductionPaths.MODEL):
+            with suppress(ValueError):
+                found.add(check_symbol(parts[0]))
     return sorted(found)
 
 
-def _status(store: ObjectStore, layout: Layout, symbol: str) -> dict[str, Any]:
-    live = read_live(store, layout, symbol)
-    entry: dict[str, Any] = {"symbol": symbol, "uri": store.uri(manifest_loc(layout, symbol))}
+def _status(store: ObjectStore, paths: ProductionPaths) -> SymbolState:
+    live = read_live(store, paths)
+    uri = store.uri(paths.manifest)
     if live is None:
-        return entry | {"live": None, "history": []}
-    m = live.manifest
-    entry |= {"live": _summary(m), "managed": live.etag is not None, "model": m["model"]}
-    entry["seed_copy"] = _seed_state(store, layout, symbol, m["model"]["sha256"])
+        return SymbolState(paths.symbol, uri, None, False, "missing", ())
     versions = set()
-    for info in store.list(layout.production_file(symbol, f"{HISTORY}/")):
-        tail = info.loc.key.rsplit(f"/{HISTORY}/", 1)[-1].split("/")
-        if len(tail) == 2 and tail[1] == MANIFEST and tail[0].isdigit():
+    for info in store.list(paths.history_dir):
+        tail = info.loc.key[len(paths.history_dir.key) :].split("/")
+        if len(tail) == 2 and tail[1] == paths.MANIFEST and tail[0].isdigit():
             versions.add(int(tail[0]))
     history = []
     for version in sorted(versions, reverse=True):
-        loc = history_loc(layout, symbol, version, MANIFEST)
-        history.append(_summary(_parse(store.get(loc), store.uri(loc))))
-    return entry | {"history": history}
-
-
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "version",
-        "action",
-        "source_job",
-        "metrics",
-        "forced",
-        "promoted_at",
-        "promoted_by",
-        "previous_version",
-        "restored_version",
-        "rollback_to",
+        loc = paths.history(version, paths.MANIFEST)
+        history.append(_parse(store.get(loc), store.uri(loc)))
+    seed = _seed_state(store, paths, live.manifest.model.sha256)
+    return SymbolState(
+        paths.symbol, uri, live.manifest, live.etag is not None, seed, tuple(history)
     )
-    return {k: m.get(k) for k in keys} | {"sha256": m["model"]["sha256"]}
 
 
-def _seed_state(store: ObjectStore, layout: Layout, symbol: str, want: str) -> str:
+def _seed_state(store: ObjectStore, paths: ProductionPaths, want: str) -> str:
     try:
-        return "current" if sha256_bytes(store.get(seed_loc(layout, symbol))) == want else "stale"
+        return "current" if sha256_bytes(store.get(paths.model)) == want else "stale"
     except ObjectNotFound:
         return "missing"

@@ -1,0 +1,63 @@
+"""`quantlab-train`: argument parsing, output, and errors turned into exit codes. Nothing else.
+
+The subcommands live beside this module (`job`, `launch`, `production`); `main` is the one
+place an error becomes an exit code, through `trainer.errors.exit_code_of`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from trainer import __version__
+from trainer.cli import job, launch, production
+from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, TrainerError, exit_code_of
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def setup_logging() -> None:
+    """Human progress on stderr; stdout stays for results."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("quantlab")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantlab-train",
+        description="Train QuantLab models on Vast.ai GPUs from a JobSpec, or locally on CPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    job.register(sub)
+    production.register(sub)
+    launch.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except TrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code_of(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # the last line of defence: a one-line message, not a traceback
+        if os.environ.get("QUANTLAB_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (QUANTLAB_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,134 @@
+"""The job subcommands: validate, schema, generate, run, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.cli.options import add_json, add_spec, add_store, open_context
+from trainer.data.synth import SynthConfig, generate_for_spec
+from trainer.spec.docs import json_schema, markdown_reference
+
+if TYPE_CHECKING:
+    from trainer.job.run import JobResult
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check a JobSpec, and with --check-data its dataset")
+    _spec_args(p)
+    p.add_argument("--check-data", action="store_true", help="run the dataset pre-flight")
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("schema", help="print the JobSpec JSON Schema (for editors)")
+    p.add_argument("--markdown", action="store_true", help="the README reference instead")
+    p.set_defaults(handler=_schema)
+
+    p = sub.add_parser("generate", help="write synthetic feature partitions a spec names")
+    _spec_args(p)
+    p.add_argument("--rows-per-day", type=int, default=20_000)
+    p.add_argument("--features", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("run", help="run the training job here (inside the container, or on CPU)")
+    _spec_args(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the same path on a tiny slice (a few steps); nothing is uploaded",
+    )
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("demo", help="generate data, train on CPU and commit, all locally")
+    p.add_argument("--store-dir", default=".quantlab/store", help="local store folder")
+    add_json(p, "machine-readable result on stdout")
+    p.set_defaults(handler=_demo)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    add_spec(p)
+    add_store(p)
+    add_json(p)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from trainer.data.plan import preflight, summary
+
+    ctx = open_context(args.spec, args.overrides, args.store)
+    result: dict[str, object] = {"job_id": ctx.spec.job_id, "spec": "ok"}
+    data = None
+    if args.check_data:
+        data = summary(preflight(ctx.spec.data, ctx.store, ctx.layout))
+        result["data"] = data
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"spec ok: {args.spec} (job id {ctx.spec.job_id})")
+    if data is not None:
+        print(
+            f"data ok: {data['partitions']} partitions, {data['rows']:,} rows, "
+            f"{data['bytes'] / 1e6:.1f} MB, dates {data['date_span']}, "
+            f"{data['features']} features\n"
+            f"  expected rows: train ≈ {data['train_rows_expected']:,}, "
+            f"validation ≈ {data['val_rows_expected']:,} "
+            f"(label horizon {data['label_horizon_sec']} s, config {data['config_hash']})"
+        )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(markdown_reference() if args.markdown else json_schema())
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    ctx = open_context(args.spec, args.overrides, args.store)
+    cfg = SynthConfig(rows_per_day=args.rows_per_day, n_features=args.features, seed=args.seed)
+    n = len(generate_for_spec(ctx.store, ctx.layout, ctx.spec.data, cfg))
+    print(f"wrote {n} synthetic partitions under {ctx.store.root}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainer.job.run import run_job  # torch loads only for the commands that train
+
+    ctx = open_context(args.spec, args.overrides, args.store)
+    result = run_job(ctx.spec, ctx.store, device=args.device, dry_run=args.dry_run)
+    _print_result(result, args.json)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainer.job.demo import run_demo
+
+    result, manifest = run_demo(Path(args.store_dir))
+    _print_result(result, args.json)
+    if not args.json:
+        print(f"manifest verified: {len(manifest.files)} files, sha256 ok")
+    return 0
+
+
+def _print_result(result: JobResult, as_json: bool) -> None:
+    if as_json:
+        out = {
+            "job_id": result.job_id,
+            "outcome": result.outcome,
+            "artifacts": result.artifacts,
+            "metrics": result.metrics.model_dump(mode="json") if result.metrics else None,
+            "manifest": result.manifest.model_dump(mode="json") if result.manifest else None,
+        }
+        print(json.dumps(out, indent=2))
+        return
+    print(f"job {result.job_id}: {result.outcome}")
+    print(f"artifacts: {result.artifacts}")
+    final = result.final
+    if final is not None:
+        print(
+            f"validation: ic {final.ic:.4f}  rank_ic {final.rank_ic:.4f}  "
+            f"hit_rate {final.hit_rate:.3f}  loss {final.val_loss:.4f}  "
+            f"({final.rows:,} rows)"
+        )

@@ -1,0 +1,1 @@
+"""The training job the container runs: prepare, fit, write artifacts, commit."""

@@ -1,0 +1,129 @@
+"""The job's first step: everything training needs, read and built before the first step.
+
+The pre-flight plan, the feature statistics of the training rows, the validation rows, the
+model with the normalization inside, the streaming loader over a warm cache, and the
+checkpointer with whatever it restored."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from trainer.data.cache import BlockCache
+from trainer.data.loader import StreamingLoader
+from trainer.data.passes import compute_feature_stats, read_split_arrays
+from trainer.data.plan import DatasetPlan, preflight
+from trainer.errors import DataError
+from trainer.job.artifacts import ValidationSet
+from trainer.model.mlp import build_model
+from trainer.spec import JobSpec
+from trainer.spec.sections import TrainSpec
+from trainer.store.base import ObjectStore
+from trainer.store.layout import Layout
+from trainer.train.checkpoint import Checkpointer
+from trainer.train.distributed import Ranks
+from trainer.train.loop import Restored, step_budget
+
+log = logging.getLogger("quantlab.job")
+
+DRY_RUN_ROWS = 4_096
+DRY_RUN_STEPS = 5
+CACHE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `fit` and `write_artifacts` take."""
+
+    train: TrainSpec
+    """The spec's training section, cut down for a dry run."""
+    plan: DatasetPlan
+    val: ValidationSet
+    n_train: int
+    model: torch.nn.Module
+    """On the device, not yet wrapped for DDP."""
+    loader: StreamingLoader
+    checkpointer: Checkpointer | None
+    """None for a dry run, which saves nothing."""
+    restored: Restored | None
+    max_steps: int
+
+
+def prepare(
+    spec: JobSpec,
+    store: ObjectStore,
+    device: torch.device,
+    ranks: Ranks,
+    dry_run: bool,
+) -> Prepared:
+    train = spec.train
+    if dry_run:
+        train = train.model_copy(update={"max_steps": DRY_RUN_STEPS, "eval_every_steps": 10**9})
+    limit = DRY_RUN_ROWS if dry_run else None
+    layout = Layout.of(spec.storage)
+
+    plan = preflight(spec.data, store, layout)
+    log.info(
+        "dataset: %d partitions, %d rows, %.1f MB, %d features",
+        len(plan.partitions),
+        plan.rows,
+        plan.bytes / 1e6,
+        len(plan.features),
+    )
+    cache = BlockCache(CACHE_BYTES)
+    mean, std, n_train = compute_feature_stats(
+        plan, store, cache=cache, non_finite=spec.data.non_finite, max_rows=limit
+    )
+    x_val, y_val, ts_val = read_split_arrays(
+        plan, store, "val", non_finite=spec.data.non_finite, max_rows=limit
+    )
+    if n_train == 0 or len(y_val) == 0:
+        raise DataError(
+            "nothing to train on",
+            [
+                f"{n_train} training rows and {len(y_val)} "
+                "validation rows after the split, the purge and non-finite filtering"
+            ],
+        )
+    log.info("rows: train %d, validation %d", n_train, len(y_val))
+
+    model = build_model(spec.model, len(plan.features), mean, std, train.seed).to(device)
+    loader = StreamingLoader(
+        plan,
+        store,
+        split="train",
+        batch_size=train.batch_size,
+        seed=train.seed,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        device=device,
+        shuffle_buffer_row_groups=train.shuffle_buffer_row_groups,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        cache=cache,
+    )
+    checkpointer = restored = None
+    if not dry_run:
+        checkpointer = Checkpointer(
+            store,
+            layout.job(spec.job_id),
+            train.checkpoint,
+            loader,
+            epoch_boundaries_only=ranks.distributed,
+        )
+        restored = checkpointer.restore(model)
+    steps_per_epoch = math.ceil(n_train / (train.batch_size * ranks.world_size))
+    return Prepared(
+        train=train,
+        plan=plan,
+        val=ValidationSet(x_val, y_val, ts_val),
+        n_train=n_train,
+        model=model,
+        loader=loader,
+        checkpointer=checkpointer,
+        restored=restored,
+        max_steps=step_budget(train, steps_per_epoch),
+    )

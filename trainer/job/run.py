@@ -1,0 +1,226 @@
+"""The training job: JobSpec in; prepare, fit, write artifacts, commit; artifacts out.
+
+`run_job` is the shell around the three steps: a committed job is not run again, a job that
+commits returns its manifest, and a job that fails leaves a failure record and no manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.errors import JobFailed, TrainerError
+from trainer.job.artifacts import (
+    JobInfo,
+    commit,
+    read_manifest,
+    write_artifacts,
+    write_failure,
+)
+from trainer.job.prepare import Prepared, prepare
+from trainer.model.export import FORMAT
+from trainer.redact import RedactingFilter, Secrets
+from trainer.spec import JobSpec
+from trainer.store.base import ObjectStore
+from trainer.store.layout import JobPaths, Layout
+from trainer.store.records import (
+    DatasetRef,
+    EvalMetrics,
+    EvalRecord,
+    JobManifest,
+    JobMetrics,
+    ModelRef,
+    utc_now,
+)
+from trainer.train.distributed import Ranks, all_sum, from_env, setup, teardown
+from trainer.train.loop import FitResult, Validation, fit, predict
+from trainer.train.metrics import evaluate_predictions
+from trainer.train.report import RunLog
+
+log = logging.getLogger("quantlab.job")
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    outcome: str
+    """`succeeded`, `already_done`, `dry_run` or `worker` (a rank other than 0)."""
+    artifacts: str
+    """Where the artifacts are: the job's prefix in the store, or a local folder (dry run)."""
+    metrics: JobMetrics | None = None
+    manifest: JobManifest | None = None
+
+    @property
+    def final(self) -> EvalMetrics | None:
+        return self.metrics.final if self.metrics is not None else None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise JobFailed("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+def run_job(
+    spec: JobSpec,
+    store: ObjectStore,
+    *,
+    device: str = "auto",
+    dry_run: bool = False,
+    workdir: Path | None = None,
+    listener: Listener | None = None,
+) -> JobResult:
+    """Run the whole job. A committed job is not run again; a failed one leaves a failure
+    record and no manifest. `listener(kind, record)` sees progress (the heartbeat uses it)."""
+    paths = Layout.of(spec.storage).job(spec.job_id)
+    job_id = paths.job_id
+    if not dry_run and (manifest := read_manifest(store, paths)) is not None:
+        log.info("job %s is already committed; nothing to do", job_id)
+        return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(workdir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    handler.addFilter(RedactingFilter(Secrets()))  # train.log is uploaded: no secret in it
+    logging.getLogger("quantlab").addHandler(handler)
+    started = utc_now()
+    ranks = from_env()
+    try:
+        torch_device = setup(ranks, pick_device(device))
+        log.info("job %s on %s%s", job_id, _describe(torch_device), " (dry run)" if dry_run else "")
+        job = prepare(spec, store, torch_device, ranks, dry_run)
+        val = Validation(torch.from_numpy(job.val.x).to(torch_device), job.val.y.astype(np.float64))
+        result = _fit(job, val, torch_device, ranks, workdir, listener)
+        rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
+        if not ranks.is_main:
+            return JobResult(job_id, "worker", str(workdir))
+        pred = predict(job.model, val.x)
+        metrics = _metrics(job, result, pred, rows_all_ranks, ranks)
+        write_artifacts(workdir, spec, job.plan, job.model, job.val, pred, metrics)
+        if dry_run:
+            log.info("dry run finished; artifacts kept locally in %s", workdir)
+            return JobResult(job_id, "dry_run", str(workdir), metrics)
+        info = JobInfo(
+            started_at=started,
+            ended_at=utc_now(),
+            device=_describe(torch_device),
+            dataset=DatasetRef(config_hash=job.plan.config_hash, featureset=job.plan.featureset),
+            model=ModelRef(format=FORMAT, features=job.plan.features, label=job.plan.label),
+            metrics=metrics,
+        )
+        handler.flush()
+        files = sorted(p for p in workdir.iterdir() if p.is_file())
+        committed = commit(store, paths, files, info)
+        log.info("committed %d artifacts to %s", len(files), committed.uri)
+        _drop_checkpoints(store, paths)
+        return JobResult(job_id, "succeeded", committed.uri, metrics, committed.manifest)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, TrainerError) else f"{type(exc).__name__}: {exc}"
+        log.error("job %s failed: %s", job_id, reason)
+        if not dry_run and ranks.is_main:
+            handler.flush()
+            _record_failure(store, paths, reason, exc, workdir, started)
+        raise
+    finally:
+        logging.getLogger("quantlab").removeHandler(handler)
+        handler.close()
+        teardown(ranks)
+
+
+def _fit(
+    job: Prepared,
+    val: Validation,
+    device: torch.device,
+    ranks: Ranks,
+    workdir: Path,
+    listener: Listener | None,
+) -> FitResult:
+    """The second step: the loop, with the model wrapped for DDP when there are ranks."""
+    model = job.model
+    if ranks.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    progress = RunLog(workdir / "metrics.jsonl", listener)
+    try:
+        return fit(
+            model,
+            job.loader,
+            val,
+            job.train,
+            device,
+            job.max_steps,
+            progress,
+            ranks=ranks,
+            resume=job.restored,
+            checkpoint=job.checkpointer if ranks.is_main else None,
+        )
+    finally:
+        progress.close()
+
+
+def _metrics(
+    job: Prepared, result: FitResult, pred: np.ndarray, rows_all_ranks: int, ranks: Ranks
+) -> JobMetrics:
+    s = result.state
+    return JobMetrics(
+        final=EvalMetrics.model_validate(evaluate_predictions(pred, job.val.y)),
+        best=EvalRecord.model_validate(s.best) if s.best else None,
+        best_step=s.best_step,
+        steps=s.step,
+        rows_seen=s.rows_seen,
+        stopped_early=result.stopped_early,
+        train_seconds=round(result.wall_s, 3),
+        rows_dropped_non_finite=job.loader.stats.dropped_non_finite,
+        history=tuple(EvalRecord.model_validate(h) for h in s.history),
+        rows_seen_all_ranks=rows_all_ranks,
+        world_size=ranks.world_size,
+        resumed_from_step=job.restored.step if job.restored else None,
+        checkpoints=tuple(job.checkpointer.saved if job.checkpointer else ()),
+    )
+
+
+def _record_failure(
+    store: ObjectStore,
+    paths: JobPaths,
+    reason: str,
+    exc: BaseException,
+    workdir: Path,
+    started: str,
+) -> None:
+    log_path = workdir / "train.log"
+    if log_path.exists():
+        with contextlib.suppress(TrainerError):
+            store.upload(paths.file("train.log"), log_path)
+    uri = write_failure(store, paths, reason, type(exc).__name__, "error", started_at=started)
+    if uri:
+        log.error("failure recorded at %s", uri)
+
+
+def _drop_checkpoints(store: ObjectStore, paths: JobPaths) -> None:
+    """A committed job never resumes: its checkpoints only cost storage now."""
+    try:
+        for obj in store.list(paths.checkpoints):
+            store.delete(obj.loc)
+    except TrainerError as exc:
+        log.warning("could not delete the checkpoints of job %s: %s", paths.job_id, exc)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"cuda ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return "cpu"

@@ -1,0 +1,369 @@
+"""Every JSON document the runner stores, one frozen pydantic model each, and the two calls that
+read and write them.
+
+Writers build the model, readers get attributes: no stored document travels as a bare dict.
+A document that is absent reads as None; one that does not parse is a VerificationError that
+names its URI. Unknown keys are ignored on reading, so an older reader can read a newer
+writer's document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from trainer.errors import ObjectNotFound, VerificationError
+from trainer.store.base import Loc, ObjectInfo, ObjectStore
+
+
+class Record(BaseModel):
+    """Base of every stored document: frozen, unknown keys ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
+R = TypeVar("R", bound=Record)
+
+
+def utc_now() -> str:
+    """Now, as every record writes a time: UTC ISO 8601 to the second, `Z` suffix."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def epoch_of(iso: str) -> float:
+    """Epoch seconds of a time `utc_now` wrote."""
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def parse_record(kind: type[R], raw: bytes, where: str) -> R:
+    """`raw` as a `kind`, or a VerificationError naming `where` and what is wrong."""
+    try:
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise VerificationError(
+            f"{where} is not a valid {kind.__name__} ({path}: {first['msg']}); it may be "
+            "damaged or written by another tool"
+        ) from None
+
+
+def read_record(store: ObjectStore, loc: Loc, kind: type[R]) -> R | None:
+    """The document at `loc`, None when absent."""
+    try:
+        raw = store.get(loc)
+    except ObjectNotFound:
+        return None
+    return parse_record(kind, raw, store.uri(loc))
+
+
+def write_record(
+    store: ObjectStore,
+    loc: Loc,
+    record: Record,
+    *,
+    if_absent: bool = False,
+    if_match: str | None = None,
+) -> ObjectInfo:
+    return store.put(loc, record.to_json(), if_absent=if_absent, if_match=if_match)
+
+
+# -- evaluation and metrics ------------------------------------------------------------------
+class EvalMetrics(Record):
+    """One evaluation on the validation rows."""
+
+    val_loss: float
+    """Mean squared error of the predictions."""
+    ic: float
+    """Pearson correlation of predictions and labels."""
+    rank_ic: float
+    """Spearman correlation."""
+    hit_rate: float
+    """Share of rows where the prediction's sign matches a non-zero label's."""
+    rows: int
+
+
+class EvalRecord(EvalMetrics):
+    """An evaluation during training, with where it happened."""
+
+    step: int
+    epoch: int
+
+
+class JobMetrics(Record):
+    """`metrics.json`, also carried by the manifest."""
+
+    final: EvalMetrics
+    """The model as exported (the best weights), on every validation row."""
+    best: EvalRecord | None
+    best_step: int
+    steps: int
+    rows_seen: int
+    stopped_early: bool
+    train_seconds: float
+    rows_dropped_non_finite: int
+    history: tuple[EvalRecord, ...]
+    rows_seen_all_ranks: int
+    world_size: int
+    resumed_from_step: int | None
+    checkpoints: tuple[int, ...]
+
+
+# -- the dataset ---------------------------------------------------------------------------
+class PartitionMeta(Record):
+    """`meta.json` beside every feature partition (storage layout v1, section 3)."""
+
+    featureset_version: str
+    symbol: str
+    date: str
+    rows: int
+    ts_min: int
+    ts_max: int
+    label_horizon_sec: int
+    config_hash: str
+
+
+# -- a job's prefix ------------------------------------------------------------------------
+class FileEntry(Record):
+    name: str
+    size: int
+    sha256: str
+
+
+class DatasetRef(Record):
+    config_hash: str
+    featureset: str
+
+
+class ModelRef(Record):
+    format: str
+    features: tuple[str, ...]
+    label: str
+
+
+class JobManifest(Record):
+    """`manifest.json`: written last and only if absent; its presence means complete."""
+
+    job_id: str
+    started_at: str
+    ended_at: str
+    committed_at: str
+    code_version: str
+    device: str
+    dataset: DatasetRef
+    model: ModelRef
+    metrics: JobMetrics
+    files: tuple[FileEntry, ...]
+
+
+class PartitionFingerprint(Record):
+    uri: str
+    rows: int
+    bytes: int
+    config_hash: str
+
+
+class DatasetFingerprint(Record):
+    """`dataset.json`: what the model was trained on."""
+
+    featureset: str
+    config_hash: str
+    label_horizon_sec: int
+    features: tuple[str, ...]
+    label: str
+    timestamp: str
+    val_start_ms: int
+    train_end_ms: int
+    partitions: tuple[PartitionFingerprint, ...]
+
+
+Cause = Literal["error", "limit", "signal", "heartbeat", "user", "outbid", "host_offline"]
+"""Why a job ended without committing. `error`: the job itself failed. `limit`: its own
+runtime limit. `heartbeat`: the launcher's heartbeat went stale. `signal`: something outside
+the job stopped the container (a host stop, an outbid). `user`: `quantlab-train stop`.
+`outbid` and `host_offline`: what the launcher saw happen to the instance."""
+
+OUTSIDE_CAUSES: frozenset[str] = frozenset({"signal", "outbid", "host_offline"})
+"""Causes outside the job: another host may well run it to the end."""
+
+
+class FailureRecord(Record):
+    """`failure.json`: why the job ended without a manifest."""
+
+    job_id: str
+    reason: str
+    cause: Cause = "error"
+    error: str = ""
+    """The error's type name."""
+    failed_at: str
+    code_version: str = ""
+    started_at: str | None = None
+    instances: tuple[int, ...] = ()
+
+
+class Latest(Record):
+    """The newest training-step figures."""
+
+    loss: float | None = None
+    lr: float | None = None
+    rows_per_s: float | None = None
+    eta_s: float | None = None
+    grad_norm: float | None = None
+    gpu_mem_gb: float | None = None
+
+
+JobState = Literal[
+    "starting", "training", "succeeded", "already_done", "dry_run", "worker", "failed", "stopped"
+]
+
+
+class StatusDoc(Record):
+    """`status.json`: the container's live state, rewritten every few seconds."""
+
+    job_id: str
+    container_id: str | None
+    state: JobState
+    started_at: str
+    step: int = 0
+    epoch: int = 0
+    rows_seen: int = 0
+    latest: Latest = Latest()
+    last_eval: EvalRecord | None = None
+    host: dict[str, Any] = {}
+    """Host facts (hostname, CPUs, Python, torch, GPU): informational only."""
+    updated_at: str | None = None
+    updated_at_epoch: float | None = None
+    reason: str | None = None
+    cause: Cause | None = None
+    metrics: EvalMetrics | None = None
+    artifacts: str | None = None
+
+    def written_by(self, instance_id: int | str) -> bool:
+        return self.container_id is not None and str(self.container_id) == str(instance_id)
+
+
+class LauncherHeartbeat(Record):
+    """`launcher-heartbeat.json`: the launcher is alive (read by the dead-man switch)."""
+
+    updated_at: float
+    """Epoch seconds."""
+    detached: bool = False
+    """A detached launcher no longer beats: only the runtime limit applies."""
+    instances: tuple[int, ...] = ()
+
+
+class StopRequest(Record):
+    """`stop-requested.json`: written by `stop` before it destroys anything."""
+
+    requested_at: float
+    """Epoch seconds."""
+    by: str
+
+
+class CheckpointPointer(Record):
+    """`checkpoints/latest.json`: the newest complete checkpoint."""
+
+    step: int
+    epoch: int
+    object: str
+    """The checkpoint's name relative to the job folder."""
+    size: int
+    sha256: str
+    saved_at: float
+
+
+class ModelMeta(Record):
+    """The metadata inside `model.bin` (its `quantlab.json`)."""
+
+    job_id: str
+    features: tuple[str, ...]
+    label: str
+    featureset: str
+    config_hash: str
+    label_horizon_sec: int
+    format: str
+
+
+SENTINEL = "QUANTLAB_RESULT"
+"""The first word of the container's last stdout line; the rest is a ResultSentinel."""
+
+
+class ResultSentinel(Record):
+    """The container's last stdout line: `QUANTLAB_RESULT {...}`."""
+
+    job_id: str | None = None
+    outcome: str
+    """succeeded, already_done, dry_run, failed or stopped."""
+    exit_code: int
+    reason: str | None = None
+    cause: Cause | None = None
+    artifacts: str | None = None
+
+    def line(self) -> str:
+        body = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        return f"{SENTINEL} {body}"
+
+    @classmethod
+    def parse_line(cls, line: str) -> ResultSentinel | None:
+        """The sentinel a log line carries, None for any other line."""
+        head, _, body = line.strip().partition(" ")
+        if head != SENTINEL:
+            return None
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError:
+            return None
+
+
+# -- production ----------------------------------------------------------------------------
+class ProductionModel(Record):
+    sha256: str
+    size: int
+    features: tuple[str, ...] | None = None
+    label: str | None = None
+    featureset: str | None = None
+    config_hash: str | None = None
+
+
+class GateRuleDoc(Record):
+    max_ic_drop: float
+    min_ic: float | None
+
+
+class SampleCheck(Record):
+    ic: float
+    rows: int
+
+
+PRODUCTION_FORMAT = "quantlab-production/v1"
+
+
+class ProductionManifest(Record):
+    """`models/production/<symbol>/manifest.json`: the live version; its conditional write
+    is the commit point of a promotion or rollback."""
+
+    format: str = PRODUCTION_FORMAT
+    symbol: str
+    version: int
+    previous_version: int | None = None
+    action: Literal["promote", "rollback", "legacy"]
+    forced: bool = False
+    gate: str = ""
+    promoted_at: str | None = None
+    promoted_by: str | None = None
+    code_version: str | None = None
+    source_job: str | None = None
+    metrics: EvalMetrics | None = None
+    sample: SampleCheck | None = None
+    gate_rule: GateRuleDoc | None = None
+    model: ProductionModel
+    rollback_to: int | None = None
+    """The version a rollback of this one restores."""
+    restored_version: int | None = None
+    rolled_back_from: int | None = None
