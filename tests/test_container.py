@@ -26,6 +26,8 @@ from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
 from trainer.store.records import SENTINEL
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 

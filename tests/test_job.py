@@ -52,6 +52,7 @@ LOAD_IN_BARE_PYTHON = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_job_on_loopback_s3_commits_at_the_seed_path(
     s3_store: ObjectStore, layout: Layout, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ def _corrupt_data_pages(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 def test_corrupt_partition_fails_with_a_record_and_no_manifest(
     local_store: ObjectStore, layout: Layout, tmp_path: Path
 ) -> None:

@@ -31,7 +31,10 @@ from trainer.launcher.payload import ENTRYPOINT
 from trainer.launcher.vast import VastClient
 from trainer.spec import JobSpec, dump_spec
 from trainer.store import ObjectStore
-from trainer.store.layout import Layout, Loc
+from trainer.store.base import Loc
+from trainer.store.layout import Layout
+
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
 
 
 @pytest.fixture

@@ -40,7 +40,10 @@ from trainer.errors import (
 )
 from trainer.launcher.hosts import BadHosts
 from trainer.store import ObjectStore
-from trainer.store.layout import Layout, Loc
+from trainer.store.base import Loc
+from trainer.store.layout import Layout
+
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
 
 MARKET = [make_offer(8_000_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(10)]
 

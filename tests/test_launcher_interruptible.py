@@ -18,6 +18,8 @@ from trainer.errors import ObjectNotFound
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
+
 MARKET = [make_offer(9_100_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(4)]
 
 

@@ -21,6 +21,8 @@ from trainer.job.run import run_job
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
+
 TRAIN = {
     "epochs": 2,
     "batch_size": 256,

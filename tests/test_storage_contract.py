@@ -11,7 +11,7 @@ import pytest
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
 from trainer.store import ObjectStore
-from trainer.store.layout import Loc
+from trainer.store.base import Loc
 
 ART = "quantlab-artifacts"
 
