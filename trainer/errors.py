@@ -20,6 +20,7 @@ EXIT_LIMIT = 7
 EXIT_INFRA = 8
 EXIT_CONFLICT = 9
 EXIT_REFUSED = 10
+EXIT_UNKNOWN_JOB = 11
 EXIT_CANCELLED = 130
 
 
@@ -100,6 +101,10 @@ class Refused(TrainerError):
     """A deliberate no: a promotion gate, or nothing to roll back to."""
 
 
+class UnknownJob(TrainerError):
+    """No job by this id: nothing under `ml-artifacts/<jobId>/` and no instance labelled for it."""
+
+
 class Cancelled(TrainerError):
     """The user interrupted the command; anything it rented was destroyed."""
 
@@ -117,6 +122,7 @@ ERRORS: dict[type[TrainerError], tuple[int, str]] = {
     StorageError: (EXIT_INFRA, "infra_error"),
     InfraError: (EXIT_INFRA, "infra_error"),
     Refused: (EXIT_REFUSED, "refused"),
+    UnknownJob: (EXIT_UNKNOWN_JOB, "unknown_job"),
     Cancelled: (EXIT_CANCELLED, "cancelled"),
 }
 """Error type → (exit code, outcome). The most specific class in an error's MRO decides, so a
