@@ -33,6 +33,13 @@ def fake() -> Iterator[FakeVast]:
         yield server
 
 
+@pytest.fixture
+def busy() -> Iterator[FakeVast]:
+    """A fake whose containers keep running until they are stopped or destroyed."""
+    with running_fake_vast(timings=FAST, on_running=lambda view: view.killed.wait(30)) as server:
+        yield server
+
+
 def call(
     fake: FakeVast,
     method: str,
@@ -184,17 +191,17 @@ def test_tests_can_bring_their_own_offers() -> None:
 
 # -- auth ----------------------------------------------------------------------------------
 def test_auth_messages_and_query_parameter_key(fake: FakeVast) -> None:
-    missing = call(fake, "GET", "/api/v0/users/current", key=None)
+    missing = call(fake, "GET", "/api/v1/instances/", key=None)
     assert missing.status_code == 401
     assert missing.json() == {
         "success": False,
         "error": "auth_error",
         "msg": "This action requires login.",
     }
-    wrong = call(fake, "GET", "/api/v0/users/current", key="nope")
+    wrong = call(fake, "GET", "/api/v1/instances/", key="nope")
     assert (wrong.status_code, wrong.json()["msg"]) == (401, "Invalid user key")
-    by_query = call(fake, "GET", "/api/v0/users/current", key=None, api_key=fake.api_key)
-    assert by_query.status_code == 200 and by_query.json()["balance"] > 0
+    by_query = call(fake, "GET", "/api/v1/instances/", key=None, api_key=fake.api_key)
+    assert by_query.status_code == 200 and by_query.json()["instances"] == []
 
 
 def test_wrong_key_status_is_configurable() -> None:
@@ -202,9 +209,7 @@ def test_wrong_key_status_is_configurable() -> None:
         assert call(fake, "GET", "/api/v1/instances/", key="nope").status_code == 404
 
 
-def test_unknown_and_deprecated_paths(fake: FakeVast) -> None:
-    old = call(fake, "GET", "/api/v0/instances/")
-    assert (old.status_code, old.json()["error"]) == (410, "deprecated_endpoint")
+def test_unknown_paths(fake: FakeVast) -> None:
     nothing = call(fake, "GET", "/api/v0/nope/")
     assert (nothing.status_code, nothing.json()["error"]) == (404, "not_found")
 
@@ -236,17 +241,17 @@ def test_create_validation(fake: FakeVast, bad: dict[str, Any]) -> None:
 
 
 def test_instance_row_has_every_field_with_its_type(fake: FakeVast) -> None:
-    instance_id = create_id(
-        fake, env="-e A=1 -e B='x y' -p 8080:8080", runtype="ssh_direc ssh_proxy"
-    )
-    found = row(fake, instance_id)
+    slow = Timings(t_sched=30.0, t_pull=30.0)  # the row is read while still scheduling
+    with running_fake_vast(timings=slow) as scheduling:
+        instance_id = create_id(scheduling, env="-e A=1 -e B='x y' -p 8080:8080")
+        found = row(scheduling, instance_id)
     assert found is not None
     for name, kind in INSTANCE_FIELDS.items():
         assert isinstance(found[name], kind), (name, found[name])
     for name in NULLABLE_FIELDS:
         assert name in found
     assert found["extra_env"] == [["A", "1"], ["B", "x y"]]
-    assert found["image_runtype"] == "ssh_direc ssh_proxy"
+    assert found["image_runtype"] == "args"
     assert (found["actual_status"], found["ports"]) == (None, {})
 
 
@@ -260,16 +265,6 @@ def test_lifecycle_reaches_running_then_exits_in_args_mode(fake: FakeVast) -> No
     assert found is not None
     assert (found["intended_status"], found["cur_state"]) == ("running", "running")
     assert fake.container_log(instance_id) == ["job started", "job finished"]
-
-
-def test_ssh_runtype_keeps_running_after_the_script() -> None:
-    with running_fake_vast(timings=FAST, script=[(0.0, "hello")]) as fake:
-        instance_id = create_id(fake, runtype="ssh", args=None)
-        wait_for(lambda: fake.container_log(instance_id) == ["hello"])
-        time.sleep(0.05)
-        found = row(fake, instance_id)
-        assert found is not None and found["actual_status"] == "running"
-        assert found["ports"]["22/tcp"][0]["HostPort"].isdigit()
 
 
 def test_speed_knob_compresses_every_phase() -> None:
@@ -286,25 +281,18 @@ def test_list_paginates_filters_by_label_and_rejects_bad_tokens() -> None:
     offers = [make_offer(100 + i, "RTX 4090") for i in range(30)]
     with running_fake_vast(offers=offers, timings=FAST) as fake:
         ids = [create_id(fake, 100 + i, label="a" if i % 3 else "b") for i in range(30)]
-        first = call(
-            fake,
-            "GET",
-            "/api/v1/instances/",
-            select_filters="{}",
-            order_by='[{"col": "id", "dir": "asc"}]',
-            limit=25,
-        ).json()
+
+        def page(**extra: Any) -> dict[str, Any]:
+            by_id = '[{"col": "id", "dir": "asc"}]'
+            found = call(fake, "GET", "/api/v1/instances/", select_filters="{}",
+                         order_by=by_id, limit=25, **extra)  # fmt: skip
+            body: dict[str, Any] = found.json()
+            return body
+
+        first = page()
         assert len(first["instances"]) == 25 and first["total_instances"] == 30
         assert first["label_counts"] == {"a": 20, "b": 10}
-        second = call(
-            fake,
-            "GET",
-            "/api/v1/instances/",
-            select_filters="{}",
-            order_by='[{"col": "id", "dir": "asc"}]',
-            limit=25,
-            after_token=first["next_token"],
-        ).json()
+        second = page(after_token=first["next_token"])
         assert second["next_token"] is None
         assert [r["id"] for r in first["instances"] + second["instances"]] == ids
         labelled = call(
@@ -320,7 +308,7 @@ def test_list_paginates_filters_by_label_and_rejects_bad_tokens() -> None:
         assert computed.status_code == 400 and "not a valid search key" in computed.json()["msg"]
 
 
-# -- destroy, stop, label, bid ---------------------------------------------------------------
+# -- destroy and bids ------------------------------------------------------------------------
 def test_destroy_twice_and_the_row_is_gone(fake: FakeVast) -> None:
     instance_id = create_id(fake)
     first = call(fake, "DELETE", f"/api/v0/instances/{instance_id}/", {})
@@ -332,26 +320,9 @@ def test_destroy_twice_and_the_row_is_gone(fake: FakeVast) -> None:
     assert fake.offer(7_100_001)["rentable"] is True
 
 
-def test_stop_start_and_label(fake: FakeVast) -> None:
-    instance_id = create_id(fake, runtype="ssh", args=None)
-    wait_for(lambda: status_of(fake, instance_id) == "running")
-    call(fake, "PUT", f"/api/v0/instances/{instance_id}/", {"label": "renamed"})
-    assert call(fake, "PUT", f"/api/v0/instances/{instance_id}/", {"state": "stopped"}).ok
-    found = row(fake, instance_id)
-    assert found is not None and found["label"] == "renamed"
-    assert found["intended_status"] == "stopped"
-    stopped = wait_for(
-        lambda: (r := row(fake, instance_id)) and r["actual_status"] == "stopped" and r
-    )
-    assert (stopped["cur_state"], stopped["next_state"]) == ("stopped", "stopped")
-    call(fake, "PUT", f"/api/v0/instances/{instance_id}/", {"state": "running"})
-    wait_for(lambda: status_of(fake, instance_id) == "running")
-    missing = call(fake, "PUT", "/api/v0/instances/1/", {"state": "stopped"})
-    assert (missing.status_code, missing.json()["error"]) == (404, "no_such_instance")
-
-
-def test_outbid_stops_at_once_and_a_higher_bid_resumes(fake: FakeVast) -> None:
-    instance_id = create_id(fake, runtype="ssh", args=None, price=0.3)
+def test_outbid_stops_at_once_and_stops_billing(busy: FakeVast) -> None:
+    fake = busy
+    instance_id = create_id(fake, price=0.3)
     wait_for(lambda: status_of(fake, instance_id) == "running")
     fake.outbid(instance_id)
     found = row(fake, instance_id)
@@ -361,18 +332,6 @@ def test_outbid_stops_at_once_and_a_higher_bid_resumes(fake: FakeVast) -> None:
     gpu_seconds = fake.ledger().entries[instance_id].gpu_seconds
     time.sleep(0.05)
     assert fake.ledger().entries[instance_id].gpu_seconds == gpu_seconds
-    low = call(
-        fake, "PUT", f"/api/v0/instances/bid_price/{instance_id}/", {"client_id": "me", "price": 0}
-    )
-    assert low.status_code == 400
-    new_price = found["min_bid"] + 0.01
-    call(
-        fake,
-        "PUT",
-        f"/api/v0/instances/bid_price/{instance_id}/",
-        {"client_id": "me", "price": new_price},
-    )
-    wait_for(lambda: status_of(fake, instance_id) == "running")
 
 
 def test_bid_below_min_bid_leaves_a_stopped_instance_and_an_error(fake: FakeVast) -> None:
@@ -418,8 +377,9 @@ def test_unschedulable_on_demand(fake: FakeVast) -> None:
     assert found is not None and found["cur_state"] == "stopped" and found["actual_status"] is None
 
 
-def test_low_balance_stops_everything_and_refuses_creates(fake: FakeVast) -> None:
-    instance_id = create_id(fake, runtype="ssh", args=None)
+def test_low_balance_stops_everything_and_refuses_creates(busy: FakeVast) -> None:
+    fake = busy
+    instance_id = create_id(fake)
     wait_for(lambda: status_of(fake, instance_id) == "running")
     fake.set_balance(0.0)
     assert status_of(fake, instance_id) == "stopped"
@@ -546,14 +506,9 @@ def test_job_callback_sees_env_and_destroys_itself_with_its_own_key() -> None:
 def test_instance_key_is_scoped_to_its_own_instance(fake: FakeVast) -> None:
     mine, other = create_id(fake), create_id(fake, 7_100_002)
     key = fake.instance_key(mine)
-    assert (
-        call(fake, "PUT", f"/api/v0/instances/{other}/", {"state": "stopped"}, key).status_code
-        == 403
-    )
     assert call(fake, "DELETE", f"/api/v0/instances/{other}/", {}, key).status_code == 403
-    assert call(fake, "PUT", f"/api/v0/instances/{mine}/", {"label": "x"}, key).status_code == 403
+    assert call(fake, "GET", f"/api/v0/instances/{mine}/", key=key).status_code == 403
     assert call(fake, "GET", "/api/v1/instances/", key=key).status_code == 403
-    assert call(fake, "PUT", f"/api/v0/instances/{mine}/", {"state": "stopped"}, key).ok
     assert call(fake, "DELETE", f"/api/v0/instances/{mine}/", {}, key).ok
     assert [r["id"] for r in fake.live_instances()] == [other]
 

@@ -257,42 +257,12 @@ class VastAccount:
             raise ApiError(400, "invalid_request", "Invalid after_token") from None
 
     # -- change --------------------------------------------------------------------------
-    def manage(self, instance_id: int, body: Any) -> dict[str, Any]:
-        now = self.tick()
-        inst = self._instance(instance_id)
-        if not isinstance(body, dict) or not ({"state", "label"} & body.keys()):
-            raise invalid_args("expected state and/or label")
-        if "label" in body:
-            label = body["label"]
-            if label is not None and (not isinstance(label, str) or len(label) > 1024):
-                raise ApiError(400, "label_too_long", "Label must be at most 1024 characters.")
-            inst.label = label
-        state = body.get("state")
-        if state == "stopped":
-            inst.stop(now, "stopped by user")
-        elif state == "running":
-            inst.start(now)
-        elif "state" in body:
-            raise invalid_args(f"state must be running or stopped, not {state!r}")
-        return {"success": True}
-
     def destroy(self, instance_id: int) -> dict[str, Any]:
         now = self.tick()
         inst = self._instance(instance_id)
         inst.destroy(now)
         inst.offer["rented"], inst.offer["rentable"] = False, True
         return {"success": True, "msg": f"Instance {instance_id} destroyed."}
-
-    def change_bid(self, instance_id: int, body: Any) -> dict[str, Any]:
-        now = self.tick()
-        inst = self._instance(instance_id)
-        price = body.get("price") if isinstance(body, dict) else None
-        if not isinstance(price, int | float) or not 0.001 <= price <= 32:
-            raise invalid_args("Please set a bid price >= 0.001.")
-        inst.price = float(price)
-        if price >= float(inst.offer["min_bid"]) and inst.phase in ("stopped", "scheduling"):
-            inst.start(now)
-        return {"success": True}
 
     def outbid(self, instance_id: int, min_bid: float | None) -> None:
         """A competing bid wins: min_bid rises above this bid and the instance stops at once."""
@@ -344,17 +314,3 @@ class VastAccount:
         if found is None or time.monotonic() < found.ready_at:
             return None
         return found.text
-
-    def user(self) -> dict[str, Any]:
-        spent = self.ledger().total_cost
-        return {
-            "id": 1,
-            "key_id": 1,
-            "email": "fake-user@example.com",
-            "username": "fake",
-            "balance": round(self.balance - spent, 6),
-            "credit": round(self.balance - spent, 6),
-            "ssh_key": "",
-            "sid": "fake-session",
-            "host_agreement_accepted": False,
-        }

@@ -13,11 +13,9 @@ OFFER_TYPES = {
     "on-demand": "on-demand",
     "ondemand": "on-demand",
     "bid": "bid",
-    "reserved": "reserved",
 }
 HOURS_PER_MONTH = 30 * 24
 DEFAULT_LIMIT = 64
-RESERVED_DISCOUNT = 0.3
 
 # Per-model hardware figures used when building a realistic offer.
 GPU_SPECS: dict[str, dict[str, Any]] = {
@@ -199,12 +197,7 @@ def price_offer(offer: Mapping[str, Any], offer_type: str, storage_gb: float) ->
     """A copy of `offer` priced for `offer_type` with `storage_gb` of disk included in dph_total."""
     priced = dict(offer)
     storage_per_hour = float(offer.get("storage_cost") or 0.0) * storage_gb / HOURS_PER_MONTH
-    if offer_type == "bid":
-        compute = float(offer["min_bid"])
-    elif offer_type == "reserved":
-        compute = float(offer["dph_base"]) * (1 - RESERVED_DISCOUNT)
-    else:
-        compute = float(offer["dph_base"])
+    compute = float(offer["min_bid"] if offer_type == "bid" else offer["dph_base"])
     priced["dph_total"] = round(compute + storage_per_hour, 6)
     priced["storage_total_cost"] = round(storage_per_hour, 6)
     priced["is_bid"] = offer_type == "bid"

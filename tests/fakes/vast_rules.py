@@ -6,19 +6,8 @@ import json
 import shlex
 from typing import Any
 
-RUNTYPE_WORDS = frozenset(
-    {
-        "ssh",
-        "jupyter",
-        "args",
-        "ssh_proxy",
-        "ssh_direct",
-        "ssh_direc",
-        "jupyter_proxy",
-        "jupyter_direct",
-        "jupyter_direc",
-    }
-)
+RUNTYPE_WORDS = frozenset({"args"})
+"""The launcher rents in `args` mode only; other runtypes are refused like unknown ones."""
 MAX_IMAGE, MAX_LABEL, MAX_ARGS, MAX_ENV = 1024, 256, 4096, 32768
 
 
@@ -82,7 +71,7 @@ def validate_create(body: Any) -> tuple[dict[str, str], str]:
         not isinstance(args, list) or not all(isinstance(a, str) for a in args)
     ):
         raise invalid_args("args must be a list of strings")
-    runtype = str(body.get("runtype") or "ssh")
+    runtype = str(body.get("runtype") or "")
     if not set(runtype.split()) <= RUNTYPE_WORDS:
         raise invalid_args(f"unknown runtype {runtype!r}")
     if len(" ".join(args or [])) + len(body.get("onstart") or "") > MAX_ARGS:

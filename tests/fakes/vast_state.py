@@ -189,9 +189,8 @@ class Instance:
             return True
         if self.job.exits and not self._job_done:
             self._job_done = True
-            if self._is_args():
-                self.enter("exited", self._script_clock)
-                return True
+            self.enter("exited", self._script_clock)
+            return True
         return False
 
     def _start_job(self, at: float) -> None:
@@ -243,11 +242,8 @@ class Instance:
                     self.logs.extend(text.splitlines())
         finally:
             with self.lock:
-                if generation == self.generation and self.phase == "running" and self._is_args():
+                if generation == self.generation and self.phase == "running":
                     self.enter("exited", time.monotonic())
-
-    def _is_args(self) -> bool:
-        return "args" in self.runtype.split()
 
     # -- requests from outside -----------------------------------------------------------
     def stop(self, now: float, reason: str, at_once: bool = False) -> None:
