@@ -9,13 +9,15 @@ by later launches on this computer too.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from trainer.errors import VerificationError
+from trainer.store.records import BadHost, BadHostsFile, parse_record
 
 log = logging.getLogger("quantlab.launcher")
 
@@ -56,26 +58,23 @@ class BadHosts:
         if self.path is None or not self.path.exists():
             return {}
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            now = time.time()
-            return {
-                int(k): (float(v["until"]), str(v.get("reason", "")))
-                for k, v in raw.items()
-                if float(v["until"]) > now
-            }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            found = parse_record(BadHostsFile, self.path.read_bytes(), str(self.path))
+        except (OSError, VerificationError) as exc:
             log.warning("ignoring the bad-host list %s: %s", self.path, exc)
             return {}
+        now = time.time()
+        return {m: (h.until, h.reason) for m, h in found.hosts.items() if h.until > now}
 
     def _save(self) -> None:
         if self.path is None:
             return
-        body = {str(m): {"until": u, "reason": r} for m, (u, r) in self._hosts.items()}
+        hosts = {m: BadHost(until=u, reason=r) for m, (u, r) in self._hosts.items()}
+        body = BadHostsFile(hosts=hosts).to_json()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".bad-hosts-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(body, f, indent=1, sort_keys=True)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
             os.replace(tmp, self.path)
         except OSError as exc:
             log.warning("could not save the bad-host list %s: %s", self.path, exc)

@@ -321,6 +321,19 @@ class ResultSentinel(Record):
             return None
 
 
+# -- the launcher's own cache --------------------------------------------------------------
+class BadHost(Record):
+    until: float
+    """Epoch seconds; the host is skipped until then."""
+    reason: str = ""
+
+
+class BadHostsFile(Record):
+    """`bad-hosts.json` in the launcher's cache folder: machine id → why and until when."""
+
+    hosts: dict[int, BadHost] = {}
+
+
 # -- production ----------------------------------------------------------------------------
 class ProductionModel(Record):
     sha256: str
