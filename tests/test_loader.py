@@ -21,6 +21,7 @@ from trainer.data.loader import (
 )
 from trainer.data.order import batch_segments
 from trainer.data.plan import DatasetPlan, preflight
+from trainer.data.prefetch import PartitionFiles
 from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
 from trainer.errors import DataError
 from trainer.spec.sections import DataSpec
@@ -254,6 +255,30 @@ def test_corrupt_or_missing_data_raises_data_error_naming_it(
     with pytest.raises(DataError) as err:
         compute_feature_stats(plan, local_store)
     assert local_store.uri(plan.partitions[1].data) in str(err.value)
+
+
+def test_readers_take_the_footers_from_the_preflight(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    src = _source(local_store, plan)
+    want = _expected(src, src["ts"] < plan.bounds.train_end_ms)
+    # Blank every footer in place: a reader that parsed one again would fail.
+    for info in plan.partitions:
+        path = local_store.path(info.data)  # type: ignore[attr-defined]
+        raw = bytearray(path.read_bytes())
+        footer_len = int.from_bytes(raw[-8:-4], "little")
+        raw[-8 - footer_len : -8] = bytes(footer_len)
+        path.write_bytes(bytes(raw))
+    files = PartitionFiles(plan, local_store)
+    assert Counter(_keys(_train(plan, local_store, files=files).epoch_with_ts(0))) == want
+    _, _, rows = compute_feature_stats(plan, local_store, files=files)
+    assert rows == sum(want.values())
+    # A file that changed size since the pre-flight is refused, never misread.
+    path = local_store.path(plan.partitions[0].data)  # type: ignore[attr-defined]
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="changed since") as err:
+        list(_train(plan, local_store).epoch(0))
+    assert local_store.uri(plan.partitions[0].data) in str(err.value)
 
 
 def test_second_epoch_comes_from_the_cache(plan: DatasetPlan, local_store: ObjectStore) -> None:

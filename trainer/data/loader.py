@@ -17,7 +17,7 @@ from trainer.data.cache import BlockCache
 from trainer.data.order import batch_segments, rank_units, row_order, split_units
 from trainer.data.passes import compute_feature_stats, read_split_arrays, split_spec
 from trainer.data.plan import DatasetPlan
-from trainer.data.prefetch import BlockReader
+from trainer.data.prefetch import BlockReader, PartitionFiles
 from trainer.store.base import ObjectStore
 
 __all__ = [
@@ -66,7 +66,8 @@ class StreamingLoader:
     number ahead, so the first batch comes after the first buffer, not after a download.
     Each becomes one float32 block; on a GPU the block is copied whole (pinned memory,
     asynchronous) and batches are gathered on the device. With a `cache`, later epochs
-    are served from decoded blocks; `max_rows` stops after that many rows (dry runs)."""
+    are served from decoded blocks; `max_rows` stops after that many rows (dry runs).
+    `files`: the job's shared table of open files (the loader opens its own without)."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class StreamingLoader:
         cache: BlockCache | None = None,
         drop_last: bool = False,
         with_ts: bool = False,
+        files: PartitionFiles | None = None,
     ) -> None:
         problems = []
         if split not in ("train", "val"):
@@ -120,6 +122,7 @@ class StreamingLoader:
             ahead=max(k, files_in_flight) + 1,
             cache=cache,
             non_finite=non_finite,
+            files=files,
         )
         self.stats = LoaderStats(rank=rank, world_size=world_size)
         self._pos = {"epoch": 0, "chunk": 0, "offset": 0, "rows": 0}

@@ -12,7 +12,7 @@ from trainer.data.blocks import BlockSpec
 from trainer.data.cache import BlockCache
 from trainer.data.order import split_units
 from trainer.data.plan import DatasetPlan
-from trainer.data.prefetch import BlockReader
+from trainer.data.prefetch import BlockReader, PartitionFiles
 from trainer.store.base import ObjectStore
 
 Split = Literal["train", "val"]
@@ -33,11 +33,24 @@ def split_spec(plan: DatasetPlan, split: Split, with_ts: bool = False) -> BlockS
 
 
 def _reader(
-    plan: DatasetPlan, store: ObjectStore, spec: BlockSpec, cache: BlockCache | None, policy: str
+    plan: DatasetPlan,
+    store: ObjectStore,
+    spec: BlockSpec,
+    cache: BlockCache | None,
+    policy: str,
+    files: PartitionFiles | None,
 ) -> BlockReader:
     device = cache.device if cache is not None else torch.device("cpu")
     return BlockReader(
-        plan, store, spec, device=device, files_in_flight=3, ahead=4, cache=cache, non_finite=policy
+        plan,
+        store,
+        spec,
+        device=device,
+        files_in_flight=3,
+        ahead=4,
+        cache=cache,
+        non_finite=policy,
+        files=files,
     )
 
 
@@ -49,13 +62,14 @@ def compute_feature_stats(
     non_finite: Literal["drop", "fail"] = "drop",
     max_rows: int | None = None,
     min_std: float = 1e-6,
+    files: PartitionFiles | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-feature mean and standard deviation of the training rows (after the purge and the
     non-finite filter), accumulated in float64 by merging per-block moments (Chan et al.), so
     large offsets do not cancel. Reading goes through `cache`, which it leaves warm for
     training. Returns `(mean, std floored at min_std, rows)`."""
     spec = split_spec(plan, "train")
-    reader = _reader(plan, store, spec, cache, non_finite)
+    reader = _reader(plan, store, spec, cache, non_finite, files)
     nf = len(plan.features)
     rows, mean, m2 = 0, np.zeros(nf), np.zeros(nf)
     try:
@@ -96,11 +110,12 @@ def read_split_arrays(
     cache: BlockCache | None = None,
     non_finite: Literal["drop", "fail"] = "drop",
     max_rows: int | None = None,
+    files: PartitionFiles | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A whole (small) split as numpy `(X [N, F] float32, y [N] float32, ts [N] int64)`,
     sorted by time (stable), for evaluation and for exporting predictions."""
     spec = split_spec(plan, split, with_ts=True)
-    reader = _reader(plan, store, spec, cache, non_finite)
+    reader = _reader(plan, store, spec, cache, non_finite, files)
     xs, ys, tss, rows = [], [], [], 0
     try:
         for _, block, _ in reader.stream(split_units(plan, spec, time_order=True)):

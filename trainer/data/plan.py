@@ -38,6 +38,8 @@ class PartitionInfo:
     rows: int
     bytes: int
     row_groups: tuple[RowGroup, ...]
+    footer: pq.FileMetaData = field(compare=False, repr=False)
+    """The parsed Parquet footer, handed to every reader so that none fetches it again."""
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,14 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         return _Footer(None, None, [*problems, f"{where}: meta.json {'; '.join(wrong)}"])
 
     try:
-        size_info = store.head(data_loc)
-        if size_info is None:
-            return _Footer(None, None, [f"{where}: data.parquet missing"])
         fs = store.arrow_fs()
+        # Opening learns the size (one HEAD on S3); the footer is the one other request.
         with fs.open_input_file(store.arrow_path(data_loc)) as handle:
+            size = handle.size()
             md = pq.ParquetFile(handle).metadata
             schema = md.schema.to_arrow_schema()
+    except FileNotFoundError:
+        return _Footer(None, None, [f"{where}: data.parquet missing"])
     except (OSError, pa.ArrowException, StorageError) as exc:
         return _Footer(None, None, [f"{where}data.parquet: unreadable Parquet footer ({exc})"])
 
@@ -202,7 +205,7 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
             f"({day_first}..{day_last})"
         )
     groups = tuple(_row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
-    info = PartitionInfo(part, data_loc, meta, md.num_rows, size_info.size, groups)
+    info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md)
     return _Footer(info, schema, problems)
 
 

@@ -34,6 +34,7 @@ from trainer.store.base import ObjectStore
 
 LOCAL_READ_BYTES = 256 << 10
 REMOTE_READ_BYTES = 8 << 20
+LOCAL_KEEP_OPEN = 64
 
 
 @dataclass
@@ -43,48 +44,53 @@ class _OpenFile:
 
 
 class PartitionFiles:
-    """Open Parquet files and their footers, shared by the reading threads.
+    """Open Parquet files, shared by every reader of one job.
 
-    Parquet reads go through `ReadAt`, which is safe to call concurrently, so one open
-    file serves every thread; on S3 that saves a HEAD request per row group. Each footer is
-    parsed once. At most `keep_open` idle files stay open.
+    The footers come parsed from the pre-flight plan, so a reader fetches nothing but
+    column chunks. Parquet reads go through `ReadAt`, which is safe to call concurrently,
+    so one open file serves every thread. Opening costs a HEAD on S3 and holds no
+    connection, so remote files stay open for the whole job (one HEAD per file); local
+    files cost a descriptor each, so at most `LOCAL_KEEP_OPEN` idle ones stay open.
 
     Columns are read a few at a time, at least `read_bytes` per read: a local read costs
     nothing per call, so single columns (decoded while still in cache); an S3 GET costs a
     round trip, so several megabytes per request."""
 
-    def __init__(self, plan: DatasetPlan, store: ObjectStore, keep_open: int = 16) -> None:
-        self.plan, self.store, self.keep_open = plan, store, keep_open
+    def __init__(self, plan: DatasetPlan, store: ObjectStore) -> None:
+        self.plan, self.store = plan, store
         self._fs = store.arrow_fs()
         local = isinstance(self._fs, pafs.LocalFileSystem)
         self.read_bytes = LOCAL_READ_BYTES if local else REMOTE_READ_BYTES
+        self.keep_open = LOCAL_KEEP_OPEN if local else len(plan.partitions)
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _OpenFile] = OrderedDict()
-        self._footers: dict[int, pq.FileMetaData] = {}
 
     def uri(self, part: int) -> str:
         return self.store.uri(self.plan.partitions[part].data)
 
     @contextmanager
     def open(self, part: int) -> Iterator[tuple[pa.NativeFile, pq.FileMetaData]]:
+        info = self.plan.partitions[part]
         with self._lock:
             entry = self._open.get(part)
             if entry is not None:
                 entry.users += 1
                 self._open.move_to_end(part)
         if entry is None:
-            path = self.store.arrow_path(self.plan.partitions[part].data)
-            handle = self._fs.open_input_file(path)
+            handle = self._fs.open_input_file(self.store.arrow_path(info.data))
+            if (size := handle.size()) != info.bytes:
+                handle.close()
+                raise ValueError(
+                    f"is {size} bytes, the pre-flight saw {info.bytes}: the file "
+                    "changed since; run the job again to plan it anew"
+                )
             with self._lock:
                 entry = self._open.setdefault(part, _OpenFile(handle))
                 entry.users += 1
             if entry.file is not handle:  # another thread opened it meanwhile
                 handle.close()
         try:
-            footer = self._footers.get(part)
-            if footer is None:
-                footer = self._footers[part] = pq.ParquetFile(entry.file).metadata
-            yield entry.file, footer
+            yield entry.file, info.footer
         finally:
             with self._lock:
                 entry.users -= 1
@@ -186,11 +192,14 @@ class BlockReader:
         ahead: int,
         cache: BlockCache | None,
         non_finite: str = "drop",
+        files: PartitionFiles | None = None,
     ) -> None:
         self.spec, self.cache, self.non_finite = spec, cache, non_finite
         self.device = device = resolve_device(device)
         self.files_in_flight, self.ahead = files_in_flight, ahead
-        self.files = PartitionFiles(plan, store, keep_open=max(16, 4 * files_in_flight))
+        # A job's readers share one table of open files; a reader given none keeps its own.
+        self._own_files = files is None
+        self.files = files if files is not None else PartitionFiles(plan, store)
         largest = max((rg.rows for p in plan.partitions for rg in p.row_groups), default=0)
         self.buffers = BufferPool(
             largest * (len(spec.features) + 1),
@@ -272,7 +281,8 @@ class BlockReader:
         if self._threads is not None:
             self._threads.shutdown(wait=wait, cancel_futures=True)
             self._threads = None
-        self.files.close()
+        if self._own_files:
+            self.files.close()
 
     def _to_device(self, block: Block) -> Block:
         if block.data.device == self.device:

@@ -16,6 +16,7 @@ from trainer.data.cache import BlockCache
 from trainer.data.loader import StreamingLoader
 from trainer.data.passes import compute_feature_stats, read_split_arrays
 from trainer.data.plan import DatasetPlan, preflight
+from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
 from trainer.job.artifacts import ValidationSet
 from trainer.model.mlp import build_model
@@ -73,12 +74,13 @@ def prepare(
         plan.bytes / 1e6,
         len(plan.features),
     )
+    files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
     cache = BlockCache(CACHE_BYTES)
     mean, std, n_train = compute_feature_stats(
-        plan, store, cache=cache, non_finite=spec.data.non_finite, max_rows=limit
+        plan, store, cache=cache, non_finite=spec.data.non_finite, max_rows=limit, files=files
     )
     x_val, y_val, ts_val = read_split_arrays(
-        plan, store, "val", non_finite=spec.data.non_finite, max_rows=limit
+        plan, store, "val", non_finite=spec.data.non_finite, max_rows=limit, files=files
     )
     if n_train == 0 or len(y_val) == 0:
         raise DataError(
@@ -104,6 +106,7 @@ def prepare(
         non_finite=spec.data.non_finite,
         max_rows=limit,
         cache=cache,
+        files=files,
     )
     checkpointer = restored = None
     if not dry_run:
