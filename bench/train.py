@@ -26,7 +26,7 @@ import torch
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.synth import SynthConfig, generate
-from trainer.model.mlp import build_model
+from trainer.model.registry import build_model
 from trainer.spec import JobSpec, spec_from_dict
 from trainer.store import ObjectStore, open_store
 from trainer.store.layout import Layout

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from trainer.data.synth import SIGNAL_FEATURE, SynthConfig
 from trainer.errors import EXIT_DATA, DataError
 from trainer.job.artifacts import read_manifest, verify
 from trainer.job.run import run_job
+from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
 from trainer.train.metrics import pearson
@@ -96,17 +98,37 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
     )
 
 
-def test_validation_ic_reaches_the_true_signal(local_store: ObjectStore, layout: Layout) -> None:
-    spec = make_spec(dates=("20251201", "20251204"), train={"epochs": 3, "eval_every_steps": 40})
+@pytest.mark.parametrize(
+    ("model", "train"),
+    [
+        ({}, {}),
+        ({}, {"loss": "huber", "huber_delta": 2.0}),
+        ({}, {"loss": "ic", "early_stopping": {"metric": "ic", "patience": 3}}),
+        ({"type": "linear", "hidden": [256, 128]}, {}),
+    ],
+    ids=["mlp-mse", "mlp-huber", "mlp-ic", "linear-mse"],
+)
+def test_validation_ic_reaches_the_true_signal(
+    local_store: ObjectStore, layout: Layout, model: dict[str, Any], train: dict[str, Any]
+) -> None:
+    raw = spec_dict(
+        dates=("20251201", "20251204"), train={"epochs": 3, "eval_every_steps": 40, **train}
+    )
+    raw["model"] = model
+    spec = spec_from_dict(raw)
     make_dataset(local_store, spec, SynthConfig(rows_per_day=20_000, row_group_size=5_000))
     result = run_job(spec, local_store, device="cpu")
     plan = preflight(spec.data, local_store, layout)
     x_val, y_val, _ = read_split_arrays(plan, local_store, "val")
     signal_ic = pearson(x_val[:, plan.features.index(SIGNAL_FEATURE)], y_val)
-    assert result.final is not None
+    assert result.final is not None and result.final.loss is not None
     model_ic = result.final.ic
     assert signal_ic > 0.3
     assert model_ic >= 0.8 * signal_ic, (model_ic, signal_ic)
+    if spec.train.loss == "ic":  # the reported loss is the objective: minus the batch IC
+        assert result.final.loss == pytest.approx(-model_ic, abs=0.05)
+    if spec.train.loss == "mse":
+        assert result.final.loss == pytest.approx(result.final.val_loss, rel=1e-4)
 
 
 def test_two_cpu_runs_give_identical_weights(local_store: ObjectStore, tmp_path: Path) -> None:

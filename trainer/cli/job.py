@@ -129,6 +129,10 @@ def _print_result(result: JobResult, as_json: bool) -> None:
     if final is not None:
         print(
             f"validation: ic {final.ic:.4f}  rank_ic {final.rank_ic:.4f}  "
-            f"hit_rate {final.hit_rate:.3f}  loss {final.val_loss:.4f}  "
+            f"hit_rate {final.hit_rate:.3f}  loss {_num(final.loss)}  mse {final.val_loss:.4f}  "
             f"({final.rows:,} rows)"
         )
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -19,7 +19,7 @@ from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
 from trainer.job.artifacts import ValidationSet
-from trainer.model.mlp import build_model
+from trainer.model.registry import build_loss, build_model
 from trainer.spec import JobSpec
 from trainer.spec.sections import TrainSpec
 from trainer.store.base import ObjectStore
@@ -27,6 +27,7 @@ from trainer.store.layout import Layout
 from trainer.train.checkpoint import Checkpointer
 from trainer.train.distributed import Ranks
 from trainer.train.loop import Restored, step_budget
+from trainer.train.losses import LossFn
 
 log = logging.getLogger("quantlab.job")
 
@@ -45,7 +46,9 @@ class Prepared:
     val: ValidationSet
     n_train: int
     model: torch.nn.Module
-    """On the device, not yet wrapped for DDP."""
+    """On the device, behind the normalization, not yet wrapped for DDP."""
+    loss: LossFn
+    """What `train.loss` names."""
     loader: StreamingLoader
     checkpointer: Checkpointer | None
     """None for a dry run, which saves nothing."""
@@ -125,6 +128,7 @@ def prepare(
         val=ValidationSet(x_val, y_val, ts_val),
         n_train=n_train,
         model=model,
+        loss=build_loss(train),
         loader=loader,
         checkpointer=checkpointer,
         restored=restored,

@@ -41,7 +41,7 @@ from trainer.store.records import (
 )
 from trainer.train.distributed import Ranks, all_sum, from_env, setup, teardown
 from trainer.train.loop import FitResult, Validation, fit, predict
-from trainer.train.metrics import evaluate_predictions
+from trainer.train.losses import validation_scores
 from trainer.train.report import RunLog
 
 log = logging.getLogger("quantlab.job")
@@ -167,6 +167,7 @@ def _fit(
             ranks=ranks,
             resume=job.restored,
             checkpoint=job.checkpointer if ranks.is_main else None,
+            loss_fn=job.loss,
         )
     finally:
         progress.close()
@@ -177,7 +178,9 @@ def _metrics(
 ) -> JobMetrics:
     s = result.state
     return JobMetrics(
-        final=EvalMetrics.model_validate(evaluate_predictions(pred, job.val.y)),
+        final=EvalMetrics.model_validate(
+            validation_scores(pred, job.val.y, job.loss, job.train.batch_size)
+        ),
         best=EvalRecord.model_validate(s.best) if s.best else None,
         best_step=s.best_step,
         steps=s.step,

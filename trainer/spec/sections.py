@@ -150,20 +150,37 @@ class DataSpec(Section):
         return self
 
 
+MLP_OPTIONS = ("hidden", "dropout", "activation")
+
+
 class ModelSpec(Section):
-    type: Literal["mlp"] = "mlp"
-    """Model family. `mlp`: a feed-forward baseline with input normalization built in."""
+    type: Literal["mlp", "linear"] = "mlp"
+    """The model. `mlp`: a feed-forward network; `linear`: linear regression, the baseline to
+    beat. Either way the runner standardizes the features first with the training rows'
+    statistics, inside the exported model. Default: `mlp`."""
     hidden: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = (256, 128)
-    """Hidden layer widths. Default: `[256, 128]`."""
+    """`mlp` only: hidden layer widths. Default: `[256, 128]`."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    """Dropout after each hidden layer. Default: 0."""
+    """`mlp` only: dropout after each hidden layer. Default: 0."""
     activation: Literal["gelu", "relu", "silu"] = "gelu"
-    """Hidden activation. Default: `gelu`."""
+    """`mlp` only: hidden activation. Default: `gelu`."""
+
+    @model_validator(mode="after")
+    def _options_fit_the_type(self) -> ModelSpec:
+        if self.type != "mlp":
+            # Compared with the defaults, not with what was written: a dumped spec lists all.
+            fields = type(self).model_fields
+            given = [k for k in MLP_OPTIONS if getattr(self, k) != fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to `type: mlp`")
+        return self
 
 
 class EarlyStopping(Section):
-    metric: Literal["val_loss", "ic"] = "val_loss"
-    """Validation metric watched: `val_loss` (lower is better) or `ic` (higher is better)."""
+    metric: Literal["loss", "val_loss", "ic", "rank_ic", "hit_rate"] = "val_loss"
+    """Validation metric watched: `loss` (the spec's `train.loss`) or `val_loss` (mean squared
+    error), lower is better; `ic`, `rank_ic` or `hit_rate`, higher is better.
+    Default: `val_loss`."""
     patience: int = Field(default=5, ge=1)
     """Evaluations without improvement before training stops. Default: 5."""
     min_delta: float = Field(default=0.0, ge=0)
@@ -188,6 +205,14 @@ class TrainSpec(Section):
     """Rows per optimizer step (per GPU). Default: 4096."""
     optimizer: Literal["adamw"] = "adamw"
     """Optimizer. Default: `adamw`."""
+    loss: Literal["mse", "huber", "ic"] = "mse"
+    """Training objective: `mse`; `huber`, squared below `huber_delta` and linear above, for
+    fat-tailed labels; `ic`, minus the Pearson correlation of predictions and labels within
+    each batch (scale-free: the predictions' size is not learnt, so `val_loss` means little).
+    Default: `mse`."""
+    huber_delta: float = Field(default=1.0, gt=0)
+    """`huber` only: where the loss turns from squared to linear, in label units; set it near
+    a typical label's size. Default: 1."""
     lr: float = Field(default=1e-3, gt=0, le=10)
     """Peak learning rate. Default: 1e-3."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -218,6 +243,8 @@ class TrainSpec(Section):
     def _some_stop(self) -> TrainSpec:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give `epochs`, `max_steps` or both")
+        if self.huber_delta != 1.0 and self.loss != "huber":
+            raise ValueError("`huber_delta` only applies to `loss: huber`")
         return self
 
 

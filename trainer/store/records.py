@@ -80,6 +80,9 @@ class EvalMetrics(Record):
 
     val_loss: float
     """Mean squared error of the predictions."""
+    loss: float | None = None
+    """The spec's `train.loss` on the validation rows, batched as in training (absent in
+    documents written before the loss was reported)."""
     ic: float
     """Pearson correlation of predictions and labels."""
     rank_ic: float

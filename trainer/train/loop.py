@@ -16,8 +16,9 @@ from torch import nn
 
 from trainer.spec.sections import TrainSpec
 from trainer.train.distributed import Ranks
+from trainer.train.losses import LossFn, mse, validation_scores
 from trainer.train.lr import lr_at
-from trainer.train.metrics import evaluate_predictions, improved
+from trainer.train.metrics import improved
 
 SINGLE = Ranks()
 """One process: rank 0 of 1."""
@@ -101,10 +102,11 @@ def fit(
     ranks: Ranks = SINGLE,
     resume: Restored | None = None,
     checkpoint: Checkpoint | None = None,
+    loss_fn: LossFn = mse,
 ) -> FitResult:
     """Train `model` on `loader` for at most `max_steps` (see `step_budget`); evaluate, stop
-    early, keep the best weights. With `resume` (from a checkpoint) it continues that run
-    exactly.
+    early, keep the best weights. `loss_fn` is the objective (`train.loss`, resolved by the
+    model stage). With `resume` (from a checkpoint) it continues that run exactly.
 
     Several ranks: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
     epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens at
@@ -123,7 +125,7 @@ def fit(
     window_rows, window_start = 0, time.monotonic()
 
     def evaluate() -> bool:
-        return _evaluate(raw, val, train, state, progress, ranks.is_main)
+        return _evaluate(raw, val, train, state, progress, ranks.is_main, loss_fn)
 
     while state.epoch < epochs and state.step < max_steps and not stop_early:
         # Ranks may hold unequal batch counts: join() lets the short ones shadow the rest.
@@ -142,7 +144,7 @@ def fit(
                     device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
                     pred = model(x)
-                loss = nn.functional.mse_loss(pred.float(), y)
+                loss = loss_fn(pred.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
 
@@ -209,9 +211,10 @@ def _evaluate(
     state: TrainState,
     progress: ProgressSink,
     is_main: bool,
+    loss_fn: LossFn,
 ) -> bool:
     """One evaluation; returns whether early stopping says to stop."""
-    metrics = evaluate_predictions(predict(model, val.x), val.y)
+    metrics = validation_scores(predict(model, val.x), val.y, loss_fn, train.batch_size)
     record = {"step": state.step, "epoch": state.epoch, **metrics}
     state.history.append(record)
     if is_main:

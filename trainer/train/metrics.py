@@ -48,10 +48,15 @@ def evaluate_predictions(pred: np.ndarray, label: np.ndarray) -> dict[str, float
     }
 
 
+LOWER_IS_BETTER = frozenset({"loss", "val_loss"})
+"""Validation metrics that improve downwards; the others (IC, rank IC, hit rate) upwards."""
+
+
 def improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
-    """Whether `value` beats `best`: lower is better for the loss, higher for IC."""
+    """Whether `value` beats `best` by more than `min_delta`: lower is better for the losses,
+    higher for the rest."""
     if best is None:
         return True
-    if metric == "val_loss":
+    if metric in LOWER_IS_BETTER:
         return value < best - min_delta
     return value > best + min_delta

@@ -56,8 +56,9 @@ class RunLog:
     def on_eval(self, record: dict[str, float]) -> None:
         self._write("eval", record)
         log.info(
-            "eval step %d val_loss %.5f ic %.4f rank_ic %.4f hit %.3f (%d rows)",
+            "eval step %d loss %.5f val_loss %.5f ic %.4f rank_ic %.4f hit %.3f (%d rows)",
             record["step"],
+            record["loss"],
             record["val_loss"],
             record["ic"],
             record["rank_ic"],
