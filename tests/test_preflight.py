@@ -182,3 +182,18 @@ def test_synthetic_label_carries_the_promised_signal() -> None:
         "config_hash",
     }
     assert pq.read_metadata is not None
+
+
+def test_generator_writes_floats_split_and_never_a_dictionary(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(dates=("20251201", "20251201"), data={"split": {"validation_fraction": 0.2}})
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=3_000, row_group_size=1_000))
+    part = Partition("binance", "bbo", "btcusdt", "20251201")
+    md = pq.read_metadata(local_store.path(layout.feature_data(part)))  # type: ignore[attr-defined]
+    for g in range(md.num_row_groups):
+        for c in range(md.num_columns):
+            col = md.row_group(g).column(c)
+            want = "DELTA_BINARY_PACKED" if col.path_in_schema == "ts" else "BYTE_STREAM_SPLIT"
+            assert want in col.encodings, (col.path_in_schema, col.encodings)
+            assert col.dictionary_page_offset is None and "RLE_DICTIONARY" not in col.encodings

@@ -124,6 +124,24 @@ def meta_for(table: pa.Table, symbol: str, date: str, cfg: SynthConfig) -> dict[
     }
 
 
+def column_encodings(schema: pa.Schema) -> dict[str, str]:
+    """Parquet encodings for feature files: byte-stream split for floats, delta for integers
+    (sorted timestamps), never a dictionary.
+
+    Market features are almost all distinct values, so a dictionary never pays: the writer
+    fills a dictionary page, gives up, and falls back to plain, and the file ends up larger
+    than the raw floats (1.44x for one synthetic day), slower to decode too. Byte-stream
+    split puts each float's exponent bytes together, which zstd then compresses (0.93x raw
+    here; more on real features, whose values carry fewer significant digits)."""
+    out = {}
+    for f in schema:
+        if pa.types.is_floating(f.type):
+            out[f.name] = "BYTE_STREAM_SPLIT"
+        elif pa.types.is_integer(f.type):
+            out[f.name] = "DELTA_BINARY_PACKED"
+    return out
+
+
 def write_partition(
     store: ObjectStore,
     layout: Layout,
@@ -135,7 +153,14 @@ def write_partition(
     """`data.parquet` first, `meta.json` last: a leaf with its meta is a complete leaf."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.parquet"
-        pq.write_table(table, path, row_group_size=cfg.row_group_size, compression=cfg.compression)
+        pq.write_table(
+            table,
+            path,
+            row_group_size=cfg.row_group_size,
+            compression=cfg.compression,
+            use_dictionary=False,
+            column_encoding=column_encodings(table.schema),
+        )
         store.upload(layout.feature_data(part), path)
     store.put(layout.feature_meta(part), json.dumps(meta, indent=2).encode())
 
