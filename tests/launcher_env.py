@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 FAST = Timings(t_sched=0.05, t_pull=0.15, t_stop=0.05, logs_delay=0.05)
 FAST_CLIENT: dict[str, Any] = {
-    "sdk_attempts": 2,
     "retries": 3,
     "backoff_s": 0.05,
     "max_backoff_s": 0.5,
     "logs_wait_s": 0.5,
     "logs_poll_s": 0.05,
     "timeout_s": 10,
+    "create_settle_s": 1.0,
 }
 CONTAINER_ENV = {"QUANTLAB_STATUS_EVERY_SEC": "0.3", "QUANTLAB_DEVICE": "cpu"}
 POLL_S = 0.2
@@ -187,24 +187,39 @@ class Lab:
     store: ObjectStore
     tmp: Path
     human: io.StringIO = field(default_factory=io.StringIO)
+    reporter: Any = None
+    """The last launch's Reporter (its events so far, also while `launch()` still runs)."""
 
     def launch(self, spec: JobSpec, **overrides: Any) -> JobHandle:
         from trainer.launcher.events import Reporter
         from trainer.launcher.launch import launch
 
         overrides.setdefault("bad_hosts_file", self.tmp / "bad-hosts.json")
-        reporter = Reporter(human=self.human, line_every_s=0)
+        client = {**FAST_CLIENT, **overrides.pop("client", {})}
+        self.reporter = Reporter(human=self.human, line_every_s=0)
         return launch(
             spec,
             options=options(**overrides),
             store=self.store,
             vast_url=self.fake.url,
-            client_options=FAST_CLIENT,
-            reporter=reporter,
+            client_options=client,
+            reporter=self.reporter,
         )
 
     def creates(self) -> int:
         return self.fake.calls("create")
+
+    def ever_created(self) -> list[int]:
+        """Every instance the fake ever made, destroyed or not."""
+        return sorted(self.fake.ledger().entries)
+
+    def destroyed_by_account(self) -> set[int]:
+        """Instances destroyed with the account key (the launcher), not the instance's own."""
+        return {
+            int(r.path.rstrip("/").rsplit("/", 1)[-1])
+            for r in self.fake.requests_to("destroy")
+            if r.headers.get("Authorization") == f"Bearer {self.fake.api_key}"
+        }
 
     def assert_clean(self) -> None:
         """Nothing live, nothing billing."""

@@ -3,6 +3,7 @@ code and a message saying what happened (fake Vast.ai, loopback S3, the real con
 
 from __future__ import annotations
 
+import _thread
 import json
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.vast_faults import Fault
+from tests.fakes.vast_faults import Fault, late
 from tests.fakes.vast_offers import make_offer
 from tests.fakes.vast_server import running_fake_vast
 from tests.helpers import make_dataset
@@ -31,6 +32,7 @@ from trainer.errors import (
     EXIT_JOB_FAILED,
     EXIT_LIMIT,
     EXIT_PROVISIONING,
+    Cancelled,
     InfraError,
     JobFailed,
     LimitExceeded,
@@ -72,8 +74,9 @@ def test_every_rental_fault_on_the_way_then_one_clean_success(market: Lab) -> No
     fake.inject("create", "oci_fail", call=7)
     fake.inject("create", "pull_fail", call=8)
     fake.inject("search", "http_502")
-    fake.inject("show", "rate_limit_detail", call=2, times=9)  # more than the client absorbs
-    fake.inject("show", "http_504", call=14, times=9)
+    # More than the client absorbs (3 SDK attempts in each of 4 rounds), twice:
+    fake.inject("show", "rate_limit_detail", call=2, times=13)
+    fake.inject("show", "http_504", call=20, times=13)
     fake.inject("logs", "rate_limit_text", times=3)
 
     handle = market.launch(spec)
@@ -81,7 +84,8 @@ def test_every_rental_fault_on_the_way_then_one_clean_success(market: Lab) -> No
 
     assert result.outcome == "succeeded" and result.exit_code == 0
     seen = handle.events
-    assert len(events(seen, "create_unsure")) == 1
+    assert len(events(seen, "create_unsure")) == 2  # one per create: neither is sent again
+    assert len(events(seen, "create_not_found")) == 2
     assert len(events(seen, "offer_gone")) == 3
     rejected = events(seen, "create_rejected")
     assert len(rejected) == 1 and fake.ledger().entries[int(str(rejected[0]["instance_id"]))]
@@ -93,9 +97,60 @@ def test_every_rental_fault_on_the_way_then_one_clean_success(market: Lab) -> No
     assert {result.attempts[0]["machine_id"], result.attempts[1]["machine_id"]} == bad
     assert market.creates() == 9 and result.cost_usd > 0
     text = market.human.getvalue()
-    assert "offer 8000002 is gone; taking the next one" in text
+    assert "offer 8000003 is gone; taking the next one" in text
     assert f"create refused; instance {rejected[0]['instance_id']} destroyed" in text
     market.assert_clean()
+
+
+UNSURE = {"timeout_s": 2.0, "create_settle_s": 3.0}
+"""Client settings for the unanswered-create tests: a late create lands inside the window."""
+
+
+@pytest.mark.parametrize("fault", ["late", "lost_answer_502", "lost_answer_500", "lost_connection"])
+def test_a_create_without_a_clear_answer_rents_one_instance_which_alone_runs_the_job(
+    market: Lab, fault: str
+) -> None:
+    """The create is processed, but its answer comes after the client's timeout, is a gateway
+    error page or a 500, or never comes: one create request, the instance it made found by
+    its label and watched to success, nothing live when the launcher returns."""
+    spec = with_data(market.store, tiny_spec(f"lt-unsure-{fault.replace('_', '-')}"))
+    market.fake.inject("create", late(3.0) if fault == "late" else fault)
+    handle = market.launch(spec, client=UNSURE)
+    result = handle.wait()
+    assert market.fake.live_instances() == []  # at once, not after the containers' own exit
+    assert result.outcome == "succeeded"
+    assert market.creates() == len(result.attempts) == 1
+    assert len(market.ever_created()) == 1 == len(market.containers.outputs)
+    assert result.attempts[0]["instance_id"] == market.ever_created()[0]
+    renting = [e["event"] for e in handle.events if e["event"].startswith(("creat", "rent"))]
+    assert renting == ["creating", "create_unsure", "create_found"]
+    market.assert_clean()
+
+
+def test_a_late_instance_of_an_interrupted_launch_is_destroyed_by_the_launcher(
+    market: Lab,
+) -> None:
+    """Ctrl-C while the launcher waits for the instance of an unanswered create: before it
+    returns, it waits out the create's window and destroys what appeared, with its own key."""
+    spec = with_data(market.store, tiny_spec("lt-unsure-cancel"))
+    market.fake.inject("create", late(2.5))
+    client = {"timeout_s": 1.0, "create_settle_s": 2.0}
+
+    def interrupt_once_unsure() -> None:
+        wait_for(lambda: market.reporter and _seen(market.reporter.events, "create_unsure"))
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_unsure, daemon=True).start()
+    with pytest.raises(Cancelled):
+        market.launch(spec, client=client)
+    assert market.fake.live_instances() == []
+    made = market.ever_created()
+    assert len(made) == 1 and market.destroyed_by_account() == set(made)
+    market.assert_clean()
+
+
+def _seen(found: list[dict[str, object]], name: str) -> bool:
+    return any(e["event"] == name for e in found)
 
 
 def test_an_instance_that_is_not_what_was_rented_is_destroyed_at_once(market: Lab) -> None:
@@ -125,7 +180,7 @@ def test_an_instance_that_is_not_what_was_rented_is_destroyed_at_once(market: La
 def test_no_other_offer_is_rented_while_an_instance_cannot_be_destroyed(market: Lab) -> None:
     spec = with_data(market.store, tiny_spec("lt-undead"))
     market.fake.inject("create", "oci_fail")
-    market.fake.inject("destroy", "http_502", times=8)  # every try of one destroy call
+    market.fake.inject("destroy", "http_502", times=12)  # every try of one destroy call (3 × 4)
     handle = market.launch(spec)
     with pytest.raises(InfraError) as caught:
         handle.wait()

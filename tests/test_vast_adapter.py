@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.vast_faults import Fault, rate_limited, slow_logs
+from tests.fakes.vast_faults import Fault, late, rate_limited, slow_logs
 from tests.fakes.vast_offers import make_offer
 from tests.fakes.vast_server import FakeVast, Timings, running_fake_vast
 from tests.fakes.vast_state import InstanceView
@@ -40,7 +40,7 @@ def fake() -> Iterator[FakeVast]:
 
 def client(fake: FakeVast, **options: Any) -> VastClient:
     settings: dict[str, Any] = {
-        "timeout_s": 5, "sdk_attempts": 1, "retries": 2, "backoff_s": 0.01,
+        "timeout_s": 5, "retries": 2, "backoff_s": 0.01,
         "logs_wait_s": 1.0, "logs_poll_s": 0.05,
     }  # fmt: skip
     settings.update(options)
@@ -196,7 +196,7 @@ def test_own_retries_stack_on_the_sdk_retries(fake: FakeVast) -> None:
     fake.inject("show", "rate_limit_text", times=10)
     with pytest.raises(VastRateLimited, match="still rate-limited"):
         client(fake, retries=2).show_instance(1)
-    assert fake.calls("show") == 8
+    assert fake.calls("show") == 5 + 3 * 3
 
 
 def test_server_errors_and_dropped_connections_are_retried_a_bounded_number_of_times(
@@ -207,20 +207,46 @@ def test_server_errors_and_dropped_connections_are_retried_a_bounded_number_of_t
     assert vast.show_instance(1) is None
     fake.inject("list", "drop_connection")
     assert vast.list_instances() == []
-    fake.inject("show", "http_504", times=3)
+    fake.inject("show", "http_504", times=9)
     with pytest.raises(VastApiError, match="HTTP 504") as caught:
         vast.show_instance(1)
-    assert caught.value.status == 504 and fake.calls("show") == 6
+    assert caught.value.status == 504 and fake.calls("show") == 3 + 3 * 3
 
 
-def test_create_is_not_repeated_after_an_unsure_failure(fake: FakeVast) -> None:
-    fake.inject("create", "drop_connection")
+@pytest.mark.parametrize(
+    "fault", ["drop_connection", "lost_connection", "lost_answer_502", "lost_answer_500", "late"]
+)
+def test_a_create_is_sent_once_whatever_its_answer(fake: FakeVast, fault: str) -> None:
+    """With the SDK's default retries in place: a create whose answer is lost, a gateway
+    error page, or an answer slower than the timeout is never sent again."""
+    if fault == "late":
+        fake.inject("create", late(1.5))
+        vast = client(fake, timeout_s=0.5)
+    else:
+        fake.inject("create", fault)
+        vast = client(fake)
     with pytest.raises(VastApiError, match="labelled 'job-1'") as caught:
-        rent(client(fake))
-    assert caught.value.status is None and fake.calls("create") == 1
+        rent(vast)
+    assert caught.value.status in (None, 500, 502)
+    assert fake.calls("create") == 1
+    if fault != "drop_connection":  # the others did rent, and exactly once
+        made = wait_for_instances(fake, 1)
+        assert [i["label"] for i in made] == ["job-1"]
+    assert vast.create_settle_s == (0.5 if fault == "late" else 5)  # the request timeout
+
+
+def test_a_rate_limited_create_is_sent_again(fake: FakeVast) -> None:
+    """A 429 is answered before anything is done: the next round may create."""
     fake.inject("create", "rate_limit_json")
     assert rent(client(fake), 7_100_002) > 0
-    assert fake.calls("create") == 3
+    assert fake.calls("create") == 2 and len(fake.live_instances()) == 1
+
+
+def wait_for_instances(fake: FakeVast, n: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while len(fake.live_instances()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return fake.live_instances()
 
 
 def test_wrong_key_is_an_auth_error_that_names_the_variable(fake: FakeVast) -> None:
@@ -266,7 +292,8 @@ def test_no_error_or_log_line_carries_the_key_or_an_env_value(
         ("list", vast.list_instances),
     ]:
         fake.inject(endpoint, Fault(status=400, body={"error": "invalid_args", "msg": echo}))
-        times = 1 if endpoint == "create" else 3  # a create is not retried after a 5xx
+        # 3 SDK attempts in each of 3 rounds; a create is sent once, whatever the answer
+        times = 1 if endpoint == "create" else 9
         fake.inject(
             endpoint, Fault(status=503, body=echo), call=fake.calls(endpoint) + 2, times=times
         )

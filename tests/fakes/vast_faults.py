@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ENDPOINTS = frozenset(
@@ -34,6 +34,10 @@ class Fault:
     `take_offer` (create only) lets another customer rent the offer just before this call;
     `scenario` (create only) makes the new instance follow a failure scenario of the state
     machine; `log_delay_s` (logs only) keeps the returned result_url answering 404 that long.
+    `delay_s` holds the request that long before the server acts on it (past the client's
+    timeout, the work is done with nobody waiting for the answer). `after_work` makes
+    `status` or `drop` replace the answer once the work is done: the request succeeded and
+    only its answer is lost, the case a client must never "retry".
     In bodies, the string "{id}" becomes the integer id from the path and "{id}" inside
     longer strings is replaced by it.
     """
@@ -45,6 +49,8 @@ class Fault:
     take_offer: bool = False
     scenario: str | None = None
     log_delay_s: float | None = None
+    delay_s: float = 0.0
+    after_work: bool = False
 
     def render_body(self, ident: int | None) -> dict[str, Any] | str | None:
         """The body with "{id}" placeholders filled from the request path."""
@@ -101,6 +107,19 @@ def server_error(status: int = 502) -> Fault:
     return Fault(status=status, body=f"<html><body><h1>{status}</h1>upstream error</body></html>")
 
 
+def lost_answer(status: int | None = 502) -> Fault:
+    """The server did the work, then the answer was lost: a gateway error page in its place
+    (`status`), or with None the connection dropped without a word."""
+    if status is None:
+        return Fault(drop=True, after_work=True)
+    return replace(server_error(status), after_work=True)
+
+
+def late(delay_s: float) -> Fault:
+    """The server acts on the request only after `delay_s` seconds, and answers then."""
+    return Fault(delay_s=delay_s)
+
+
 def slow_logs(delay_s: float) -> Fault:
     """The log file behind result_url appears only after `delay_s` seconds."""
     return Fault(log_delay_s=delay_s)
@@ -141,6 +160,11 @@ NAMED_FAULTS = {
     "http_503": lambda: server_error(503),
     "http_504": lambda: server_error(504),
     "drop_connection": lambda: Fault(drop=True),
+    "lost_answer_500": lambda: replace(
+        _error(500, "server_error", "Internal server error."), after_work=True
+    ),
+    "lost_answer_502": lambda: lost_answer(502),
+    "lost_connection": lambda: lost_answer(None),
     "auth_error": lambda: _error(401, "auth_error", "Invalid user key"),
     "not_authorized": lambda: _error(403, "not_authorized", "Not authorized for this action."),
     "invalid_args": lambda: _error(400, "invalid_args", "error 400/3467: Invalid args: rejected"),

@@ -118,6 +118,7 @@ class FakeVast:
         self._requests: list[RecordedRequest] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -142,6 +143,7 @@ class FakeVast:
 
     def stop(self, job_join_s: float = 5.0) -> None:
         """Stop serving, tell running jobs they were killed and wait a little for them."""
+        self._stopped.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -252,21 +254,30 @@ class FakeVast:
             )
         path_id = int(ident) if ident is not None and ident.isdigit() else None
         if fault is not None:
+            if fault.delay_s and self._stopped.wait(fault.delay_s):
+                return None  # the server went away while holding the request: nothing done
             if fault.take_offer and path_id is not None:
                 self.rent_offer(path_id)
-            if fault.drop:
-                return None
-            if fault.status is not None:
-                return Reply(
-                    fault.status,
-                    fault.render_body(path_id),
-                    fault.headers,
-                    "application/json" if isinstance(fault.body, dict) else "text/plain",
-                )
+            if not fault.after_work and (fault.drop or fault.status is not None):
+                return self._fault_reply(fault, path_id)
         try:
-            return self._dispatch(endpoint, ident, path_id, query, headers, body, fault)
+            reply = self._dispatch(endpoint, ident, path_id, query, headers, body, fault)
         except ApiError as exc:
-            return Reply(exc.status, exc.body)
+            reply = Reply(exc.status, exc.body)
+        if fault is not None and fault.after_work:
+            return self._fault_reply(fault, path_id)
+        return reply
+
+    @staticmethod
+    def _fault_reply(fault: Fault, path_id: int | None) -> Reply | None:
+        if fault.drop:
+            return None
+        return Reply(
+            fault.status or 500,
+            fault.render_body(path_id),
+            fault.headers,
+            "application/json" if isinstance(fault.body, dict) else "text/plain",
+        )
 
     def _caller(
         self, endpoint: str, query: Mapping[str, str], headers: Mapping[str, str]

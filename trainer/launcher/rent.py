@@ -1,10 +1,12 @@
 """Renting for one launch: offer search and estimate, the create call and how it fails, attach.
 
-A create can end four ways besides success: the offer is gone (404/410, or rented between
-search and create) → the next offer; Vast.ai refused it but left an instance (`new_contract`)
-that the adapter destroyed → the next offer, or an InfraError when that destroy failed
-(never retry then); no answer or a 5xx, so an instance may exist → UnsureCreate, the caller
-destroys whatever carries the job's label that it does not know; anything else → raised.
+A create is sent once and never repeated. It can end four ways besides success: the offer is
+gone (404/410, or rented between search and create) → the next offer; Vast.ai refused it but
+left an instance (`new_contract`) that the adapter destroyed → the next offer, or an
+InfraError when that destroy failed (never retry then); no answer, a read timeout or a 5xx,
+so an instance may exist or still appear → UnsureCreate, and `find_unsure` looks for it under
+the job's label for the client's `create_settle_s` before anything else is rented; anything
+else → raised.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ SEARCH_LIMIT = 64
 class UnsureCreate(Exception):
     """The create got no clear answer: an instance may exist under the job's label."""
 
+    def __init__(self, message: str, sent_at: float) -> None:
+        super().__init__(message)
+        self.sent_at = sent_at
+        """time.monotonic() when the create was sent."""
+
 
 def live_instances(vast: VastClient, job_id: str) -> list[Instance]:
     return [i for i in vast.list_instances(label_for(job_id)) if i.state is not InstanceState.GONE]
@@ -65,6 +72,9 @@ class Renter:
         self.queue: list[Candidate] = []
         self.env: dict[str, str] | None = None
         self.creates = 0
+        self.unsure_until: float | None = None
+        """time.monotonic() until which an unanswered create may still make an instance;
+        None once it was found or its window has passed."""
 
     def search(self) -> list[Candidate]:
         resources = self.spec.resources
@@ -125,6 +135,7 @@ class Renter:
             bid=cand.bid,
             say=f"renting {cand.describe()}",
         )
+        sent_at = time.monotonic()
         try:
             created = self.session.vast.create_instance(
                 req.offer_id,
@@ -160,26 +171,68 @@ class Renter:
         except VastApiError as exc:
             if exc.status is not None and exc.status < 500:
                 raise
-            self.reporter.emit("create_unsure", exc.headline, offer_id=cand.offer.id)
-            raise UnsureCreate(str(exc)) from None
+            self.unsure_until = time.monotonic() + self.session.vast.create_settle_s
+            self.reporter.emit(
+                "create_unsure",
+                exc.headline,
+                offer_id=cand.offer.id,
+                say=f"the create on offer {cand.offer.id} got no clear answer "
+                f"({exc.headline}); looking for its instance by label, not creating again",
+            )
+            raise UnsureCreate(str(exc), sent_at) from None
         record(created.instance_id)
         self.session.secrets.add(created.instance_api_key)
-        offer = cand.offer
-        self.reporter.emit(
-            "created",
-            instance_id=created.instance_id,
-            offer_id=offer.id,
-            attempt=number,
-            say=f"instance {created.instance_id} rented (attempt "
-            f"{number} of {self.spec.limits.max_attempts})",
+        return self._attempt(
+            "created", "rented", number, created.instance_id, cand, time.monotonic(), time.time()
         )
+
+    def find_unsure(self, known: set[int]) -> list[Instance]:
+        """The job's live instances not in `known`, looked for until one shows up or the
+        client's `create_settle_s` has passed since the unsure create failed."""
+        vast = self.session.vast
+        deadline = self.unsure_until or time.monotonic()
+        every = min(2.0, max(0.05, vast.create_settle_s / 10))
+        while True:
+            strays = [i for i in live_instances(vast, self.spec.job_id) if i.id not in known]
+            if strays or time.monotonic() >= deadline:
+                self.unsure_until = None
+                return strays
+            time.sleep(every)
+
+    def adopt(self, inst: Instance, cand: Candidate, number: int, sent_at: float) -> Attempt:
+        """Watch `inst`, made by the unsure create of `cand`, as attempt `number`."""
+        how = f"appeared under the job's label: the rental of offer {cand.offer.id}"
+        wall = inst.start_date or time.time()
+        return self._attempt("create_found", how, number, inst.id, cand, sent_at, wall)
+
+    def _attempt(
+        self,
+        event: str,
+        how: str,
+        number: int,
+        instance_id: int,
+        cand: Candidate,
+        created_at: float,
+        wall: float,
+    ) -> Attempt:
+        """The attempt on a new instance, announced as `event`: `instance N <how> (attempt
+        n of max)`."""
+        self.reporter.emit(
+            event,
+            instance_id=instance_id,
+            offer_id=cand.offer.id,
+            attempt=number,
+            say=f"instance {instance_id} {how} (attempt {number} of "
+            f"{self.spec.limits.max_attempts})",
+        )
+        offer = cand.offer
         return Attempt(
             number=number,
-            instance_id=created.instance_id,
+            instance_id=instance_id,
             candidate=cand,
             attached=False,
-            created_at=time.monotonic(),
-            created_wall=time.time(),
+            created_at=created_at,
+            created_wall=wall,
             dph=cand.dph,
             storage_per_hour=cand.storage_per_hour,
             machine_id=offer.machine_id,

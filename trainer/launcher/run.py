@@ -35,6 +35,7 @@ from trainer.job.artifacts import read_manifest
 from trainer.launcher.attempt import Attempt, Ending, Verdict
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
+from trainer.launcher.offers import Candidate
 from trainer.launcher.prefix import check_spec_matches, write_heartbeat
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
 from trainer.launcher.result import LaunchOptions, LaunchResult
@@ -162,11 +163,11 @@ class Run:
             cand = self.renter.next_candidate()
             if cand is None:
                 break
+            number = len(self.attempts) + 1
             try:
-                found = self.renter.create(cand, len(self.attempts) + 1, self.created.add)
-            except UnsureCreate:
-                self._destroy_strays()
-                continue
+                found = self.renter.create(cand, number, self.created.add)
+            except UnsureCreate as unsure:
+                found = self._find_unsure(unsure, cand, number)
             if found is not None:
                 self.attempts.append(found)
                 return
@@ -179,13 +180,26 @@ class Run:
         window_s = self.spec.limits.retry_window_minutes * 60
         return not ended or time.monotonic() - min(ended) <= window_s
 
-    def _destroy_strays(self) -> None:
-        """After an unsure create: destroy instances of this job that nobody here knows."""
-        for inst in live_instances(self.vast, self.job_id):
-            if inst.id not in self.created | self.attached:
-                self.created.add(inst.id)
-                if not self._destroy(inst.id, "left by a create that reported an error"):
-                    raise InfraError(_undestroyed([inst.id], "so no other offer is rented"))
+    def _find_unsure(self, unsure: UnsureCreate, cand: Candidate, number: int) -> Attempt | None:
+        """After a create without a clear answer: the instance it made, when one appears
+        under the job's label in time (any other newcomer is destroyed); None when none did,
+        so the next offer may be tried."""
+        strays = self.renter.find_unsure(self.created | self.attached | self.kept)
+        self.created.update(i.id for i in strays)
+        if not strays:
+            self.reporter.emit(
+                "create_not_found",
+                offer_id=cand.offer.id,
+                say=f"no instance appeared for the create on offer {cand.offer.id}; "
+                "taking the next offer",
+            )
+            return None
+        on_machine = [i for i in strays if i.machine_id == cand.offer.machine_id]
+        keep = max(on_machine or strays, key=lambda i: i.id)
+        for other in strays:
+            if other is not keep and not self._destroy(other.id, "a second rental of the job"):
+                raise InfraError(_undestroyed([other.id], "so no other offer is rented"))
+        return self.renter.adopt(keep, cand, number, unsure.sent_at)
 
     def _give_up(self) -> TrainerError:
         reasons = "; ".join(f"#{a.number} {a.verdict.reason}" for a in self.attempts if a.verdict)
@@ -312,11 +326,40 @@ class Run:
         for instance_id in sorted((self.created | self.attached) - self.kept):
             self._destroy(instance_id, "the job ended")
 
+    def _sweep_late_creates(self) -> None:
+        """A create that got no clear answer may still make an instance later: once it no
+        longer can, every instance of the job that nobody here watches or keeps is this
+        launch's and is destroyed with the rest."""
+        deadline = self.renter.unsure_until
+        if deadline is None:
+            return
+        wait = deadline - time.monotonic()
+        if wait > 0:
+            self.reporter.emit(
+                "sweep_wait",
+                wait_s=round(wait, 1),
+                say=f"waiting {wait:.0f} s for any late instance of an unanswered create",
+            )
+            time.sleep(wait)
+        try:
+            live = live_instances(self.vast, self.job_id)
+        except VastApiError as exc:
+            self.reporter.emit(
+                "sweep_failed",
+                exc.headline,
+                say=f"could not look for late instances ({exc.headline}); run "
+                "`quantlab-train reap` to be sure none is left",
+            )
+            return
+        self.renter.unsure_until = None
+        self.created.update(i.id for i in live if i.id not in self.kept | self.attached)
+
     def _cleanup(self, job_ending: bool) -> list[int]:
         """Destroy what this launch rented (and, when the job is over, whatever else runs
         for it); the ids that could not be destroyed."""
         if job_ending:
             self._end_job()
+        self._sweep_late_creates()
         for instance_id in sorted(self.created - self.kept):
             self._destroy(instance_id, "cleanup: this launch rented it")
         return sorted(self.created - self.kept)

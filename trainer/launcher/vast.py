@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,10 +185,16 @@ class VastClient:
     """Typed, retrying, redacting access to the Vast.ai REST API through `vastai`.
 
     `sdk_attempts` is vastai's own `retry` (total attempts per request, with its short
-    waits on 429/502/503/504 and connection errors); `retries` more rounds are added on top,
-    `backoff_s` doubling up to `max_backoff_s`, for rate limits and, except on create, for
-    server and connection errors. A create is not repeated after a 5xx or a dropped
-    connection because it may have succeeded: find it by its label instead.
+    waits on 429/502/503/504, read timeouts and dropped connections); `retries` more rounds
+    are added on top, `backoff_s` doubling up to `max_backoff_s` with random jitter, for rate
+    limits and server and connection errors.
+
+    A create is different: it goes through its own SDK client that never re-sends, because a
+    create whose answer was lost (a 5xx, a dropped connection, a read timeout) may well have
+    rented an instance, and sending it again would rent another. Only a 429, which Vast.ai
+    answers before doing anything, is retried. After an unsure create the caller looks for
+    the instance by its label for `create_settle_s` (default: the request timeout), the time
+    within which an instance made by a late-processed create can still appear.
     """
 
     def __init__(
@@ -202,6 +209,7 @@ class VastClient:
         max_backoff_s: float = 30.0,
         logs_wait_s: float = 6.0,
         logs_poll_s: float = 0.3,
+        create_settle_s: float | None = None,
         secrets: Sequence[str] = (),
     ) -> None:
         if not api_key:
@@ -215,11 +223,14 @@ class VastClient:
             raise InfraError(INSTALL_HINT) from None
         self._requests: Any = requests
         self._secrets: list[str] = [api_key, *secrets]
-        self._vast: Any = vastai.VastAI(
-            api_key=api_key, server_url=url.rstrip("/") if url else None, retry=sdk_attempts
-        )
+        server = url.rstrip("/") if url else None
+        self._vast: Any = vastai.VastAI(api_key=api_key, server_url=server, retry=sdk_attempts)
         self._vast.client.timeout = timeout_s
+        # One send per create, whatever the SDK would retry: see the class docstring.
+        self._create_vast: Any = vastai.VastAI(api_key=api_key, server_url=server, retry=1)
+        self._create_vast.client.timeout = timeout_s
         self._timeout_s = timeout_s
+        self.create_settle_s = timeout_s if create_settle_s is None else create_settle_s
         self._retries = retries
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
@@ -273,7 +284,7 @@ class VastClient:
         self._secrets.extend(env.values())
         op = f"create instance on offer {offer_id}"
         send = functools.partial(
-            self._vast.create_instance,
+            self._create_vast.create_instance,
             offer_id,
             image=image,
             disk=disk_gb,
@@ -401,7 +412,7 @@ class VastClient:
                 )
                 if last or not retry_unsure:
                     raise error from None
-                wait = min(self._max_backoff_s, self._backoff_s * 2**attempt)
+                wait = self._backoff(attempt)
                 log.warning(
                     "Vast.ai %s: %s, round %d of %d; retrying in %.1fs",
                     op,
@@ -420,6 +431,12 @@ class VastClient:
             return result
         raise self._fail(VastApiError, op, "no attempt was made")  # retries < 0 is refused
 
+    def _backoff(self, attempt: int) -> float:
+        """The wait before round `attempt + 2`: doubling, capped, with jitter so that many
+        launchers hit by the same outage do not come back in step."""
+        ceiling = min(self._max_backoff_s, self._backoff_s * 2**attempt)
+        return ceiling * random.uniform(0.5, 1.0)
+
     def _retry_wait(self, response: Any, attempt: int, retry_unsure: bool) -> float | None:
         """Seconds to wait before another round, or None when this answer is final."""
         status = response.status_code
@@ -428,7 +445,7 @@ class VastClient:
                 return None
         elif status not in RETRY_STATUSES or not retry_unsure:
             return None
-        wait = min(self._max_backoff_s, self._backoff_s * 2**attempt)
+        wait = self._backoff(attempt)
         try:
             asked = float(response.headers.get("Retry-After", ""))
         except ValueError:
