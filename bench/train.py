@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         marker.touch()
     plan: DatasetPlan = preflight(d, store, layout)
     cache = BlockCache(4 << 30)
-    mean, std, n_train = compute_feature_stats(plan, store, cache=cache)
+    stats = compute_feature_stats(plan, store, cache=cache)
+    mean, std, n_train = stats.mean, stats.std, stats.rows
     total = math.ceil(n_train / args.batch) * args.epochs
     val = Validation(torch.zeros(1, len(plan.features), device=device), np.zeros(1))
 

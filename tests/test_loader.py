@@ -13,13 +13,15 @@ import pytest
 import torch
 
 from trainer.data.blocks import BlockSpec, to_block
+from trainer.data.cache import cache_budget, host_available_bytes
 from trainer.data.loader import (
     BlockCache,
     StreamingLoader,
     compute_feature_stats,
     read_split_arrays,
 )
-from trainer.data.order import batch_segments
+from trainer.data.order import batch_segments, sample_units, split_units
+from trainer.data.passes import _moments, split_spec
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.prefetch import PartitionFiles
 from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
@@ -271,8 +273,7 @@ def test_readers_take_the_footers_from_the_preflight(
         path.write_bytes(bytes(raw))
     files = PartitionFiles(plan, local_store)
     assert Counter(_keys(_train(plan, local_store, files=files).epoch_with_ts(0))) == want
-    _, _, rows = compute_feature_stats(plan, local_store, files=files)
-    assert rows == sum(want.values())
+    assert compute_feature_stats(plan, local_store, files=files).rows == sum(want.values())
     # A file that changed size since the pre-flight is refused, never misread.
     path = local_store.path(plan.partitions[0].data)  # type: ignore[attr-defined]
     path.write_bytes(path.read_bytes() + b"\0")
@@ -290,35 +291,105 @@ def test_second_epoch_comes_from_the_cache(plan: DatasetPlan, local_store: Objec
     s = loader.stats
     assert (s.bytes_read, s.row_groups_read, s.cache_hits) == (0, 0, len(loader.units))
     assert first == second and s.dropped_non_finite > 0
-    # a cache too small for the split evicts blocks still being served, whose memory is
-    # then recycled: every epoch must still deliver exactly the right rows
+
+
+def test_a_cache_too_small_serves_each_later_epoch_the_share_that_fits(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
     src = _source(local_store, plan)
     want = _expected(src, src["ts"] < plan.bounds.train_end_ms)
-    small = BlockCache(cache.bytes // 3)
-    bounded = _train(plan, local_store, cache=small, shuffle_buffer_row_groups=2)
+    full = BlockCache(64 << 20)
+    list(_train(plan, local_store, cache=full).epoch(0))
+    small = BlockCache(full.bytes // 3)
+    loader = _train(plan, local_store, cache=small, shuffle_buffer_row_groups=2)
+    for epoch in range(4):
+        assert Counter(_keys(loader.epoch_with_ts(epoch))) == want  # memory is never mixed up
+        kept = len(small)
+        if epoch:  # the blocks kept in epoch 0 are all served again, whatever the new order
+            assert loader.stats.cache_hits == kept
+            assert loader.stats.row_groups_read == len(loader.units) - kept
+    assert small.bytes <= small.max_bytes and small.refused > 0
+    assert abs(kept / len(loader.units) - 1 / 3) < 0.1
+
+
+def test_two_ranks_deal_row_groups_once_so_each_cache_serves_its_own_rank(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    loaders = [
+        _train(plan, local_store, rank=r, world_size=2, seed=3, cache=BlockCache(64 << 20))
+        for r in (0, 1)
+    ]
     for epoch in range(3):
-        assert Counter(_keys(bounded.epoch_with_ts(epoch))) == want
-    assert small.bytes <= small.max_bytes and small.evictions > 0
-    assert 0 < bounded.stats.cache_hits < len(bounded.units)
+        shards = [{(u.part, u.group) for u in ld._rank_units(epoch, ld.rank)} for ld in loaders]
+        assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == len(loaders[0].units)
+        for loader in loaders:
+            list(loader.epoch(epoch))
+            hits = loader.stats.cache_hits
+            assert hits == (len(loader._rank_units(epoch, loader.rank)) if epoch else 0)
+    # a rank's row groups stay the same, the order it visits them in does not
+    rank0 = loaders[0]
+    assert rank0._rank_units(0, 0) != rank0._rank_units(1, 0)
+    assert set(rank0._rank_units(0, 0)) == set(rank0._rank_units(1, 0))
+
+
+def _training_features(store: ObjectStore, plan: DatasetPlan) -> np.ndarray:
+    """The features of every finite training row, in float64."""
+    src = _source(store, plan)
+    keep = (src["ts"] < plan.bounds.train_end_ms) & np.isfinite(src["y"])
+    keep &= np.isfinite(src["x"]).all(axis=1)
+    return np.asarray(src["x"][keep], np.float64)
 
 
 def test_feature_stats_from_training_rows_warm_the_cache(
     plan: DatasetPlan, local_store: ObjectStore
 ) -> None:
-    src = _source(local_store, plan)
-    keep = (src["ts"] < plan.bounds.train_end_ms) & np.isfinite(src["y"])
-    keep &= np.isfinite(src["x"]).all(axis=1)
+    x = _training_features(local_store, plan)
     cache = BlockCache(64 << 20)
-    mean, std, rows = compute_feature_stats(plan, local_store, cache=cache)
-    x = src["x"][keep].astype(np.float64)
-    assert rows == len(x)
-    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(std, x.std(axis=0), rtol=1e-9)
+    stats = compute_feature_stats(plan, local_store, cache=cache)
+    assert stats.rows == len(x) and stats.row_groups == stats.of_row_groups
+    assert stats.mean_error == stats.std_error == 0.0  # every row group read: exact
+    np.testing.assert_allclose(stats.mean, x.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stats.std, x.std(axis=0), rtol=1e-6)
     loader = StreamingLoader(plan, local_store, split="train", batch_size=BATCH, cache=cache)
     list(loader.epoch(0))
     assert loader.stats.bytes_read == 0 and loader.stats.cache_hits == len(loader.units)
-    _, _, few = compute_feature_stats(plan, local_store, max_rows=700)
-    assert few == 700
+    few = compute_feature_stats(plan, local_store, max_rows=700)
+    assert few.rows == 700
+
+
+def test_sampled_feature_stats_stay_inside_their_stated_error(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    x = _training_features(local_store, plan)
+    stats = compute_feature_stats(plan, local_store, sample_rows=3000)
+    assert stats.row_groups == 6 < stats.of_row_groups
+    assert 0 < stats.mean_error < 0.2 and 0 < stats.std_error < 0.2
+    # within four of its own standard errors, feature by feature
+    assert np.all(np.abs(stats.mean - x.mean(axis=0)) <= 4 * stats.mean_error * stats.std)
+    assert np.all(np.abs(stats.std / x.std(axis=0) - 1) <= 4 * stats.std_error)
+
+
+def test_block_moments_in_float32_keep_large_offsets() -> None:
+    rng = np.random.default_rng(0)
+    x64 = 1e4 + rng.standard_normal((100_000, 3)) * np.array([1.0, 1e-2, 1e2])
+    x = torch.from_numpy(x64.astype(np.float32))
+    mean, m2 = _moments(x)
+    exact = x.numpy().astype(np.float64)
+    std = exact.std(axis=0)
+    assert np.all(np.abs(mean - exact.mean(axis=0)) < 1e-6 * std)
+    np.testing.assert_allclose(m2, ((exact - exact.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-5)
+
+
+def test_the_sample_spreads_over_every_day_and_symbol(plan: DatasetPlan) -> None:
+    units = split_units(plan, split_spec(plan, "train"), time_order=False)
+    picked = sample_units(plan, units, 4 * 500)
+    assert len(picked) == 4 and len(set(picked)) == 4
+    days = Counter(plan.partitions[u.part].part.date for u in picked)
+    symbols = Counter(plan.partitions[u.part].part.symbol for u in picked)
+    assert days == Counter({DATES[0]: 2, DATES[1]: 2})
+    assert set(symbols) == set(SYMBOLS)
+    assert len({u.group for u in picked}) > 1  # not the same hour of every day
+    assert sample_units(plan, units, 10**9) == units
 
 
 def test_max_rows_and_drop_last(plan: DatasetPlan, local_store: ObjectStore) -> None:
@@ -382,3 +453,13 @@ def test_blocks_reach_cuda_through_pinned_memory(
             assert x.is_cuda and y.is_cuda
             assert torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
         assert gpu.stats.cache_hits == (len(gpu.units) if epoch else 0)
+
+
+def test_cache_budget_from_the_spec_or_free_memory() -> None:
+    cpu = torch.device("cpu")
+    assert cache_budget(cpu, 1.5) == 1_500_000_000 and cache_budget(cpu, 0.0) == 0
+    available = host_available_bytes()
+    assert 0 < available < 1 << 50
+    auto = cache_budget(cpu, None)
+    assert abs(auto - available / 2) < 0.1 * available  # memory moves while we look
+    assert abs(cache_budget(cpu, None, local_ranks=4) - auto / 4) < 0.1 * available

@@ -128,7 +128,7 @@ def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
     assert manifest is not None
     metrics = json.loads(local_store.get(layout.job("ddp").metrics))
     plan = preflight(spec.data, local_store, layout)
-    _, _, n_train = compute_feature_stats(plan, local_store)
+    n_train = compute_feature_stats(plan, local_store).rows
     assert metrics["world_size"] == 2
     assert metrics["rows_seen_all_ranks"] == n_train * spec.train.epochs  # type: ignore[operator]
     # one set of artifacts: exactly one manifest and one model under the job

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 Split = Literal["train", "val"]
+STATE_VERSION = 2
+"""Of the position `state_dict` saves; 2 since row groups are dealt to ranks once per job."""
 _STATE_KEYS = ("split", "seed", "rank", "world_size", "batch_size", "shuffle_buffer_row_groups")
 
 
@@ -45,6 +47,9 @@ class LoaderStats:
     """Compressed bytes fetched from the store (cache hits read none)."""
     row_groups_read: int = 0
     cache_hits: int = 0
+    """Row groups served from the cache..."""
+    rows_from_cache: int = 0
+    """... and the rows they served."""
     first_batch_s: float | None = None
     rank: int = 0
     world_size: int = 1
@@ -56,8 +61,9 @@ class StreamingLoader:
     """Batches of one split, streamed from the object store by row group.
 
     Training order is deterministic in `(seed, epoch)`: the row groups of every partition
-    are shuffled together, rank r takes every `world_size`-th of them, and rows are shuffled
-    inside buffers of `shuffle_buffer_row_groups` row groups. Validation keeps time order.
+    are dealt to the ranks once by `seed`, each rank visits its own in a new order every
+    epoch, and rows are shuffled inside buffers of `shuffle_buffer_row_groups` row groups.
+    Validation keeps time order.
     Rows are kept only inside the purged split (`ts < train_end_ms` for training,
     `ts >= val_start_ms` for validation); rows with a NaN or infinite value are dropped and
     counted, or fail the job with `non_finite="fail"`.
@@ -66,7 +72,8 @@ class StreamingLoader:
     number ahead, so the first batch comes after the first buffer, not after a download.
     Each becomes one float32 block; on a GPU the block is copied whole (pinned memory,
     asynchronous) and batches are gathered on the device. With a `cache`, later epochs
-    are served from decoded blocks; `max_rows` stops after that many rows (dry runs).
+    are served from decoded blocks; `max_rows` stops after that many rows, reading no
+    shuffle buffer past the one whose footer rows reach it (dry runs).
     `files`: the job's shared table of open files (the loader opens its own without)."""
 
     def __init__(
@@ -164,7 +171,7 @@ class StreamingLoader:
         inside its shuffled order, rows delivered. The shuffle itself is a pure function of
         `(seed, epoch, rank, buffer)`, so nothing else needs saving."""
         ident = {k: getattr(self, k) for k in _STATE_KEYS}
-        return {"version": 1, **ident, **self._pos}
+        return {"version": STATE_VERSION, **ident, **self._pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`: the next `epoch(state['epoch'])` (or iteration) yields
@@ -174,7 +181,7 @@ class StreamingLoader:
             for k in _STATE_KEYS
             if state.get(k) != getattr(self, k)
         ]
-        if state.get("version") != 1 or wrong:
+        if state.get("version") != STATE_VERSION or wrong:
             raise ValueError("loader state does not match this loader: " + "; ".join(wrong))
         self._pos = {k: int(state[k]) for k in ("epoch", "chunk", "offset", "rows")}
         self._resume = dict(self._pos)
@@ -205,10 +212,14 @@ class StreamingLoader:
         chunks = [units[i : i + k] for i in range(0, len(units), k)]
         self._pos = {"epoch": epoch, "chunk": chunk0, "offset": offset0, "rows": done}
         limit = self.max_rows if self.max_rows is not None else -1
-        stream = self.reader.stream([u for ch in chunks[chunk0:] for u in ch])
+        last = len(chunks)
+        if limit >= 0:  # read no buffer past the one whose footer rows reach `max_rows`
+            need = np.cumsum([sum(u.rows for u in ch) for ch in chunks[chunk0:]])
+            last = min(last, chunk0 + int(np.searchsorted(need, limit - done)) + 1)
+        stream = self.reader.stream([u for ch in chunks[chunk0:last] for u in ch])
         carry: list[Batch] = []  # a batch begun in the previous buffer
         try:
-            for c in range(chunk0, len(chunks)):
+            for c in range(chunk0, last):
                 if done == limit:
                     break
                 blocks = [self._count(*next(stream)) for _ in chunks[c]]
@@ -273,6 +284,7 @@ class StreamingLoader:
         stats = self.stats
         if hit:
             stats.cache_hits += 1
+            stats.rows_from_cache += block.rows
         else:
             stats.row_groups_read += 1
             stats.bytes_read += block.bytes_read

@@ -1,9 +1,11 @@
-"""Which rows go where: a split's row groups, their per-epoch shuffle and rank shards, and
-each shuffle buffer's row order cut into batches. Pure functions of plain values."""
+"""Which rows go where: a split's row groups, the day-stratified sample the statistics read,
+their per-epoch shuffle and rank shards, and each shuffle buffer's row order cut into
+batches. Pure functions of plain values."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,17 +36,47 @@ def split_units(plan: DatasetPlan, spec: BlockSpec, time_order: bool) -> list[Un
     return units
 
 
+def sample_units(plan: DatasetPlan, units: Sequence[Unit], rows: int) -> list[Unit]:
+    """About `rows` rows' worth of `units`, stratified across days: every unit when they
+    hold no more; otherwise the quota of units is spread evenly over the days (a day gets
+    one more or one fewer than another, never none while a day gets two), and inside a day
+    spread evenly over the time of day and across symbols, with an offset that moves from
+    day to day so that the sample does not always read the same hour. A pure function of
+    the plan: every rank draws the same sample."""
+    if sum(u.rows for u in units) <= rows:
+        return list(units)
+    by_day: dict[str, list[Unit]] = {}
+    for u in units:
+        by_day.setdefault(plan.partitions[u.part].part.date, []).append(u)
+    days = sorted(by_day)
+    mean_rows = sum(u.rows for u in units) / len(units)
+    quota = min(max(math.ceil(rows / mean_rows), 1), len(units))
+    picked: list[Unit] = []
+    for i, day in enumerate(days):
+        # time of day first, symbols interleaved: group index, then partition
+        pool = sorted(by_day[day], key=lambda u: (u.group, u.part))
+        take = min(quota * (i + 1) // len(days) - quota * i // len(days), len(pool))
+        offset = (i * 0.6180339887) % 1.0
+        picked += [pool[int((j + offset) * len(pool) / take)] for j in range(take)]
+    return picked
+
+
 def rank_units(
     units: Sequence[Unit], seed: int, epoch: int, rank: int, world_size: int, shuffle: bool
 ) -> list[Unit]:
-    """This rank's row groups for one epoch: all of them shuffled together by
-    `(seed, epoch)` (the same permutation on every rank), then every `world_size`-th one from
-    position `rank`, so each row group, hence each row, goes to exactly one rank."""
+    """This rank's row groups for one epoch. Shuffled: the row groups are dealt to the ranks
+    once for the job, by `seed` (every `world_size`-th of one permutation, the same on every
+    rank), and each rank visits its own in a new order every epoch, by `(seed, epoch)`. So
+    each row group, hence each row, goes to exactly one rank, and a rank's cache holds
+    blocks that the rank itself serves again in every later epoch. In order: every
+    `world_size`-th row group from position `rank`."""
     ordered = list(units)
-    if shuffle:
-        perm = np.random.default_rng([seed, epoch]).permutation(len(ordered))
-        ordered = [ordered[i] for i in perm]
-    return ordered[rank::world_size]
+    if not shuffle:
+        return ordered[rank::world_size]
+    deal = np.random.default_rng([seed]).permutation(len(ordered))
+    mine = [ordered[i] for i in deal[rank::world_size]]
+    visit = np.random.default_rng([seed, epoch]).permutation(len(mine))
+    return [mine[i] for i in visit]
 
 
 def row_order(rows: int, seed: int, epoch: int, rank: int, buffer: int) -> np.ndarray:

@@ -1,21 +1,28 @@
-"""Whole-split passes outside the training loop: normalization statistics of the training
-rows (warming the cache on the way) and the validation split as arrays for evaluation."""
+"""Passes outside the training loop: normalization statistics from a day-stratified sample of
+the training rows (warming the cache on the way) and a split as arrays for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
-from trainer.data.blocks import BlockSpec
+from trainer.data.blocks import BlockSpec, Unit
 from trainer.data.cache import BlockCache
-from trainer.data.order import split_units
+from trainer.data.order import sample_units, split_units
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader, PartitionFiles
 from trainer.store.base import ObjectStore
 
 Split = Literal["train", "val"]
+
+STATS_SAMPLE_ROWS = 1_000_000
+"""Rows the feature statistics read, about: a day-stratified sample of whole row groups."""
+RUN_ROWS = 1024
+"""Rows summed in float32 at a time before the runs' sums are added up in float64."""
 
 
 def split_spec(plan: DatasetPlan, split: Split, with_ts: bool = False) -> BlockSpec:
@@ -39,19 +46,54 @@ def _reader(
     cache: BlockCache | None,
     policy: str,
     files: PartitionFiles | None,
+    units: Sequence[Unit],
 ) -> BlockReader:
     device = cache.device if cache is not None else torch.device("cpu")
+    ahead = max(min(4, len(units)), 1)  # never read further ahead than the pass will go
     return BlockReader(
         plan,
         store,
         spec,
         device=device,
-        files_in_flight=3,
-        ahead=4,
+        files_in_flight=min(3, ahead),
+        ahead=ahead,
         cache=cache,
         non_finite=policy,
         files=files,
     )
+
+
+def _enough(units: list[Unit], max_rows: int | None) -> list[Unit]:
+    """The first units whose footer rows reach `max_rows` (all of them when None)."""
+    if max_rows is None:
+        return units
+    total = 0
+    for i, u in enumerate(units):
+        total += u.rows
+        if total >= max_rows:
+            return units[: i + 1]
+    return units
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature mean and standard deviation of the training rows, from a sample of row
+    groups, with the standard errors that the sample's own spread implies."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    """Floored at `min_std`."""
+    rows: int
+    """Training rows in the sample, after the purge and the non-finite filter."""
+    row_groups: int
+    """Row groups sampled..."""
+    of_row_groups: int
+    """... of the training split's."""
+    mean_error: float
+    """The largest standard error of a feature's mean, in that feature's standard
+    deviations: 0 when every row group was read."""
+    std_error: float
+    """The largest relative standard error of a feature's standard deviation."""
 
 
 def compute_feature_stats(
@@ -63,43 +105,105 @@ def compute_feature_stats(
     max_rows: int | None = None,
     min_std: float = 1e-6,
     files: PartitionFiles | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-feature mean and standard deviation of the training rows (after the purge and the
-    non-finite filter), accumulated in float64 by merging per-block moments (Chan et al.), so
-    large offsets do not cancel. Reading goes through `cache`, which it leaves warm for
-    training. Returns `(mean, std floored at min_std, rows)`."""
+    sample_rows: int = STATS_SAMPLE_ROWS,
+) -> FeatureStats:
+    """Mean and standard deviation of the training rows (after the purge and the non-finite
+    filter), from a day-stratified sample of about `sample_rows` rows in whole row groups
+    (`order.sample_units`; every row group when the split is no larger), so the first
+    training step waits for a bounded read whatever the number of days.
+
+    Each block's moments are accumulated in float32 (in runs of `RUN_ROWS` rows, so no
+    float32 sum runs long) and the blocks are merged in float64 (Chan et al.), so large
+    offsets do not cancel. The standard errors come from the spread between the sampled
+    row groups (cluster sampling without replacement), which also covers days or hours
+    that differ from each other. Blocks read go into `cache`, which epoch 1 then serves."""
     spec = split_spec(plan, "train")
-    reader = _reader(plan, store, spec, cache, non_finite, files)
-    nf = len(plan.features)
-    rows, mean, m2 = 0, np.zeros(nf), np.zeros(nf)
+    population = split_units(plan, spec, time_order=False)
+    budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
+    units = _enough(sample_units(plan, population, budget), max_rows)
+    reader = _reader(plan, store, spec, cache, non_finite, files, units)
+    counts: list[int] = []
+    means: list[np.ndarray] = []
+    m2s: list[np.ndarray] = []
     try:
-        for _, block, _ in reader.stream(split_units(plan, spec, time_order=False)):
-            take = block.rows if max_rows is None else min(block.rows, max_rows - rows)
-            if take <= 0:
-                break
-            b_mean, b_m2 = _moments(block.x[:take])
+        for _, block, _ in reader.stream(units):
+            take = block.rows if max_rows is None else min(block.rows, max_rows - sum(counts))
+            if take > 0:
+                b_mean, b_m2 = _moments(block.x[:take])
+                counts.append(take)
+                means.append(b_mean)
+                m2s.append(b_m2)
             reader.release(block)  # the moments are computed: its memory may serve the next
-            total = rows + take
-            delta = b_mean - mean
-            mean += delta * (take / total)
-            m2 += b_m2 + delta**2 * (rows * take / total)
-            rows = total
+            if max_rows is not None and sum(counts) >= max_rows:
+                break
     finally:
         reader.close()
-    std = np.maximum(np.sqrt(m2 / max(rows, 1)), min_std)
-    return mean, std, rows
+    return _merge(counts, means, m2s, len(units), len(population), min_std, len(plan.features))
+
+
+def _merge(
+    counts: list[int],
+    means: list[np.ndarray],
+    m2s: list[np.ndarray],
+    sampled: int,
+    population: int,
+    min_std: float,
+    nf: int,
+) -> FeatureStats:
+    """The blocks' moments merged in float64, and the sample's standard errors."""
+    rows, mean, m2 = 0, np.zeros(nf), np.zeros(nf)
+    for n, b_mean, b_m2 in zip(counts, means, m2s, strict=True):
+        total = rows + n
+        delta = b_mean - mean
+        mean += delta * (n / total)
+        m2 += b_m2 + delta**2 * (rows * n / total)
+        rows = total
+    var = m2 / max(rows, 1)
+    std = np.maximum(np.sqrt(var), min_std)
+    mean_error = std_error = 0.0
+    k = len(counts)
+    if sampled < population and k >= 2:
+        n_u = np.asarray(counts, np.float64)[:, None]
+        unit_mean = np.stack(means)
+        unit_sq = np.stack(m2s) / n_u + unit_mean**2  # each group's mean of squares
+        shrink = (1.0 - sampled / population) * k / (k - 1)  # finite-population correction
+        w = n_u / rows
+        var_mean = shrink * (w**2 * (unit_mean - mean) ** 2).sum(axis=0)
+        var_sq = shrink * (w**2 * (unit_sq - (var + mean**2)) ** 2).sum(axis=0)
+        mean_error = float(np.max(np.sqrt(var_mean) / std))
+        std_error = float(np.max(np.sqrt(var_sq) / (2 * np.maximum(var, min_std**2))))
+    return FeatureStats(mean, std, rows, sampled, population, mean_error, std_error)
 
 
 def _moments(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sum of squared deviations per column, in float64: on the GPU with torch,
-    on the CPU with numpy (single-threaded, so it does not fight the reading threads)."""
+    """Mean and sum of squared deviations per column, accumulated in float32 and returned
+    in float64: on the GPU with torch (tree reductions), on the CPU with numpy in runs of
+    rows (numpy adds a row-major column one row at a time), single-threaded so that it
+    does not fight the reading threads. One float32 temporary, no float64 copy."""
     if x.is_cuda:
-        xd = x.double()
-        mean = xd.mean(0)
-        return mean.cpu().numpy(), ((xd - mean) ** 2).sum(0).cpu().numpy()
-    xn = x.numpy().astype(np.float64)
-    mean_n = xn.mean(axis=0)
-    return mean_n, ((xn - mean_n) ** 2).sum(axis=0)
+        dev = x - x[:1]  # about the first row, as below
+        step = dev.mean(0)
+        dev -= step
+        centre = x[0].double() + step.double()
+        return centre.cpu().numpy(), (dev * dev).sum(0).double().cpu().numpy()
+    xn = x.numpy()
+    n = max(len(xn), 1)
+    d = xn - xn[:1]  # about the first row: float32 sums of small deviations stay exact
+    shift = _run_sums(d) / n
+    d -= shift.astype(np.float32)
+    # the deviations are about a float32-rounded mean: take out what that rounding adds
+    rounding = shift - shift.astype(np.float32).astype(np.float64)
+    np.multiply(d, d, out=d)
+    mean = xn[0].astype(np.float64) + shift if len(xn) else shift
+    return mean, np.maximum(_run_sums(d) - n * rounding**2, 0.0)
+
+
+def _run_sums(x: np.ndarray) -> np.ndarray:
+    """Column sums: float32 within runs of `RUN_ROWS` rows, float64 across them."""
+    n, nf = x.shape
+    whole = n - n % RUN_ROWS
+    runs = x[:whole].reshape(-1, RUN_ROWS, nf).sum(axis=1)
+    return runs.sum(axis=0, dtype=np.float64) + x[whole:].sum(axis=0, dtype=np.float64)
 
 
 def read_split_arrays(
@@ -112,13 +216,15 @@ def read_split_arrays(
     max_rows: int | None = None,
     files: PartitionFiles | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A whole (small) split as numpy `(X [N, F] float32, y [N] float32, ts [N] int64)`,
-    sorted by time (stable), for evaluation and for exporting predictions."""
+    """A whole (small) split, or its first `max_rows` rows in time, as numpy
+    `(X [N, F] float32, y [N] float32, ts [N] int64)`, sorted by time (stable), for
+    evaluation and for exporting predictions. Reads no row group beyond what it returns."""
     spec = split_spec(plan, split, with_ts=True)
-    reader = _reader(plan, store, spec, cache, non_finite, files)
+    units = _enough(split_units(plan, spec, time_order=True), max_rows)
+    reader = _reader(plan, store, spec, cache, non_finite, files, units)
     xs, ys, tss, rows = [], [], [], 0
     try:
-        for _, block, _ in reader.stream(split_units(plan, spec, time_order=True)):
+        for _, block, _ in reader.stream(units):
             take = block.rows if max_rows is None else min(block.rows, max_rows - rows)
             if take <= 0:
                 break

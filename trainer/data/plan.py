@@ -4,6 +4,7 @@ the data), check them against each other and the spec, and return the plan the l
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,7 +311,7 @@ def _schema_diff(ref: pa.Schema, other: pa.Schema) -> str:
 
 def _estimate_split(plan: DatasetPlan) -> dict[str, int]:
     """Rows expected in train and validation, from row-group timestamp statistics (rows in a
-    group straddling a cut are counted pro rata)."""
+    group straddling a cut are counted pro rata, rounded up; non-finite rows are counted)."""
     train = val = 0
     b = plan.bounds
     for p in plan.partitions:
@@ -318,8 +319,8 @@ def _estimate_split(plan: DatasetPlan) -> dict[str, int]:
             lo = rg.ts_min if rg.ts_min is not None else p.meta.ts_min
             hi = rg.ts_max if rg.ts_max is not None else p.meta.ts_max
             span = max(hi - lo + 1, 1)
-            train += int(rg.rows * _share(lo, hi, None, b.train_end_ms, span))
-            val += int(rg.rows * _share(lo, hi, b.val_start_ms, None, span))
+            train += math.ceil(rg.rows * _share(lo, hi, None, b.train_end_ms, span))
+            val += math.ceil(rg.rows * _share(lo, hi, b.val_start_ms, None, span))
     return {"train_rows": train, "val_rows": val}
 
 

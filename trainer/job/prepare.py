@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.data.cache import BlockCache
+from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
 from trainer.data.passes import compute_feature_stats, read_split_arrays
 from trainer.data.plan import DatasetPlan, preflight
@@ -33,7 +33,6 @@ log = logging.getLogger("quantlab.job")
 
 DRY_RUN_ROWS = 4_096
 DRY_RUN_STEPS = 5
-CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -78,24 +77,45 @@ def prepare(
         len(plan.features),
     )
     files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
-    cache = BlockCache(CACHE_BYTES)
-    mean, std, n_train = compute_feature_stats(
-        plan, store, cache=cache, non_finite=spec.data.non_finite, max_rows=limit, files=files
+    cache = _cache(spec, plan, device, ranks, dry_run)
+    # With several ranks the sample's blocks are mostly other ranks' to serve: not cached.
+    stats = compute_feature_stats(
+        plan,
+        store,
+        cache=cache if not ranks.distributed else None,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        files=files,
     )
     x_val, y_val, ts_val = read_split_arrays(
         plan, store, "val", non_finite=spec.data.non_finite, max_rows=limit, files=files
     )
-    if n_train == 0 or len(y_val) == 0:
+    if stats.rows == 0 or len(y_val) == 0:
         raise DataError(
             "nothing to train on",
             [
-                f"{n_train} training rows and {len(y_val)} "
-                "validation rows after the split, the purge and non-finite filtering"
+                f"{stats.rows} training rows (in {stats.row_groups} of {stats.of_row_groups} "
+                f"row groups read) and {len(y_val)} validation rows after the split, the "
+                "purge and non-finite filtering"
             ],
         )
-    log.info("rows: train %d, validation %d", n_train, len(y_val))
+    log.info(
+        "feature statistics from %d rows in %d of %d row groups; standard error at most "
+        "%.4f std for a mean, %.2f%% for a std",
+        stats.rows,
+        stats.row_groups,
+        stats.of_row_groups,
+        stats.mean_error,
+        100 * stats.std_error,
+    )
+    # Every row group read: the count is exact; sampled: the footers' (pro rata at the cut).
+    whole = stats.row_groups == stats.of_row_groups and limit is None
+    n_train = stats.rows if whole else plan.estimates["train_rows"]
+    log.info("rows: train %s%d, validation %d", "" if whole else "~", n_train, len(y_val))
 
-    model = build_model(spec.model, len(plan.features), mean, std, train.seed).to(device)
+    model = build_model(spec.model, len(plan.features), stats.mean, stats.std, train.seed).to(
+        device
+    )
     loader = StreamingLoader(
         plan,
         store,
@@ -134,3 +154,27 @@ def prepare(
         restored=restored,
         max_steps=step_budget(train, steps_per_epoch),
     )
+
+
+def _cache(
+    spec: JobSpec, plan: DatasetPlan, device: torch.device, ranks: Ranks, dry_run: bool
+) -> BlockCache | None:
+    """The block cache on the training device, sized from `data.cache_gb` or free memory."""
+    if dry_run:
+        return None  # one pass over a few row groups: nothing is read twice
+    budget = cache_budget(device, spec.data.cache_gb, ranks.local_world_size)
+    if budget == 0:
+        log.info("block cache: off")
+        return None
+    # what this rank's shard decodes to: features and label, float32
+    shard = plan.estimates["train_rows"] * (len(plan.features) + 1) * 4 / ranks.world_size
+    log.info(
+        "block cache: %.2f GB on %s (%s); this rank's training rows decode to %.2f GB, so "
+        "%.0f%% of each later epoch is served from it",
+        budget / 1e9,
+        device,
+        "data.cache_gb" if spec.data.cache_gb is not None else "sized from free memory",
+        shard / 1e9,
+        min(100.0, 100 * budget / max(shard, 1)),
+    )
+    return BlockCache(budget, device=device)

@@ -136,6 +136,12 @@ class DataSpec(Section):
     non_finite: Literal["drop", "fail"] = "drop"
     """Rows whose label or any feature is NaN or infinite: `drop` (counted and reported) or
     `fail` the job. Default: `drop`."""
+    cache_gb: float | None = Field(default=None, ge=0)
+    """Memory for decoded row groups kept for later epochs, GB (10^9 bytes), on the training
+    device: GPU memory on CUDA. The first row groups that fit are kept for the whole job, so
+    each later epoch reads only the rest. `0` turns the cache off. Default: `null`, sized
+    from free memory: on CUDA 75% of what the GPU has free once the model is on it, less
+    1 GiB; on CPU half of the host's available memory, shared by the ranks on the host."""
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataSpec:
