@@ -27,6 +27,7 @@ from trainer.errors import (
     Cancelled,
     exit_code_of,
 )
+from trainer.job.identity import resolve
 from trainer.launcher.payload import ENTRYPOINT
 from trainer.launcher.vast import VastClient
 from trainer.spec import JobSpec, dump_spec
@@ -129,7 +130,7 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     assert sent["AWS_SESSION_TOKEN"] and sent["AWS_ACCESS_KEY_ID"] != s3_env["AWS_ACCESS_KEY_ID"]
     assert "VAST_API_KEY" not in sent and "QUANTLAB_STORE" not in sent
     stored = env.store.get(Layout().job("lt-happy").jobspec).decode()
-    assert stored == dump_spec(spec)
+    assert stored == dump_spec(resolve(spec, env.store).spec)  # with the data's fingerprint
 
     status = json.loads(run_cli(cli(env, "status", "lt-happy", "--json")).stdout)
     assert status["state"] == "succeeded" and status["instances"] == []

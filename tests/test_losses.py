@@ -101,6 +101,9 @@ def test_model_and_loss_options_that_do_not_fit_are_refused(snippet: str, expect
 
 
 def test_a_linear_huber_spec_survives_its_own_dump() -> None:
-    spec = parse_spec(MINIMAL + "model: {type: linear}\ntrain: {loss: huber, huber_delta: 3}")
+    spec = parse_spec(
+        MINIMAL
+        + "job: {id: lin-huber}\nmodel: {type: linear}\ntrain: {loss: huber, huber_delta: 3}"
+    )
     again = parse_spec(dump_spec(spec))
     assert again == spec.model_copy(update={"job": spec.job.model_copy(update={"id": spec.job_id})})

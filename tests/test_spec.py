@@ -1,4 +1,5 @@
-"""The JobSpec: shipped specs load, errors name their YAML path, ids are content-derived."""
+"""The JobSpec: shipped specs load, errors name their YAML path, ids are derived from the
+content and the data's fingerprint."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import SpecError
-from trainer.spec import dump_spec, load_spec, parse_spec
+from trainer.spec import JobSpec, dump_spec, load_spec, parse_spec
 from trainer.spec.docs import REFERENCE_BEGIN, REFERENCE_END, json_schema, markdown_reference
+from trainer.spec.sections import UnresolvedSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "jobspecs").glob("*.yaml"))
@@ -33,7 +35,9 @@ def _problems(text: str) -> list[str]:
 def test_every_shipped_spec_is_valid(path: Path) -> None:
     spec = load_spec(path)
     assert spec.data.dates.resolve()
-    assert spec.job_id.startswith("job-") or spec.job.id
+    if spec.job.id is None:  # derived: only from the spec resolved against its data
+        with pytest.raises(UnresolvedSpec):
+            _ = spec.job_id
 
 
 def test_shipped_specs_exist() -> None:
@@ -92,16 +96,21 @@ def test_unknown_key_without_close_match_has_no_hint() -> None:
     assert _problems(MINIMAL + "limits:\n  zzz: 1\n") == ["limits.zzz: unknown key"]
 
 
-def test_job_id_is_derived_from_content_and_stable() -> None:
-    a, b = parse_spec(MINIMAL), parse_spec(MINIMAL)
+def _fingerprinted(text: str, digest: str = "ab" * 32) -> JobSpec:
+    spec = parse_spec(text)
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"fingerprint": digest})})
+
+
+def test_job_id_is_derived_from_the_spec_and_its_data_and_stable() -> None:
+    a, b = _fingerprinted(MINIMAL), _fingerprinted(MINIMAL)
     assert a.job_id == b.job_id and a.job_id.startswith("job-") and len(a.job_id) == 16
-    c = parse_spec(MINIMAL + "train: {lr: 0.01}\n")
-    assert c.job_id != a.job_id
+    assert _fingerprinted(MINIMAL + "train: {lr: 0.01}\n").job_id != a.job_id
+    assert _fingerprinted(MINIMAL, "cd" * 32).job_id != a.job_id  # other data, other job
     assert parse_spec(MINIMAL + "job: {id: my-run-1}\n").job_id == "my-run-1"
 
 
 def test_resolved_spec_roundtrips_with_defaults_and_id() -> None:
-    spec = parse_spec(MINIMAL)
+    spec = _fingerprinted(MINIMAL)
     again = parse_spec(dump_spec(spec))
     assert again.job.id == spec.job_id
     assert again.model_dump(exclude={"job"}) == spec.model_dump(exclude={"job"})

@@ -77,6 +77,11 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the object exists, or changed since it was read."""
 
 
+class DatasetChanged(ProblemsError):
+    """The data under a job's id is not the data the job was resolved or committed with; each
+    problem names a partition and what changed."""
+
+
 class JobFailed(TrainerError):
     """The training job ran and failed; a failure record says why."""
 
@@ -119,6 +124,7 @@ ERRORS: dict[type[TrainerError], tuple[int, str]] = {
     JobFailed: (EXIT_JOB_FAILED, "failed"),
     LimitExceeded: (EXIT_LIMIT, "limit_exceeded"),
     PreconditionFailed: (EXIT_CONFLICT, "conflict"),
+    DatasetChanged: (EXIT_CONFLICT, "conflict"),
     StorageError: (EXIT_INFRA, "infra_error"),
     InfraError: (EXIT_INFRA, "infra_error"),
     Refused: (EXIT_REFUSED, "refused"),

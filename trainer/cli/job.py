@@ -56,18 +56,23 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from trainer.data.plan import preflight, summary
+    from trainer.data.plan import summary
+    from trainer.job.identity import resolve
 
     ctx = open_context(args.spec, args.overrides, args.store)
-    result: dict[str, object] = {"job_id": ctx.spec.job_id, "spec": "ok"}
+    job_id = ctx.spec.job.id
     data = None
     if args.check_data:
-        data = summary(preflight(ctx.spec.data, ctx.store, ctx.layout))
+        resolved = resolve(ctx.spec, ctx.store)
+        job_id, data = resolved.job_id, summary(resolved.plan)
+    result: dict[str, object] = {"job_id": job_id, "spec": "ok"}
+    if data is not None:
         result["data"] = data
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"spec ok: {args.spec} (job id {ctx.spec.job_id})")
+    named = f"job id {job_id}" if job_id else "job id from the spec and its data: --check-data"
+    print(f"spec ok: {args.spec} ({named})")
     if data is not None:
         print(
             f"data ok: {data['partitions']} partitions, {data['rows']:,} rows, "

@@ -178,7 +178,7 @@ def _launch(args: argparse.Namespace) -> int:
         if len(args.spec) > 1 or args.total_budget:
             return _launch_many(args, options, reporter, session)
         spec = load_spec(args.spec[0], args.overrides)
-        reporter.job_id = spec.job_id
+        reporter.job_id = spec.job.id or ""  # a derived id is known once the data is read
         result = launch(spec, options=options, reporter=reporter, **session).wait()
     except TrainerError as exc:
         if not any(e["event"] == "result" for e in reporter.events):

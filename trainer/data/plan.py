@@ -3,6 +3,7 @@ the data), check them against each other and the spec, and return the plan the l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,10 @@ from trainer.spec.sections import DataSpec
 from trainer.store.base import Loc, ObjectStore
 from trainer.store.layout import Layout, Partition
 from trainer.store.records import DatasetFingerprint, PartitionFingerprint, PartitionMeta
+
+FOOTER_READ = 64 << 10
+"""Bytes read from the end of a Parquet file to find its footer in one request."""
+PARQUET_MAGIC = b"PAR1"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class PartitionInfo:
     row_groups: tuple[RowGroup, ...]
     footer: pq.FileMetaData = field(compare=False, repr=False)
     """The parsed Parquet footer, handed to every reader so that none fetches it again."""
+    footer_sha256: str = ""
+    """sha256 of the footer's bytes as stored: row groups, sizes and column statistics,
+    so rewritten data with the same row count still reads as different data."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class DatasetPlan:
         return sum(p.bytes for p in self.partitions)
 
     def fingerprint(self) -> DatasetFingerprint:
-        """The dataset's identity, stored with the model."""
+        """The dataset's identity, stored with the model (`dataset.json`); its digest is part
+        of a derived job id."""
         return DatasetFingerprint(
             featureset=self.featureset,
             config_hash=self.config_hash,
@@ -80,7 +89,11 @@ class DatasetPlan:
             train_end_ms=self.bounds.train_end_ms,
             partitions=tuple(
                 PartitionFingerprint(
-                    uri=str(p.data), rows=p.rows, bytes=p.bytes, config_hash=p.meta.config_hash
+                    uri=str(p.data),
+                    rows=p.rows,
+                    bytes=p.bytes,
+                    config_hash=p.meta.config_hash,
+                    footer_sha256=p.footer_sha256,
                 )
                 for p in self.partitions
             ),
@@ -187,11 +200,11 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         # Opening learns the size (one HEAD on S3); the footer is the one other request.
         with fs.open_input_file(store.arrow_path(data_loc)) as handle:
             size = handle.size()
-            md = pq.ParquetFile(handle).metadata
+            md, footer_sha256 = _read_footer(handle, size)
             schema = md.schema.to_arrow_schema()
     except FileNotFoundError:
         return _Footer(None, None, [f"{where}: data.parquet missing"])
-    except (OSError, pa.ArrowException, StorageError) as exc:
+    except (OSError, ValueError, pa.ArrowException, StorageError) as exc:
         return _Footer(None, None, [f"{where}data.parquet: unreadable Parquet footer ({exc})"])
 
     if meta.rows != md.num_rows:
@@ -206,8 +219,23 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
             f"({day_first}..{day_last})"
         )
     groups = tuple(_row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
-    info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md)
+    info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md, footer_sha256)
     return _Footer(info, schema, problems)
+
+
+def _read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str]:
+    """The Parquet footer, parsed, and the sha256 of its bytes: one read of the file's tail
+    (two when the footer is longer than FOOTER_READ)."""
+    tail = handle.read_at(min(size, FOOTER_READ), max(0, size - FOOTER_READ))
+    if len(tail) < 12 or tail[-4:] != PARQUET_MAGIC:
+        raise ValueError("not a Parquet file: it does not end with PAR1")
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 12 > size:
+        raise ValueError(f"the footer length {length} does not fit in {size} bytes")
+    if length + 8 > len(tail):
+        tail = handle.read_at(length + 8, size - length - 8)
+    footer = tail[len(tail) - length - 8 :]
+    return pq.read_metadata(pa.BufferReader(footer)), hashlib.sha256(footer).hexdigest()
 
 
 def _row_group(md: pq.FileMetaData, index: int, ts_col: str) -> RowGroup:

@@ -113,7 +113,7 @@ def write_artifacts(
         raise JobFailed("the exported model.bin does not reproduce the trained model's output")
     (workdir / JobPaths.JOBSPEC).write_text(dump_spec(spec), encoding="utf-8")
     (workdir / JobPaths.METRICS).write_bytes(metrics.to_json())
-    (workdir / "dataset.json").write_bytes(plan.fingerprint().to_json())
+    (workdir / JobPaths.DATASET).write_bytes(plan.fingerprint().to_json())
     table = pa.table(
         {"ts": val.ts, "label": val.y.astype(np.float32), "prediction": pred.astype(np.float32)}
     )

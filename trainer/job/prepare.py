@@ -1,6 +1,6 @@
 """The job's first step: everything training needs, read and built before the first step.
 
-The pre-flight plan, the feature statistics of the training rows, the validation rows, the
+Given the pre-flight plan: the feature statistics of the training rows, the validation rows, the
 model with the normalization inside, the streaming loader over a warm cache, and the
 checkpointer with whatever it restored."""
 
@@ -15,7 +15,7 @@ import torch
 from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
 from trainer.data.passes import compute_feature_stats, read_split_arrays
-from trainer.data.plan import DatasetPlan, preflight
+from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
 from trainer.job.artifacts import ValidationSet
@@ -58,17 +58,18 @@ class Prepared:
 def prepare(
     spec: JobSpec,
     store: ObjectStore,
+    plan: DatasetPlan,
     device: torch.device,
     ranks: Ranks,
     dry_run: bool,
 ) -> Prepared:
+    """`plan` is the pre-flight the spec was resolved with (`job.identity.resolve`)."""
     train = spec.train
     if dry_run:
         train = train.model_copy(update={"max_steps": DRY_RUN_STEPS, "eval_every_steps": 10**9})
     limit = DRY_RUN_ROWS if dry_run else None
     layout = Layout.of(spec.storage)
 
-    plan = preflight(spec.data, store, layout)
     log.info(
         "dataset: %d partitions, %d rows, %.1f MB, %d features",
         len(plan.partitions),

@@ -24,6 +24,7 @@ from trainer.job.artifacts import (
     write_artifacts,
     write_failure,
 )
+from trainer.job.identity import Resolved, check_committed, resolve
 from trainer.job.prepare import Prepared, prepare
 from trainer.model.export import FORMAT
 from trainer.redact import RedactingFilter, Secrets
@@ -81,12 +82,18 @@ def run_job(
     workdir: Path | None = None,
     listener: Listener | None = None,
 ) -> JobResult:
-    """Run the whole job. A committed job is not run again; a failed one leaves a failure
-    record and no manifest. `listener(kind, record)` sees progress (the heartbeat uses it)."""
+    """Run the whole job. The spec is resolved against its dataset first (the pre-flight),
+    which fixes the job id. A job committed on the same data is not run again, one committed
+    on other data is refused (DatasetChanged); a failed one leaves a failure record and no
+    manifest. `listener(kind, record)` sees progress (the heartbeat uses it)."""
+    started = utc_now()
+    resolved = _resolve(spec, store, dry_run, started)
+    spec, plan = resolved.spec, resolved.plan
     paths = Layout.of(spec.storage).job(spec.job_id)
     job_id = paths.job_id
     if not dry_run and (manifest := read_manifest(store, paths)) is not None:
-        log.info("job %s is already committed; nothing to do", job_id)
+        check_committed(store, paths, manifest, plan)
+        log.info("job %s is already committed on this data; nothing to do", job_id)
         return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -94,12 +101,11 @@ def run_job(
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     handler.addFilter(RedactingFilter(Secrets()))  # train.log is uploaded: no secret in it
     logging.getLogger("quantlab").addHandler(handler)
-    started = utc_now()
     ranks = from_env()
     try:
         torch_device = setup(ranks, pick_device(device))
         log.info("job %s on %s%s", job_id, _describe(torch_device), " (dry run)" if dry_run else "")
-        job = prepare(spec, store, torch_device, ranks, dry_run)
+        job = prepare(spec, store, plan, torch_device, ranks, dry_run)
         val = Validation(torch.from_numpy(job.val.x).to(torch_device), job.val.y.astype(np.float64))
         result = _fit(job, val, torch_device, ranks, workdir, listener)
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
@@ -115,7 +121,11 @@ def run_job(
             started_at=started,
             ended_at=utc_now(),
             device=_describe(torch_device),
-            dataset=DatasetRef(config_hash=job.plan.config_hash, featureset=job.plan.featureset),
+            dataset=DatasetRef(
+                config_hash=plan.config_hash,
+                featureset=plan.featureset,
+                fingerprint=spec.data.fingerprint,
+            ),
             model=ModelRef(format=FORMAT, features=job.plan.features, label=job.plan.label),
             metrics=metrics,
         )
@@ -136,6 +146,19 @@ def run_job(
         logging.getLogger("quantlab").removeHandler(handler)
         handler.close()
         teardown(ranks)
+
+
+def _resolve(spec: JobSpec, store: ObjectStore, dry_run: bool, started: str) -> Resolved:
+    """The spec resolved against its dataset. A spec that names its job (the container's)
+    records why it cannot be; a derived id has no prefix before the data is known."""
+    try:
+        return resolve(spec, store)
+    except TrainerError as exc:
+        log.error("job %s failed: %s", spec.job_id if spec.resolved else "(unresolved)", exc)
+        if spec.resolved and not dry_run and from_env().is_main:
+            paths = Layout.of(spec.storage).job(spec.job_id)
+            write_failure(store, paths, str(exc), type(exc).__name__, "error", started_at=started)
+        raise
 
 
 def _fit(

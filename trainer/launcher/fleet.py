@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import Cancelled, SpecError, TrainerError
+from trainer.job.identity import resolve
 from trainer.launcher.budget import SharedBudget
 from trainer.launcher.events import Reporter
 from trainer.launcher.launch import JobHandle, launch
 from trainer.launcher.result import LaunchOptions
+from trainer.launcher.session import open_session
 from trainer.spec import JobSpec, load_spec
+from trainer.store.base import ObjectStore
 
 
 def launch_many(
@@ -31,20 +34,22 @@ def launch_many(
     **session: Any,
 ) -> list[dict[str, Any]]:
     """Launch and watch every spec; the `result` event of each job, in spec order (a job
-    that failed before renting has one too)."""
+    that failed before renting has one too). Every dataset is pre-flighted, and so every job
+    id known, before anything is rented."""
     loaded = [s if isinstance(s, JobSpec) else load_spec(s) for s in specs]
-    ids = [s.job_id for s in loaded]
+    resolved = [resolve(s, _store(s, session.get("store"))) for s in loaded]
+    ids = [r.job_id for r in resolved]
     if len(set(ids)) != len(ids):
         raise SpecError("the same job twice", [f"job ids: {', '.join(ids)}"])
     budget = SharedBudget(total_budget_usd) if total_budget_usd else None
     handles: list[JobHandle] = []
-    for spec in loaded:
+    for job in resolved:
         try:
             handles.append(
-                launch(spec, options=options, reporter=reporter, budget=budget, **session)
+                launch(job, options=options, reporter=reporter, budget=budget, **session)
             )
         except TrainerError:
-            if not _result_of(reporter, spec.job_id):  # failed before it could report
+            if not _result_of(reporter, job.job_id):  # failed before it could report
                 for handle in handles:
                     handle.interrupt()
                     _wait(handle)
@@ -63,6 +68,13 @@ def launch_many(
             thread.join()
         raise Cancelled("interrupted; every launch destroyed what it rented") from None
     return [_result_of(reporter, job_id) or {} for job_id in ids]
+
+
+def _store(spec: JobSpec, store: ObjectStore | str | None) -> ObjectStore:
+    """The store a launch of `spec` reads its dataset from."""
+    if isinstance(store, ObjectStore):
+        return store
+    return open_session(store=store, read_only_buckets=(spec.storage.raw_bucket,)).store
 
 
 def _wait(handle: JobHandle) -> None:

@@ -1,13 +1,15 @@
 """`launch()`: a JobSpec to a watched Vast.ai job, and the JobHandle pipelines hold.
 
-Before any money is spent: the spec is validated, a committed job is reported "already done",
-the dataset is pre-flighted, an optional CPU dry run trains a few steps locally, and the
-offers are searched and priced. Then the resolved spec is uploaded, the launcher heartbeat
-written, job credentials minted, and an instance rented, unless one labelled for the job is
-already live: then the launch attaches to it instead. `JobHandle.wait()` watches (see watch),
-rents the next offer after infrastructure failures (at most `limits.max_attempts`
-instances), and always destroys what this launch rented, plus an attached instance once its
-job ends. Ctrl-C destroys too, except with `detach` once the job has started.
+Before any money is spent: the spec is validated, the dataset is pre-flighted and
+fingerprinted (which fixes a derived job id), a job committed on the same data is reported
+"already done" (one committed on other data is refused), an optional CPU dry run trains a
+few steps locally, and the offers are searched and priced. Then the resolved spec is
+uploaded, the launcher heartbeat written, job credentials minted, and an instance rented,
+unless one labelled for the job is already live: then the launch attaches to it instead.
+`JobHandle.wait()` watches (see watch), rents the next offer after infrastructure failures
+(at most `limits.max_attempts` instances), and always destroys what this launch rented, plus
+an attached instance once its job ends. Ctrl-C destroys too, except with `detach` once the
+job has started.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.job.identity import Resolved, resolve
 from trainer.launcher.budget import SharedBudget
 from trainer.launcher.events import Reporter
 from trainer.launcher.ops import JobStatus, job_logs, job_status, stop_job
@@ -33,7 +36,7 @@ __all__ = ["JobConflict", "JobHandle", "LaunchOptions", "LaunchResult", "launch"
 
 
 def launch(
-    spec: JobSpec | str | Path,
+    spec: JobSpec | Resolved | str | Path,
     *,
     options: LaunchOptions | None = None,
     store: ObjectStore | str | None = None,
@@ -45,17 +48,21 @@ def launch(
     budget: SharedBudget | None = None,
 ) -> JobHandle:
     """Check, price and start a job (see the module docstring) and return its handle; the
-    typed error (SpecError, DataError, NoOfferError, JobConflict, InfraError, ...) when it
-    cannot start. `spec`: a JobSpec or a YAML path. `store`: an ObjectStore or a root
+    typed error (SpecError, DataError, DatasetChanged, NoOfferError, JobConflict, InfraError,
+    ...) when it cannot start. `spec`: a JobSpec, a YAML path, or a spec already resolved
+    against its dataset (`trainer.job.identity.resolve`). `store`: an ObjectStore or a root
     (default $QUANTLAB_STORE, else s3://). `vast`: a ready VastClient, else one from
     `vast_key_file` or $VAST_API_KEY and `vast_url` or $VAST_URL (pass `vast_url` with a
     custom client too: the container gets it). `reporter`: where events and human lines go
     (default: kept in `handle.events` only). `budget`: shared with other launches."""
     options = options or LaunchOptions()
     secrets = reporter.secrets if reporter else Secrets()
-    if not isinstance(spec, JobSpec):
-        spec = load_spec(spec)
-    reporter = reporter.for_job(spec.job_id) if reporter else Reporter(spec.job_id, secrets=secrets)
+    if isinstance(spec, Resolved):
+        resolved: Resolved | None = spec
+        spec = spec.spec
+    else:
+        resolved = None
+        spec = spec if isinstance(spec, JobSpec) else load_spec(spec)
     session = open_session(
         store=store,
         vast=vast,
@@ -65,7 +72,10 @@ def launch(
         client_options=client_options,
         read_only_buckets=(spec.storage.raw_bucket,),
     )
-    run = Run(spec, session, options, reporter)
+    resolved = resolved or resolve(spec, session.store)  # the pre-flight: DataError here
+    job_id = resolved.job_id
+    reporter = reporter.for_job(job_id) if reporter else Reporter(job_id, secrets=secrets)
+    run = Run(resolved, session, options, reporter)
     if budget is not None:
         budget.add(run.spent_so_far)
         run.shared_budget = budget.check

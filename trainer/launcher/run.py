@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from trainer.data.plan import preflight
 from trainer.errors import (
     EXIT_CANCELLED,
     EXIT_OK,
@@ -32,6 +31,7 @@ from trainer.errors import (
     outcome_of,
 )
 from trainer.job.artifacts import read_manifest
+from trainer.job.identity import Resolved, check_committed
 from trainer.launcher.attempt import Attempt, Ending, Verdict
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
@@ -64,9 +64,10 @@ def shielded() -> Iterator[None]:
 
 class Run:
     def __init__(
-        self, spec: JobSpec, session: Session, options: LaunchOptions, reporter: Reporter
+        self, resolved: Resolved, session: Session, options: LaunchOptions, reporter: Reporter
     ) -> None:
-        self.spec, self.job_id, self.session = spec, spec.job_id, session
+        spec = resolved.spec
+        self.spec, self.plan, self.job_id, self.session = spec, resolved.plan, spec.job_id, session
         self.store, self.layout = session.store, Layout.of(spec.storage)
         self.paths = self.layout.job(self.job_id)
         self.options, self.reporter = options, reporter
@@ -124,12 +125,13 @@ class Run:
     def _prepare(self) -> None:
         r, spec, store = self.reporter, self.spec, self.store
         r.emit("validated", say=f"spec ok: job {self.job_id}")
-        if read_manifest(store, self.paths) is not None:
+        plan = self.plan
+        if (manifest := read_manifest(store, self.paths)) is not None:
+            check_committed(store, self.paths, manifest, plan)
             check_spec_matches(spec, store, self.paths)
             self._end_job()
-            self._finish("already_done", EXIT_OK, "the job is already committed")
+            self._finish("already_done", EXIT_OK, "the job is already committed on this data")
             return
-        plan = preflight(spec.data, store, self.layout)
         r.emit(
             "preflight",
             partitions=len(plan.partitions),

@@ -29,8 +29,10 @@ def _as_date_text(value: object) -> object:
 
 class JobMeta(Section):
     id: str | None = Field(default=None, pattern=JOB_ID_RE)
-    """Job id, the folder under `ml-artifacts/`. Default: derived from the spec's content
-    (`job-` + 12 hex digits), so the same spec always gets the same id."""
+    """Job id, the folder under `ml-artifacts/`. Default: derived from the spec's content and
+    the dataset's fingerprint (`job-` + 12 hex digits), so the same spec on the same data is
+    the same job, and new data is a new job. An explicit id that was committed with other
+    data is refused (exit 9)."""
     name: str = Field(default="", max_length=200)
     """Human-readable name shown by `status` and `list`. Default: empty."""
     tags: tuple[str, ...] = ()
@@ -142,6 +144,11 @@ class DataSpec(Section):
     each later epoch reads only the rest. `0` turns the cache off. Default: `null`, sized
     from free memory: on CUDA 75% of what the GPU has free once the model is on it, less
     1 GiB; on CPU half of the host's available memory, shared by the ranks on the host."""
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Set by the runner, not by you: the sha256 of the dataset's fingerprint (every
+    partition's rows, size, footer and `config_hash`), written into the resolved spec that
+    travels with the job. The container refuses to train when the data no longer matches it.
+    Default: unset."""
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataSpec:
@@ -345,12 +352,29 @@ class JobSpec(Section):
 
     @property
     def job_id(self) -> str:
-        """The explicit id, else the content-derived one."""
+        """The explicit id, else the one derived from the resolved spec (`derived_job_id`)."""
         return self.job.id or derived_job_id(self)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the job's identity is known: an explicit id, or the dataset fingerprinted."""
+        return self.job.id is not None or self.data.fingerprint is not None
+
+
+class UnresolvedSpec(RuntimeError):
+    """A derived job id was asked of a spec whose dataset was not fingerprinted yet."""
 
 
 def derived_job_id(spec: JobSpec) -> str:
-    """`job-` + 12 hex digits of the hash of everything in the spec but the id itself."""
+    """`job-` + 12 hex digits of the hash of everything in the spec but the id itself, the
+    dataset's fingerprint (`data.fingerprint`) included: the one place a job's identity is
+    computed. Everything that makes the job what it is (the data, and any other content the
+    runner resolves into the spec) must be a field of the spec by the time this is called."""
+    if spec.data.fingerprint is None:
+        raise UnresolvedSpec(
+            "the job id is derived from the spec and its dataset: resolve the spec against the "
+            "store first (trainer.job.identity.resolve)"
+        )
     data = spec.model_dump(mode="json")
     data["job"].pop("id", None)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -102,6 +102,7 @@ class JobPaths:
     JOBSPEC = "jobspec.yaml"
     MODEL = "model.bin"
     METRICS = "metrics.json"
+    DATASET = "dataset.json"
     VAL_SAMPLE = "val_sample.parquet"
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_POINTER = "checkpoints/latest.json"
@@ -149,6 +150,11 @@ class JobPaths:
     @property
     def metrics(self) -> Loc:
         return self.file(self.METRICS)
+
+    @property
+    def dataset(self) -> Loc:
+        """`dataset.json`: the fingerprint of the data the job trained on."""
+        return self.file(self.DATASET)
 
     @property
     def val_sample(self) -> Loc:

@@ -10,6 +10,7 @@ writer's document.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import Any, Literal, TypeVar
 
@@ -142,6 +143,8 @@ class FileEntry(Record):
 class DatasetRef(Record):
     config_hash: str
     featureset: str
+    fingerprint: str | None = None
+    """The `DatasetFingerprint.digest()` of the data the job trained on (`dataset.json`)."""
 
 
 class ModelRef(Record):
@@ -170,10 +173,13 @@ class PartitionFingerprint(Record):
     rows: int
     bytes: int
     config_hash: str
+    footer_sha256: str = ""
+    """sha256 of the Parquet footer's bytes (row groups, sizes, column statistics)."""
 
 
 class DatasetFingerprint(Record):
-    """`dataset.json`: what the model was trained on."""
+    """`dataset.json`: what the model was trained on. Its `digest()` is part of the identity
+    of a job whose id is derived, so new data is a new job."""
 
     featureset: str
     config_hash: str
@@ -184,6 +190,11 @@ class DatasetFingerprint(Record):
     val_start_ms: int
     train_end_ms: int
     partitions: tuple[PartitionFingerprint, ...]
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of every field: equal digests, equal datasets."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 Cause = Literal["error", "limit", "signal", "heartbeat", "user", "outbid", "host_offline"]
