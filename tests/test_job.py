@@ -34,6 +34,7 @@ EXPECTED_FILES = {
     "dataset.json",
     "val_predictions.parquet",
     "val_sample.parquet",
+    "importance.json",
 }
 
 LOAD_IN_BARE_PYTHON = textwrap.dedent(
@@ -66,7 +67,8 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
     assert result.artifacts == "s3://quantlab-artifacts/ml-artifacts/job-8271/"
     paths = layout.job("job-8271")
     keys = {o.loc.key for o in s3_store.list(paths.dir)}
-    assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | {paths.MANIFEST}}
+    indexes = {paths.MANIFEST, paths.SUMMARY}  # the summary is the history's, not listed
+    assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | indexes}
     manifest = verify(s3_store, paths, tmp_path)
     assert {f.name for f in manifest.files} == EXPECTED_FILES
     assert manifest.job_id == "job-8271" and manifest.started_at <= manifest.ended_at

@@ -12,6 +12,7 @@ import pytest
 from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
 from trainer.store import ObjectStore
 from trainer.store.base import Loc
+from trainer.store.records import JobSummary, read_record, update_record
 
 ART = "quantlab-artifacts"
 
@@ -39,6 +40,44 @@ def test_list_is_prefix_scoped_and_sorted(store: ObjectStore) -> None:
     keys = [o.loc.key for o in store.list(Loc(ART, "ml-artifacts/j1/"))]
     assert keys == ["ml-artifacts/j1/a", "ml-artifacts/j1/z"]
     assert store.list(Loc(ART, "ml-artifacts/none/")) == []
+
+
+def test_children_are_the_folders_right_under_a_prefix(store: ObjectStore) -> None:
+    for key in ("ml-artifacts/j2/b", "ml-artifacts/j1/z", "ml-artifacts/j1/sub/a", "top.json"):
+        store.put(Loc(ART, key), b"x")
+    assert store.children(Loc(ART, "ml-artifacts/")) == ["j1", "j2"]
+    assert store.children(Loc(ART, "ml-artifacts")) == ["j1", "j2"]
+    assert store.children(Loc(ART, "ml-artifacts/j1/")) == ["sub"]
+    assert store.children(Loc(ART, "nothing/")) == []
+
+
+def test_get_many_reads_in_order_with_none_for_the_absent(store: ObjectStore) -> None:
+    locs = [Loc(ART, f"ml-artifacts/j{i}/summary.json") for i in range(40)]
+    for i, loc in enumerate(locs):
+        if i % 3:
+            store.put(loc, str(i).encode())
+    got = store.get_many(locs)
+    assert got == [None if i % 3 == 0 else str(i).encode() for i in range(40)]
+    assert store.get_many([]) == []
+
+
+def test_update_record_loses_no_concurrent_change(store: ObjectStore) -> None:
+    loc = Loc(ART, "ml-artifacts/j1/summary.json")
+
+    def add_one(current: JobSummary | None) -> JobSummary:
+        base = current or JobSummary(job_id="j1")
+        return base.model_copy(update={"launches": base.launches + 1})
+
+    threads = [
+        threading.Thread(target=update_record, args=(store, loc, JobSummary, add_one))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = read_record(store, loc, JobSummary)
+    assert stored is not None and stored.launches == 6
 
 
 def test_if_absent_refuses_to_overwrite(store: ObjectStore) -> None:

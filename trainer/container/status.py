@@ -84,6 +84,7 @@ class StatusWriter:
             }
             if kind == "step":
                 update["rows_seen"] = int(record.get("rows_seen", doc.rows_seen))
+                update["total_steps"] = record.get("total_steps", doc.total_steps)
                 update["latest"] = Latest.model_validate(record)
             else:
                 update["last_eval"] = EvalRecord.model_validate(record)

@@ -38,6 +38,7 @@ from trainer.store.records import (
     utc_now,
     write_record,
 )
+from trainer.train.importance import permutation_importance
 
 SAMPLE_ROWS = 2_048
 CHECK_ROWS = 4_096
@@ -117,7 +118,7 @@ def write_artifacts(
     table = pa.table(
         {"ts": val.ts, "label": val.y.astype(np.float32), "prediction": pred.astype(np.float32)}
     )
-    pq.write_table(table, workdir / "val_predictions.parquet", compression="zstd")
+    pq.write_table(table, workdir / JobPaths.VAL_PREDICTIONS, compression="zstd")
     # A fixed sample of validation rows with their raw features: promotion re-runs model.bin
     # on it without reading the dataset again.
     pick = np.sort(np.random.default_rng(0).permutation(len(val.y))[:SAMPLE_ROWS])
@@ -128,6 +129,15 @@ def write_artifacts(
         "__prediction": pred[pick].astype(np.float32),
     }
     pq.write_table(pa.table(sample), workdir / JobPaths.VAL_SAMPLE, compression="zstd")
+
+    def predict_rows(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return exported(torch.from_numpy(rows)).numpy().astype(np.float64)
+
+    importance = permutation_importance(
+        predict_rows, val.x[pick], val.y[pick].astype(np.float64), plan.features
+    )
+    (workdir / JobPaths.IMPORTANCE).write_bytes(importance.to_json())
 
 
 def commit(store: ObjectStore, paths: JobPaths, files: list[Path], info: JobInfo) -> Committed:

@@ -26,6 +26,7 @@ from trainer.job.artifacts import (
 )
 from trainer.job.identity import Resolved, check_committed, resolve
 from trainer.job.prepare import Prepared, prepare
+from trainer.job.summary import record_commit
 from trainer.model.export import FORMAT
 from trainer.redact import RedactingFilter, Secrets
 from trainer.spec import JobSpec
@@ -97,7 +98,7 @@ def run_job(
         return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(workdir / "train.log", encoding="utf-8")
+    handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     handler.addFilter(RedactingFilter(Secrets()))  # train.log is uploaded: no secret in it
     logging.getLogger("quantlab").addHandler(handler)
@@ -133,6 +134,7 @@ def run_job(
         files = sorted(p for p in workdir.iterdir() if p.is_file())
         committed = commit(store, paths, files, info)
         log.info("committed %d artifacts to %s", len(files), committed.uri)
+        record_commit(store, paths, spec, committed.manifest)
         _drop_checkpoints(store, paths)
         return JobResult(job_id, "succeeded", committed.uri, metrics, committed.manifest)
     except Exception as exc:
@@ -177,7 +179,7 @@ def _fit(
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    progress = RunLog(workdir / "metrics.jsonl", listener)
+    progress = RunLog(workdir / JobPaths.METRICS_LOG, listener)
     try:
         return fit(
             model,
@@ -227,10 +229,10 @@ def _record_failure(
     workdir: Path,
     started: str,
 ) -> None:
-    log_path = workdir / "train.log"
+    log_path = workdir / JobPaths.TRAIN_LOG
     if log_path.exists():
         with contextlib.suppress(TrainerError):
-            store.upload(paths.file("train.log"), log_path)
+            store.upload(paths.file(JobPaths.TRAIN_LOG), log_path)
     uri = write_failure(store, paths, reason, type(exc).__name__, "error", started_at=started)
     if uri:
         log.error("failure recorded at %s", uri)

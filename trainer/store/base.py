@@ -4,11 +4,16 @@ guarded against read-only buckets."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.errors import StorageError
+from trainer.errors import ObjectNotFound, StorageError
+
+READ_WORKERS = 16
+"""Concurrent reads of `get_many`: small objects cost a round trip each, not bandwidth."""
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -68,6 +73,25 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def _upload(self, loc: Loc, path: Path) -> None: ...
+
+    def get_many(self, locs: Sequence[Loc]) -> list[bytes | None]:
+        """The bytes of each object, read concurrently, in order; None for an absent one."""
+
+        def one(loc: Loc) -> bytes | None:
+            try:
+                return self.get(loc)
+            except ObjectNotFound:
+                return None
+
+        if len(locs) <= 1:
+            return [one(loc) for loc in locs]
+        with ThreadPoolExecutor(min(READ_WORKERS, len(locs))) as pool:
+            return [*pool.map(one, locs)]
+
+    @abc.abstractmethod
+    def children(self, prefix: Loc) -> list[str]:
+        """The names of the "folders" right under `prefix` (keys `prefix/<name>/…`), sorted:
+        one listing request per thousand, however many objects each holds."""
 
     @abc.abstractmethod
     def list(self, prefix: Loc) -> list[ObjectInfo]:

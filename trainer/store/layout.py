@@ -102,8 +102,13 @@ class JobPaths:
     JOBSPEC = "jobspec.yaml"
     MODEL = "model.bin"
     METRICS = "metrics.json"
+    METRICS_LOG = "metrics.jsonl"
+    TRAIN_LOG = "train.log"
     DATASET = "dataset.json"
+    VAL_PREDICTIONS = "val_predictions.parquet"
     VAL_SAMPLE = "val_sample.parquet"
+    IMPORTANCE = "importance.json"
+    SUMMARY = "summary.json"
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_POINTER = "checkpoints/latest.json"
     LOGS = "logs/"
@@ -152,13 +157,30 @@ class JobPaths:
         return self.file(self.METRICS)
 
     @property
+    def metrics_log(self) -> Loc:
+        return self.file(self.METRICS_LOG)
+
+    @property
     def dataset(self) -> Loc:
         """`dataset.json`: the fingerprint of the data the job trained on."""
         return self.file(self.DATASET)
 
     @property
+    def val_predictions(self) -> Loc:
+        return self.file(self.VAL_PREDICTIONS)
+
+    @property
     def val_sample(self) -> Loc:
         return self.file(self.VAL_SAMPLE)
+
+    @property
+    def importance(self) -> Loc:
+        return self.file(self.IMPORTANCE)
+
+    @property
+    def summary(self) -> Loc:
+        """The job's entry in the history, written after the manifest (not listed in it)."""
+        return self.file(self.SUMMARY)
 
     @property
     def checkpoints(self) -> Loc:

@@ -76,6 +76,13 @@ class LocalStore(ObjectStore):
         with open(path, "rb") as src:
             self._replace(self.path(loc), lambda f: shutil.copyfileobj(src, f, 8 << 20))
 
+    def children(self, prefix: Loc) -> list[str]:
+        try:
+            entries = list(os.scandir(self.path(prefix)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
     def list(self, prefix: Loc) -> list[ObjectInfo]:
         bucket_dir = self._root / prefix.bucket
         if not bucket_dir.is_dir():

@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from trainer.errors import ObjectNotFound, VerificationError
+from trainer.errors import ObjectNotFound, PreconditionFailed, VerificationError
 from trainer.store.base import Loc, ObjectInfo, ObjectStore
 
 
@@ -64,6 +65,14 @@ def read_record(store: ObjectStore, loc: Loc, kind: type[R]) -> R | None:
     return parse_record(kind, raw, store.uri(loc))
 
 
+def read_records(store: ObjectStore, locs: Sequence[Loc], kind: type[R]) -> list[R | None]:
+    """The documents at `locs`, read concurrently, in order; None for each absent one."""
+    return [
+        None if raw is None else parse_record(kind, raw, store.uri(loc))
+        for loc, raw in zip(locs, store.get_many(locs), strict=True)
+    ]
+
+
 def write_record(
     store: ObjectStore,
     loc: Loc,
@@ -73,6 +82,36 @@ def write_record(
     if_match: str | None = None,
 ) -> ObjectInfo:
     return store.put(loc, record.to_json(), if_absent=if_absent, if_match=if_match)
+
+
+UPDATE_ATTEMPTS = 8
+
+
+def update_record(
+    store: ObjectStore, loc: Loc, kind: type[R], change: Callable[[R | None], R]
+) -> R:
+    """Read-modify-write of a document with more than one writer: `change(current)` is applied
+    to what is stored (None when absent) and written only if nothing changed meanwhile; a lost
+    race reads again. The etag is read before the body, so a newer body only fails the write."""
+    for _ in range(UPDATE_ATTEMPTS):
+        info = store.head(loc)
+        current = None
+        if info is not None:
+            try:
+                current = parse_record(kind, store.get(loc), store.uri(loc))
+            except ObjectNotFound:
+                continue
+        new = change(current)
+        try:
+            write_record(
+                store, loc, new, if_absent=info is None, if_match=info.etag if info else None
+            )
+        except PreconditionFailed:
+            continue
+        return new
+    raise PreconditionFailed(
+        f"{store.uri(loc)} kept changing while it was updated ({UPDATE_ATTEMPTS} tries); retry"
+    )
 
 
 # -- evaluation and metrics ------------------------------------------------------------------
@@ -98,6 +137,24 @@ class EvalRecord(EvalMetrics):
 
     step: int
     epoch: int
+
+
+class StepRecord(Record):
+    """A training-step line of `metrics.jsonl` (`kind: step`); eval lines are EvalRecords."""
+
+    kind: Literal["step"] = "step"
+    time: float = 0.0
+    """Epoch seconds."""
+    step: int
+    epoch: int
+    loss: float
+    lr: float | None = None
+    grad_norm: float | None = None
+    rows_per_s: float | None = None
+    rows_seen: int = 0
+    eta_s: float | None = None
+    total_steps: int | None = None
+    gpu_mem_gb: float | None = None
 
 
 class JobMetrics(Record):
@@ -166,6 +223,28 @@ class JobManifest(Record):
     model: ModelRef
     metrics: JobMetrics
     files: tuple[FileEntry, ...]
+
+
+class FeatureEffect(Record):
+    """What shuffling one feature across the validation sample does to the model."""
+
+    feature: str
+    ic_drop: float
+    """Validation IC with the true column minus with the shuffled one (mean over repeats)."""
+    loss_increase: float
+    """Validation loss with the shuffled column minus with the true one."""
+
+
+class FeatureImportance(Record):
+    """`importance.json`: permutation importance of each feature on the validation sample."""
+
+    rows: int
+    repeats: int
+    seed: int
+    ic: float
+    """The unshuffled sample's IC, the baseline of every `ic_drop`."""
+    val_loss: float
+    features: tuple[FeatureEffect, ...]
 
 
 class PartitionFingerprint(Record):
@@ -249,6 +328,8 @@ class StatusDoc(Record):
     rows_seen: int = 0
     latest: Latest = Latest()
     last_eval: EvalRecord | None = None
+    total_steps: int | None = None
+    """The step budget of the run (epochs capped by `max_steps`), once training began."""
     host: dict[str, Any] = {}
     """Host facts (hostname, CPUs, Python, torch, GPU): informational only."""
     updated_at: str | None = None
@@ -333,6 +414,60 @@ class ResultSentinel(Record):
             return cls.model_validate_json(body)
         except ValidationError:
             return None
+
+
+class AttemptRecord(Record):
+    """One instance a launch rented or attached to, as the launcher saw it end."""
+
+    launch: int = 1
+    """Which launch of the job (1 for the first) rented it."""
+    number: int
+    instance_id: int
+    offer_id: int | None = None
+    machine_id: int = 0
+    gpu: str = ""
+    dph: float = 0.0
+    attached: bool = False
+    outcome: str
+    reason: str = ""
+    cost_usd: float
+    provisioning_s: float = 0.0
+    running_s: float = 0.0
+
+
+class JobSummary(Record):
+    """`summary.json`: the job's entry in the history, one read per job for `jobs`.
+
+    Written by the job right after its manifest (so `committed` is only ever true for a
+    committed job) and updated by each launch that ends with what it spent. It is an index,
+    not evidence: it is not listed in the manifest, and a job without one is read from its
+    other records."""
+
+    job_id: str
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
+    dates: tuple[str, ...] = ()
+    """Every `YYYYMMDD` day the job trained and validated on, in order."""
+    model: str = ""
+    loss: str = ""
+    committed: bool = False
+    outcome: str | None = None
+    """The last launch's outcome (succeeded, failed, limit_exceeded, …); None for a local run."""
+    reason: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    metrics: EvalMetrics | None = None
+    """Final validation metrics of the committed model."""
+    train_rows: int | None = None
+    """Training rows seen, all ranks together."""
+    steps: int | None = None
+    train_seconds: float | None = None
+    cost_usd: float = 0.0
+    """Every launch of the job together, dollars."""
+    launches: int = 0
+    attempts: tuple[AttemptRecord, ...] = ()
+    """Every instance every launch of the job used, in order."""
 
 
 # -- the launcher's own cache --------------------------------------------------------------

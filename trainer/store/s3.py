@@ -81,6 +81,20 @@ class S3Store(ObjectStore):
         except boto3.exceptions.S3UploadFailedError as exc:
             raise StorageError(f"cannot upload {path} to {loc}: {exc}") from None
 
+    def children(self, prefix: Loc) -> list[str]:
+        key = prefix.key if not prefix.key or prefix.key.endswith("/") else prefix.key + "/"
+        found = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=prefix.bucket, Prefix=key, Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    found.append(common["Prefix"][len(key) :].rstrip("/"))
+        except (ClientError, BotoCoreError) as exc:
+            _raise(exc, "list", prefix)
+        return sorted(name for name in found if name)
+
     def list(self, prefix: Loc) -> list[ObjectInfo]:
         found = []
         try:

@@ -172,6 +172,7 @@ def fit(
                             "lr": lr,
                             "rows_per_s": rate,
                             "rows_seen": state.rows_seen,
+                            "total_steps": max_steps,
                             "eta_s": (max_steps - state.step) * len(y) / max(rate, 1e-9),
                             **memory_stats(device),
                         }
