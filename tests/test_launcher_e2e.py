@@ -112,7 +112,28 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
         assert kind in kinds
     states = [e["state"] for e in events if e["event"] == "instance_state"]
     assert states[0] == "pending" and "running" in states
-    assert re.search(r"^lt-happy  \w+  instance \d+ \(1× RTX 3090\)  \$0\.\d{4}", run.stderr, re.M)
+    line = r"^lt-happy  \w+  attempt 1/3  instance \d+ \(1× RTX 3090\)  \$0\.\d{4}/\$5  "
+    assert re.search(line, run.stderr, re.M)
+
+    # The result says the result: metrics, rows and the report command, in the NDJSON line
+    # and in the summary people read (on stderr with --json), printed once.
+    final, rows = result["metrics"], result["rows"]
+    assert final["rows"] > 0 and 0 < final["ic"] <= 1 and rows["validation"] == final["rows"]
+    assert rows["train"] > 0 and result["report"] == "quantlab-train report lt-happy --open"
+    summary = run.stderr[run.stderr.index("job lt-happy: succeeded") :]
+    assert run.stderr.count("job lt-happy: succeeded") == 1
+    assert (
+        f"validation: ic {final['ic']:.4f}" in summary and f"{rows['train']:,} training" in summary
+    )
+    assert "report: quantlab-train report lt-happy --open" in summary
+    # The relay shows the job's last lines, the final evaluation included.
+    relayed = [line for e in events if e["event"] == "log" for line in e["lines"]]
+    steps = json.loads(env.store.get(manifest))["metrics"]["steps"]
+    assert any(f"eval step {steps} " in line for line in relayed), relayed[-8:]
+    assert any("committed" in line for line in relayed) and "state: succeeded" in relayed[-1]
+    assert f"eval step {steps} " in run.stderr  # relayed to people too
+    progress = [e for e in events if e["event"] == "progress"]
+    assert max(e["rows_seen"] for e in progress) > 0 and progress[-1]["total_steps"] == steps
 
     instance_id = result["attempts"][0]["instance_id"]
     destroyed_at = env.fake.account.instances[instance_id].destroyed_at
@@ -133,7 +154,9 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     assert stored == dump_spec(resolve(spec, env.store).spec)  # with the data's fingerprint
 
     status = json.loads(run_cli(cli(env, "status", "lt-happy", "--json")).stdout)
-    assert status["state"] == "succeeded" and status["instances"] == []
+    assert status["state"] == "committed" and status["instances"] is None  # Vast not asked
+    assert status["metrics"] == final and status["cost_usd"] == pytest.approx(result["cost_usd"])
+    assert [a["instance_id"] for a in status["attempts"]] == [instance_id]
     shipped = run_cli(cli(env, "logs", "lt-happy"))
     assert shipped.code == 0 and "committed" in shipped.stdout  # the log the container shipped
 
@@ -241,7 +264,8 @@ def test_reap_destroys_what_a_dead_launcher_left_and_keeps_detached_jobs(env: La
     assert [(j["job_id"], len(j["instances"])) for j in listed] == [
         ("lt-detach", 1), ("lt-orphan", 1)]  # fmt: skip
     status = json.loads(run_cli(cli(env, "status", "lt-orphan", "--json")).stdout)
-    assert status["state"] in ("starting", "training") and status["instances"]
+    assert status["state"] == "running" and status["phase"] in ("starting", "training")
+    assert status["instances"]
     logs = run_cli(cli(env, "logs", "lt-orphan", "--tail", "5"))
     assert logs.code == 0 and "quantlab." in logs.stdout
 
@@ -280,8 +304,8 @@ def test_the_python_api_handle_reports_and_stops_a_running_job(env: Lab) -> None
         (row,) = env.fake.live_instances()
         wait_for(lambda: status_container(env.store, "lt-stop") == str(row["id"]), timeout=30)
         status = handle.status()
-        assert status.state in ("starting", "training")
-        assert [i["instance_id"] for i in status.instances] == [row["id"]]
+        assert status.state == "running" and status.phase in ("starting", "training")
+        assert [i["instance_id"] for i in status.instances or []] == [row["id"]]
         assert wait_for(handle.logs, timeout=10)
         handle.stop()
         thread.join(30)

@@ -12,15 +12,28 @@ import sys
 from collections.abc import Callable, Sequence
 
 from trainer import __version__
-from trainer.cli import job, launch, production
+from trainer.cli import job, launch, production, report
 from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, TrainerError, exit_code_of
 
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record, so a live table that redirects it
+    prints log records above itself instead of through its drawing."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging() -> None:
     """Human progress on stderr; stdout stays for results."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("quantlab")
     if not root.handlers:
@@ -38,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.register(sub)
     production.register(sub)
     launch.register(sub)
+    report.register(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.cli.options import add_json, add_spec, add_store, open_context
+from trainer.cli.output import metrics_line
 from trainer.data.synth import SynthConfig, generate_for_spec
 from trainer.spec.docs import json_schema, markdown_reference
 
@@ -108,12 +109,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from trainer.job.demo import run_demo
+    from trainer.job.demo import demo_spec, run_demo
+    from trainer.job.summary import report_command
 
-    result, manifest = run_demo(Path(args.store_dir))
+    root = Path(args.store_dir)
+    result, manifest = run_demo(root)
     _print_result(result, args.json)
     if not args.json:
+        store = f"file://{root}"
         print(f"manifest verified: {len(manifest.files)} files, sha256 ok")
+        print(f"history: quantlab-train jobs --store {store}")
+        bucket = demo_spec().storage.artifacts_bucket
+        print(f"report: {report_command(result.job_id, store, bucket)}")
     return 0
 
 
@@ -130,14 +137,5 @@ def _print_result(result: JobResult, as_json: bool) -> None:
         return
     print(f"job {result.job_id}: {result.outcome}")
     print(f"artifacts: {result.artifacts}")
-    final = result.final
-    if final is not None:
-        print(
-            f"validation: ic {final.ic:.4f}  rank_ic {final.rank_ic:.4f}  "
-            f"hit_rate {final.hit_rate:.3f}  loss {_num(final.loss)}  mse {final.val_loss:.4f}  "
-            f"({final.rows:,} rows)"
-        )
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    if result.final is not None:
+        print(metrics_line(result.final))

@@ -12,9 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from trainer.cli.options import add_bucket, add_json, add_spec, add_store, add_vast
+from trainer.cli.output import attempt_lines, metrics_line, rows_line
 from trainer.errors import SpecError, TrainerError, exit_code_of, outcome_of
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import default_bad_hosts_file
@@ -22,6 +23,9 @@ from trainer.launcher.payload import OPTIONAL_ENV
 from trainer.launcher.session import Session
 from trainer.redact import Secrets, install
 from trainer.spec import load_spec
+
+if TYPE_CHECKING:
+    from trainer.launcher.result import LaunchResult
 
 
 def register(subparsers: Any) -> None:
@@ -83,7 +87,10 @@ def register(subparsers: Any) -> None:
     _common(p, with_bucket=False, json_help="NDJSON events, then the result, on stdout")
     p.set_defaults(handler=_launch)
 
-    p = subparsers.add_parser("status", help="a job's state, progress, instances and cost")
+    p = subparsers.add_parser(
+        "status",
+        help="a job's outcome, metrics, cost and attempts (a finished job needs no Vast.ai key)",
+    )
     p.add_argument("job_id")
     _common(p)
     p.set_defaults(handler=_status)
@@ -188,12 +195,24 @@ def _launch(args: argparse.Namespace) -> int:
         raise
     finally:
         reporter.close()
-    if not args.json:
-        print(f"job {result.job_id}: {result.outcome} ({result.reason})")
-        if result.artifacts:
-            print(f"artifacts: {result.artifacts.get('manifest.json', '')}")
-        print(f"cost: ${result.cost_usd:.4f} over {len(result.attempts)} instance(s)")
+    _print_summary(result, sys.stderr if args.json else sys.stdout)
     return result.exit_code
+
+
+def _print_summary(result: LaunchResult, out: TextIO) -> None:
+    """The launch's last words, once: what the job produced and what it cost. On stdout, or
+    on stderr with `--json`, where stdout carries the `result` event instead."""
+    lines = [f"job {result.job_id}: {result.outcome} ({result.reason})"]
+    if result.metrics is not None:
+        lines.append(metrics_line(result.metrics))
+    if result.rows is not None:
+        lines.append(rows_line(result.rows))
+    if result.artifacts:
+        lines.append(f"artifacts: {result.artifacts.get('manifest.json', '')}")
+    lines.append(f"cost: ${result.cost_usd:.4f} over {len(result.attempts)} instance(s)")
+    if result.report:
+        lines.append(f"report: {result.report}")
+    print("\n".join(lines), file=out, flush=True)
 
 
 def _launch_many(
@@ -208,34 +227,57 @@ def _launch_many(
     )
     if not args.json:
         for r in results:
+            ic = (r.get("metrics") or {}).get("ic")
             print(
                 f"job {r['job_id']}: {r['outcome']} ({r.get('reason', '')}), "
                 f"${r.get('cost_usd', 0):.4f}"
+                + (f", validation ic {ic:.4f}" if ic is not None else "")
             )
+            if r.get("report"):
+                print(f"  report: {r['report']}")
     return next((int(r["exit_code"]) for r in results if r.get("exit_code")), 0)
 
 
 def _status(args: argparse.Namespace) -> int:
+    """From the store first: a finished job needs no Vast.ai key."""
     from trainer.launcher.ops import job_status
 
     reporter = _reporter(args)
     found = job_status(_session(args, reporter), args.bucket, args.job_id)
+    if found.note:
+        print(f"note: {found.note}", file=sys.stderr)
     if args.json:
         print(reporter.secrets.redact(json.dumps(found.to_json(), indent=2, default=str)))
         return 0
+    state = f"{found.state} ({found.phase})" if found.phase else found.state
+    name = f" ({found.name})" if found.name else ""
+    lines = [f"job {found.job_id}{name}: {state}"]
+    if found.metrics is not None:
+        lines.append(metrics_line(found.metrics))
+    if found.rows is not None:
+        lines.append(rows_line(found.rows))
     progress = found.progress
-    print(f"job {found.job_id}: {found.state}  ({found.artifacts})")
-    if progress is not None:
+    if progress is not None and found.state == "running":
         loss = progress.latest.loss
+        total = f"/{progress.total_steps}" if progress.total_steps else ""
         tail = f"  loss {loss:.4f}" if loss is not None else ""
-        print(f"  step {progress.step}  epoch {progress.epoch}{tail}")
-    if found.failure is not None:
-        print(f"  failure: {found.failure.reason}")
-    for i in found.instances:
-        print(
-            f"  instance {i['instance_id']}: {i['state']}  {i['gpu']}  ${i['dph']:.4f}/h  "
+        lines.append(f"progress: step {progress.step}{total}  epoch {progress.epoch}{tail}")
+    if found.failure is not None and found.state in ("failed", "interrupted"):
+        lines.append(f"failure ({found.failure.cause}): {found.failure.reason}")
+    if found.started_at:
+        lines.append(f"ran: {found.started_at} → {found.ended_at or 'now'}")
+    if found.cost_usd is not None:
+        lines.append(f"cost: ${found.cost_usd:.4f} over {len(found.attempts)} instance(s)")
+    lines += ["  " + line for line in attempt_lines(found.attempts)]
+    for i in found.instances or []:
+        lines.append(
+            f"live instance {i['instance_id']}: {i['state']}  {i['gpu']}  ${i['dph']:.4f}/h  "
             f"${i['spent_usd']:.4f} so far"
         )
+    lines.append(f"artifacts: {found.artifacts}")
+    if found.report:
+        lines.append(f"report: {found.report}")
+    print(reporter.secrets.redact("\n".join(lines[:1] + ["  " + x for x in lines[1:]])))
     return 0
 
 

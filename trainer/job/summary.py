@@ -9,18 +9,17 @@ other records."""
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable, Sequence
 
 from trainer.errors import TrainerError
 from trainer.spec import JobSpec
+from trainer.store import default_store_root
 from trainer.store.base import ObjectStore
-from trainer.store.layout import JobPaths
+from trainer.store.layout import ARTIFACTS_BUCKET, JobPaths
 from trainer.store.records import AttemptRecord, JobManifest, JobSummary, update_record
 
 log = logging.getLogger("quantlab.job")
-
-BUILT_IN_LOSS = "mse"
-"""The loss the training loop minimises."""
 
 Change = Callable[[JobSummary | None], JobSummary]
 
@@ -34,7 +33,7 @@ def summary_of(spec: JobSpec, manifest: JobManifest | None) -> JobSummary:
         symbols=tuple(spec.data.symbols),
         dates=tuple(spec.data.dates.resolve()),
         model=spec.model.type,
-        loss=BUILT_IN_LOSS,
+        loss=spec.train.loss,
     )
     if manifest is None:
         return facts
@@ -57,21 +56,18 @@ def record_commit(
 ) -> None:
     """After the manifest: the committed facts, keeping what launches already recorded."""
     fresh = summary_of(spec, manifest)
+    _update(store, paths, lambda current: with_launches(fresh, current))
 
-    def change(current: JobSummary | None) -> JobSummary:
-        if current is None:
-            return fresh
-        return fresh.model_copy(
-            update={
-                "outcome": current.outcome,
-                "reason": current.reason,
-                "cost_usd": current.cost_usd,
-                "launches": current.launches,
-                "attempts": current.attempts,
-            }
-        )
 
-    _update(store, paths, change)
+LAUNCH_FIELDS = ("outcome", "reason", "cost_usd", "launches", "attempts")
+"""What launches record in a summary, kept when the job's facts are written again."""
+
+
+def with_launches(fresh: JobSummary, recorded: JobSummary | None) -> JobSummary:
+    """`fresh` facts with what launches recorded in `recorded`."""
+    if recorded is None:
+        return fresh
+    return fresh.model_copy(update={k: getattr(recorded, k) for k in LAUNCH_FIELDS})
 
 
 def record_launch(
@@ -82,26 +78,27 @@ def record_launch(
     *,
     outcome: str,
     reason: str,
-    cost_usd: float,
     attempts: Sequence[AttemptRecord],
 ) -> None:
-    """At a launch's end: its outcome, and its instances and dollars added to earlier ones'."""
+    """At a launch's end: its outcome, and its instances and dollars added to earlier ones'.
+    An instance already recorded (two launchers watching one job) is counted once."""
 
     def change(current: JobSummary | None) -> JobSummary:
         base = current if current is not None and current.committed else None
         base = base or summary_of(spec, manifest)
         before = current or base
         number = before.launches + 1
+        known = {a.instance_id for a in before.attempts}
+        new = [
+            a.model_copy(update={"launch": number}) for a in attempts if a.instance_id not in known
+        ]
         return base.model_copy(
             update={
                 "outcome": outcome,
                 "reason": reason,
-                "cost_usd": before.cost_usd + cost_usd,
+                "cost_usd": before.cost_usd + sum(a.cost_usd for a in new),
                 "launches": number,
-                "attempts": (
-                    *before.attempts,
-                    *(a.model_copy(update={"launch": number}) for a in attempts),
-                ),
+                "attempts": (*before.attempts, *new),
             }
         )
 
@@ -113,3 +110,13 @@ def _update(store: ObjectStore, paths: JobPaths, change: Change) -> None:
         update_record(store, paths.summary, JobSummary, change)
     except TrainerError as exc:
         log.warning("could not write the history entry %s: %s", store.uri(paths.summary), exc)
+
+
+def report_command(job_id: str, store_root: str, bucket: str) -> str:
+    """`quantlab-train report JOB --open`, with the store and bucket when not the defaults."""
+    parts = ["quantlab-train", "report", job_id]
+    if store_root.rstrip("/") != default_store_root().rstrip("/"):
+        parts += ["--store", store_root]
+    if bucket != ARTIFACTS_BUCKET:
+        parts += ["--bucket", bucket]
+    return shlex.join([*parts, "--open"])

@@ -32,11 +32,31 @@ class LogTail:
         elif self.seen and overlap == 0:
             fresh = []
         self.seen = (self.seen + [line for line in fresh if line != GAP])[-self.keep :]
-        for line in fresh:
+        self._note_result(fresh)
+        return fresh
+
+    def catch_up(self, whole: str, most: int = 50) -> list[str]:
+        """The lines of a whole log (the copy the container ships to the store) after the
+        newest line already seen; its last `most` lines, after a gap marker, when none of
+        them was seen."""
+        lines = [line for line in whole.splitlines() if line.strip()]
+        where = {line: i for i, line in enumerate(lines)}
+        last = next((where[line] for line in reversed(self.seen) if line in where), None)
+        if last is not None:
+            fresh = lines[last + 1 :]
+        else:
+            fresh = lines[-most:]
+            if self.seen or len(lines) > most:
+                fresh = [GAP, *fresh]
+        self.seen = (self.seen + [line for line in fresh if line != GAP])[-self.keep :]
+        self._note_result(fresh)
+        return fresh
+
+    def _note_result(self, lines: list[str]) -> None:
+        for line in lines:
             found = ResultSentinel.parse_line(line)
             if found is not None:
                 self.result = found
-        return fresh
 
 
 def _overlap(old: list[str], new: list[str]) -> int:

@@ -19,16 +19,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.job.artifacts import write_failure
+from trainer.job.state import (
+    JobFiles,
+    State,
+    finished,
+    paths_of,
+    phase_of,
+    read_job,
+    require_job,
+    state_of,
+)
+from trainer.job.summary import report_command
 from trainer.launcher.events import Reporter
 from trainer.launcher.logtail import LogTail
 from trainer.launcher.payload import job_of
-from trainer.launcher.prefix import JobFiles, read_job, request_stop
+from trainer.launcher.prefix import request_stop
 from trainer.launcher.rent import live_instances
+from trainer.launcher.result import rows_used
 from trainer.launcher.session import Session
 from trainer.launcher.states import InstanceState
-from trainer.launcher.vast import Instance, VastApiError
+from trainer.launcher.vast import Instance, VastApiError, VastAuthError
 from trainer.store.layout import JobPaths, Layout
-from trainer.store.records import FailureRecord, StatusDoc, epoch_of
+from trainer.store.records import AttemptRecord, EvalMetrics, FailureRecord, StatusDoc, epoch_of
 
 DEADLINE_GRACE_S = 600.0
 
@@ -58,52 +70,119 @@ def _instance_json(inst: Instance) -> dict[str, Any]:
     }
 
 
-def _state(files: JobFiles, live: bool) -> str:
-    if files.committed:
-        return "succeeded"
-    if live:
-        return files.status.state if files.status is not None else "provisioning"
-    return "failed" if files.failure else "not running"
+def _state_text(files: JobFiles, live: bool | None) -> str:
+    """`committed`, `failed`, `interrupted`, or `running (training)` and the like."""
+    state = state_of(files, live=live)
+    phase = phase_of(files, state)
+    return f"{state} ({phase})" if phase else state
 
 
 @dataclass(frozen=True)
 class JobStatus:
-    """What `status` shows of a job: its prefix, and its live instances."""
+    """What `status` shows of a job: its outcome and metrics from the store, and its live
+    instances from Vast.ai when it may still run (`instances` None: not asked, or no key)."""
 
     job_id: str
-    state: str
-    committed: bool
+    state: State
+    phase: str | None
+    """For a running job: starting, training or provisioning."""
+    name: str
+    metrics: EvalMetrics | None
+    """The committed model's final validation metrics."""
+    rows: dict[str, int] | None
     failure: FailureRecord | None
     progress: StatusDoc | None
+    cost_usd: float | None
+    """What every recorded launch spent; None when no launch recorded any (a local run)."""
+    attempts: tuple[AttemptRecord, ...]
+    started_at: str | None
+    ended_at: str | None
     launcher_heartbeat_age_s: float | None
     detached: bool
-    instances: list[dict[str, Any]]
+    instances: list[dict[str, Any]] | None
+    note: str | None
+    """Why the instances are unknown, when they are."""
     artifacts: str
+    report: str | None
+
+    @property
+    def committed(self) -> bool:
+        return self.state == "committed"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **self.__dict__,
+            "job_id": self.job_id,
+            "state": self.state,
+            "phase": self.phase,
+            "name": self.name,
+            "committed": self.committed,
+            "metrics": self.metrics.model_dump(mode="json") if self.metrics else None,
+            "rows": self.rows,
             "failure": self.failure.model_dump(mode="json") if self.failure else None,
             "progress": self.progress.model_dump(mode="json") if self.progress else None,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
+            "attempts": [a.model_dump(mode="json") for a in self.attempts],
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "launcher_heartbeat_age_s": self.launcher_heartbeat_age_s,
+            "detached": self.detached,
+            "instances": self.instances,
+            "note": self.note,
+            "artifacts": self.artifacts,
+            "report": self.report,
         }
 
 
 def job_status(session: Session, bucket: str, job_id: str) -> JobStatus:
-    paths = _paths(bucket, job_id)
-    files = read_job(session.store, paths)
-    live = live_instances(session.vast, job_id)
-    beat = files.heartbeat
+    """The store first: a finished job needs no Vast.ai at all. A job that may still run
+    is looked up on Vast.ai too; without a key its instances are shown as unknown."""
+    paths = paths_of(bucket, job_id)
+    store = session.store
+    files = read_job(store, paths)
+    live: list[Instance] | None = None
+    note = None
+    if not finished(files):
+        try:
+            live = live_instances(session.vast, job_id)
+        except VastAuthError as exc:
+            note = f"instances unknown: {exc.headline}"
+    if files.empty and not live:
+        require_job(store, paths)  # UnknownJob, unless something else is under the prefix
+    state = state_of(files, live=bool(live) if live is not None else None)
+    beat, summary, manifest = files.heartbeat, files.summary, files.manifest
+    metrics = manifest.metrics if manifest is not None else None
     return JobStatus(
         job_id=job_id,
-        state=_state(files, bool(live)),
-        committed=files.committed,
+        state=state,
+        phase=phase_of(files, state),
+        name=files.spec.job.name if files.spec else (summary.name if summary else ""),
+        metrics=metrics.final if metrics else None,
+        rows=rows_used(metrics) if metrics else None,
         failure=files.failure,
         progress=files.status,
+        cost_usd=summary.cost_usd if summary is not None and summary.launches else None,
+        attempts=summary.attempts if summary is not None else (),
+        started_at=_started(files),
+        ended_at=_ended(files),
         launcher_heartbeat_age_s=round(time.time() - beat.updated_at, 1) if beat else None,
         detached=bool(beat and beat.detached),
-        instances=[_instance_json(i) for i in live],
-        artifacts=str(paths.dir),
+        instances=None if live is None else [_instance_json(i) for i in live],
+        note=note,
+        artifacts=store.uri(paths.dir),
+        report=report_command(job_id, store.root, bucket) if manifest else None,
     )
+
+
+def _started(files: JobFiles) -> str | None:
+    if files.manifest is not None:
+        return files.manifest.started_at
+    return files.status.started_at if files.status is not None else None
+
+
+def _ended(files: JobFiles) -> str | None:
+    if files.manifest is not None:
+        return files.manifest.ended_at
+    return files.failure.failed_at if files.failure is not None else None
 
 
 def job_logs(session: Session, bucket: str, job_id: str, tail: int = 200) -> list[str]:
@@ -176,7 +255,7 @@ def list_jobs(session: Session, bucket: str) -> list[dict[str, Any]]:
         found.append(
             {
                 "job_id": job_id,
-                "state": _state(files, True),
+                "state": _state_text(files, True),
                 "instances": [_instance_json(i) for i in instances],
                 "spent_usd": round(sum(spent(i) for i in instances), 6),
             }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.launcher.credentials import Mode
+from trainer.store.records import EvalMetrics, JobMetrics
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class LaunchResult:
     progress on the new instance."""
     promotion: dict[str, Any] | None = None
     """With `promotion.auto`: whether the model was promoted, and why not."""
+    metrics: EvalMetrics | None = None
+    """The committed model's final validation metrics."""
+    rows: dict[str, int] | None = None
+    """Rows the committed job used: `train` (seen, every rank), `validation`, and
+    `dropped_non_finite`."""
+    report: str | None = None
+    """The command that writes and opens the job's report page."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,4 +77,15 @@ class LaunchResult:
             "attempts": self.attempts,
             "recovery_s": self.recovery_s,
             "promotion": self.promotion,
+            "metrics": self.metrics.model_dump(mode="json") if self.metrics else None,
+            "rows": self.rows,
+            "report": self.report,
         }
+
+
+def rows_used(metrics: JobMetrics) -> dict[str, int]:
+    return {
+        "train": metrics.rows_seen_all_ranks,
+        "validation": metrics.final.rows,
+        "dropped_non_finite": metrics.rows_dropped_non_finite,
+    }

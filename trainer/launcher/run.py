@@ -32,20 +32,21 @@ from trainer.errors import (
 )
 from trainer.job.artifacts import read_manifest
 from trainer.job.identity import Resolved, check_committed
+from trainer.job.summary import record_launch, report_command
 from trainer.launcher.attempt import Attempt, Ending, Verdict
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
 from trainer.launcher.offers import Candidate
 from trainer.launcher.prefix import check_spec_matches, write_heartbeat
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
-from trainer.launcher.result import LaunchOptions, LaunchResult
+from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.spec import JobSpec, dump_spec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
-from trainer.store.records import JobManifest
+from trainer.store.records import AttemptRecord, JobManifest
 
 log = logging.getLogger("quantlab.launcher")
 
@@ -400,13 +401,24 @@ class Run:
             for name in [self.paths.MANIFEST, *names]:
                 artifacts[name] = self.store.uri(self.paths.file(name))
         summaries = [a.summary() for a in self.attempts]
+        cost = sum(a.cost() for a in self.attempts)
+        if self.attempts:  # something was rented or attached to: the history learns its cost
+            record_launch(
+                self.store,
+                self.paths,
+                self.spec,
+                manifest,
+                outcome=outcome,
+                reason=reason,
+                attempts=[AttemptRecord.model_validate(s) for s in summaries],
+            )
         self.result = LaunchResult(
             job_id=self.job_id,
             outcome=outcome,
             exit_code=code,
             reason=reason,
             artifacts=artifacts,
-            cost_usd=sum(a.cost() for a in self.attempts),
+            cost_usd=cost,
             estimate_usd=self.estimate_usd,
             attempts=summaries,
             durations={
@@ -416,11 +428,15 @@ class Run:
             },
             recovery_s=_recoveries(self.attempts),
             promotion=promotion,
+            metrics=manifest.metrics.final if manifest else None,
+            rows=rows_used(manifest.metrics) if manifest else None,
+            report=report_command(self.job_id, self.store.root, self.paths.bucket)
+            if manifest
+            else None,
         )
         fields = {k: v for k, v in self.result.to_json().items() if k not in ("job_id", "reason")}
-        self.reporter.emit(
-            "result", reason, say=f"job {self.job_id}: {outcome} ({reason})", **fields
-        )
+        # No human line here: the caller prints the summary once (the CLI on stdout).
+        self.reporter.emit("result", reason, **fields)
         return self.result
 
 

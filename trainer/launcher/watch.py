@@ -19,7 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import InfraError, VerificationError
+from trainer.errors import (
+    InfraError,
+    TrainerError,
+    VerificationError,
+)
 from trainer.job.artifacts import read_failure, read_manifest, verify
 from trainer.launcher.attempt import Attempt, Ending, Verdict
 from trainer.launcher.events import Progress, Reporter
@@ -54,6 +58,9 @@ class WatchConfig:
     max_backoff_s: float = 120.0
     detach: bool = False
     """End the watch (DETACHED) as soon as the job has started."""
+    final_logs_s: float = 5.0
+    """After a success, how long to wait for the container's last line before the verdict
+    goes back to be acted on (the container destroys itself right after that line anyway)."""
 
 
 class Watcher:
@@ -101,6 +108,7 @@ class Watcher:
                 continue
             verdict = decide(obs, a, self.rules)
             if verdict is not None:
+                self._last_lines(a, verdict)
                 return verdict
             self._report(a, obs)
             self.stop.wait(max(0.0, self.config.poll_s - (time.monotonic() - began)))
@@ -173,10 +181,44 @@ class Watcher:
         except InfraError as exc:
             log.debug("no log snapshot of instance %s: %s", a.instance_id, exc)
             return
-        if fresh:
-            self.reporter.emit("log", instance_id=a.instance_id, lines=fresh)
-            for line in fresh:
+        self._relay(a, fresh)
+
+    def _relay(self, a: Attempt, lines: list[str]) -> None:
+        if lines:
+            self.reporter.emit("log", instance_id=a.instance_id, lines=lines)
+            for line in lines:
                 self.reporter.say(f"  [{a.instance_id}] {line}")
+
+    def _last_lines(self, a: Attempt, verdict: Verdict) -> None:
+        """Relay the job's last lines before its instance goes. When the job itself ended,
+        wait (at most `final_logs_s`) for its container's last words: the result line in
+        the Vast.ai log, or its final `status.json`, written with the log it ships to the
+        store. Then relay what that shipped log has beyond the lines already relayed: Vast.ai
+        drops an instance's log the moment the container destroys itself."""
+        ended = verdict.ending in (Ending.SUCCEEDED, Ending.JOB_FAILED, Ending.LIMIT)
+        deadline = time.monotonic() + (self.config.final_logs_s if ended else 0.0)
+        while True:
+            self._follow_logs(a, time.monotonic())
+            if a.tail.result is not None or self._said_last_words(a):
+                break
+            if time.monotonic() >= deadline or self.stop.wait(min(0.5, self.config.poll_s)):
+                break
+        try:
+            shipped = self.store.get(self.paths.log(str(a.instance_id)))
+        except TrainerError:
+            return
+        self._relay(a, a.tail.catch_up(shipped.decode("utf-8", "replace")))
+
+    def _said_last_words(self, a: Attempt) -> bool:
+        try:
+            status = read_record(self.store, self.paths.status, StatusDoc)
+        except TrainerError:
+            return False
+        return (
+            status is not None
+            and status.written_by(a.instance_id)
+            and status.state not in ("starting", "training")
+        )
 
     def _manifest(self) -> tuple[JobManifest | None, str | None]:
         manifest = read_manifest(self.store, self.paths)
@@ -204,15 +246,23 @@ class Watcher:
         """The status line, and a `progress` event whenever the step moved."""
         doc = obs.status
         state = doc.state if doc is not None else (a.state or "pending")
+        limits = self.rules.limits
         self.reporter.progress(
             Progress(
                 state=str(state),
                 instance_id=a.instance_id,
                 gpu=a.gpu,
+                attempt=a.number,
+                max_attempts=limits.max_attempts,
                 spent_usd=obs.spent_usd,
+                budget_usd=limits.max_cost_usd,
                 step=doc.step if doc else None,
+                total_steps=doc.total_steps if doc else None,
                 epoch=doc.epoch if doc else None,
                 loss=doc.latest.loss if doc else None,
+                rows_per_s=doc.latest.rows_per_s if doc else None,
+                eta_s=doc.latest.eta_s if doc else None,
+                val_ic=doc.last_eval.ic if doc and doc.last_eval else None,
                 elapsed_s=obs.now - a.created_at,
             )
         )
@@ -229,6 +279,7 @@ class Watcher:
                 step=doc.step,
                 epoch=doc.epoch,
                 rows_seen=doc.rows_seen,
+                total_steps=doc.total_steps,
                 latest=doc.latest.model_dump(exclude_none=True),
                 last_eval=doc.last_eval.model_dump() if doc.last_eval else None,
                 spent_usd=round(obs.spent_usd, 6),

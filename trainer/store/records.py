@@ -13,9 +13,9 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, VerificationError
 from trainer.store.base import Loc, ObjectInfo, ObjectStore
@@ -155,6 +155,34 @@ class StepRecord(Record):
     eta_s: float | None = None
     total_steps: int | None = None
     gpu_mem_gb: float | None = None
+
+
+class EvalLine(EvalRecord):
+    """An evaluation line of `metrics.jsonl` (`kind: eval`)."""
+
+    kind: Literal["eval"] = "eval"
+    time: float = 0.0
+
+
+MetricsLine = Annotated[StepRecord | EvalLine, Field(discriminator="kind")]
+_METRICS_LINE: TypeAdapter[StepRecord | EvalLine] = TypeAdapter(MetricsLine)
+
+
+def parse_metrics_log(raw: bytes, where: str) -> list[StepRecord | EvalLine]:
+    """Every line of a `metrics.jsonl`, typed by its `kind`; VerificationError naming the
+    line that does not parse."""
+    out = []
+    for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(_METRICS_LINE.validate_json(line))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise VerificationError(
+                f"{where} line {n} is not a metrics record ({first['msg']})"
+            ) from None
+    return out
 
 
 class JobMetrics(Record):
@@ -468,6 +496,14 @@ class JobSummary(Record):
     launches: int = 0
     attempts: tuple[AttemptRecord, ...] = ()
     """Every instance every launch of the job used, in order."""
+
+    @property
+    def date_span(self) -> str:
+        """`20251201..20251203 (3 days)`, or the one day."""
+        if not self.dates:
+            return ""
+        first, last, n = self.dates[0], self.dates[-1], len(self.dates)
+        return first if n == 1 else f"{first}..{last} ({n} days)"
 
 
 # -- the launcher's own cache --------------------------------------------------------------
