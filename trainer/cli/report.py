@@ -121,11 +121,15 @@ def _row(r: JobRow) -> list[str]:
         f"{s.model}/{s.loss}" if s.model else "–",
         f"{m.ic:+.4f}" if m else "–",
         f"{m.rank_ic:+.4f}" if m else "–",
-        f"{m.val_loss:.5f}" if m else "–",
+        _loss(m.loss if m.loss is not None else m.val_loss) if m else "–",
         f"${s.cost_usd:.4f}" if s.launches else "local" if s.committed else "–",
         _duration(r.duration_s),
         name or "–",
     ]
+
+
+def _loss(value: float) -> str:
+    return f"{value:.5g}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -185,7 +189,11 @@ def _comparison(found: Comparison) -> str:
         ["ic", *(f"{e.metrics.ic:+.4f}" for e in found.entries)],
         ["rank ic", *(f"{e.metrics.rank_ic:+.4f}" for e in found.entries)],
         ["hit rate", *(f"{e.metrics.hit_rate:.3f}" for e in found.entries)],
-        ["val loss", *(f"{e.metrics.val_loss:.5f}" for e in found.entries)],
+        [
+            "loss",
+            *(_loss(e.metrics.loss) if e.metrics.loss is not None else "–" for e in found.entries),
+        ],
+        ["mse", *(_loss(e.metrics.val_loss) for e in found.entries)],
         ["val rows", *(f"{e.metrics.rows:,}" for e in found.entries)],
         ["train rows", *(f"{e.train_rows:,}" for e in found.entries)],
         ["steps", *(f"{e.steps:,}" for e in found.entries)],

@@ -26,6 +26,7 @@ SORT_KEYS: dict[str, bool] = {
     "ic": True,
     "rank_ic": True,
     "hit_rate": True,
+    "loss": False,
     "val_loss": False,
     "cost": False,
     "duration": False,
@@ -60,9 +61,8 @@ class JobRow:
     def value(self, key: str) -> float | str | None:
         """The row's value for a sort key; None where the job has none."""
         s, m = self.summary, self.summary.metrics
-        metric = {"ic": "ic", "rank_ic": "rank_ic", "hit_rate": "hit_rate", "val_loss": "val_loss"}
-        if key in metric:
-            return getattr(m, metric[key]) if m is not None else None
+        if key in ("ic", "rank_ic", "hit_rate", "loss", "val_loss"):
+            return getattr(m, key) if m is not None else None
         found: dict[str, float | str | None] = {
             "started": self.started_epoch,
             "cost": s.cost_usd if s.launches else None,

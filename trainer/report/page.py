@@ -146,7 +146,8 @@ def _outcome_table(jobs: Sequence[Evidence], t: Text) -> str:
         metric("ic", ".4f"),
         metric("rank_ic", ".4f"),
         metric("hit_rate", ".3f"),
-        metric("val_loss", ".5f"),
+        row("loss (train.loss)", lambda e: _maybe(e.manifest.metrics.final.loss)),
+        metric("val_loss", ".5g"),
         row("validation rows", lambda e: f"{e.manifest.metrics.final.rows:,}"),
         row("training rows seen", lambda e: f"{e.manifest.metrics.rows_seen_all_ranks:,}"),
         row("non-finite rows dropped", lambda e: f"{e.manifest.metrics.rows_dropped_non_finite:,}"),
@@ -233,6 +234,10 @@ def _datasets(jobs: Sequence[Evidence], t: Text) -> str:
             f"{_table(parts[0], rows, t)}</div>"
         )
     return '<div class="jobs">' + "".join(out) + "</div>"
+
+
+def _maybe(value: float | None) -> str:
+    return "–" if value is None else f"{value:.5g}"
 
 
 def _ms(value: int) -> str:

@@ -67,10 +67,10 @@ def loss_plot(jobs: Sequence[Evidence]) -> str:
         if e.steps:
             x, y = thin(np.array([s.step for s in e.steps]), np.array([s.loss for s in e.steps]))
             ax.plot(x, y, color=color, lw=1.2, alpha=0.8, label=f"{e.title} training")
-        if e.evals:
+        if e.evals:  # the spec's loss, as training minimised it; MSE for older jobs
             ax.plot(
                 [r.step for r in e.evals],
-                [r.val_loss for r in e.evals],
+                [r.loss if r.loss is not None else r.val_loss for r in e.evals],
                 color=color,
                 ls="--",
                 marker="o",
@@ -78,7 +78,7 @@ def loss_plot(jobs: Sequence[Evidence]) -> str:
                 lw=1.4,
                 label=f"{e.title} validation",
             )
-    _style(ax, "Loss", "step", "loss")
+    _style(ax, f"Loss ({jobs[0].summary.loss})", "step", "loss")
     ax.legend(fontsize=8)
     return _svg(fig, "loss")
 
