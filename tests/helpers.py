@@ -1,4 +1,4 @@
-"""Small builders shared by tests: specs and generated datasets."""
+"""Small builders shared by tests and benchmarks: specs, generated datasets, committed jobs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ from typing import Any
 import yaml
 
 from trainer.data.synth import SynthConfig, generate
-from trainer.spec import JobSpec, spec_from_dict
+from trainer.job.summary import record_commit
+from trainer.spec import JobSpec, dump_spec, spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
+from trainer.store.records import (
+    DatasetRef,
+    EvalMetrics,
+    FileEntry,
+    JobManifest,
+    JobMetrics,
+    ModelRef,
+    write_record,
+)
 
 
 def spec_dict(
@@ -62,3 +72,34 @@ def make_dataset(store: ObjectStore, spec: JobSpec, cfg: SynthConfig | None = No
 def cpu_run_args(spec_path: Path, store_root: str) -> list[str]:
     """`trainer run` on the CPU against a store: what the subprocess tests start."""
     return ["trainer", "run", str(spec_path), "--store", store_root, "--device", "cpu"]
+
+
+def commit_without_training(
+    store: ObjectStore,
+    spec: JobSpec,
+    *,
+    ic: float,
+    started_at: str = "2026-05-01T10:00:00Z",
+    ended_at: str = "2026-05-01T10:30:00Z",
+    val_loss: float = 1.0,
+) -> JobManifest:
+    """A committed job as the job leaves it (spec, manifest, then its history entry), with the
+    given metrics and no training: for tests and benchmarks of what reads the history."""
+    paths = Layout.of(spec.storage).job(spec.job_id)
+    store.put(paths.jobspec, dump_spec(spec).encode())
+    final = EvalMetrics(val_loss=val_loss, loss=val_loss, ic=ic, rank_ic=ic * 0.9,
+                        hit_rate=0.5 + ic / 4, rows=1_000)  # fmt: skip
+    metrics = JobMetrics(
+        final=final, best=None, best_step=100, steps=100, rows_seen=50_000, stopped_early=False,
+        train_seconds=60.0, rows_dropped_non_finite=0, history=(), rows_seen_all_ranks=50_000,
+        world_size=1, resumed_from_step=None, checkpoints=(),
+    )  # fmt: skip
+    manifest = JobManifest(
+        job_id=spec.job_id, started_at=started_at, ended_at=ended_at, committed_at=ended_at,
+        code_version="test", device="cpu", dataset=DatasetRef(config_hash="c", featureset="v1"),
+        model=ModelRef(format="test", features=("f0",), label="label"), metrics=metrics,
+        files=(FileEntry(name=paths.JOBSPEC, size=0, sha256="0" * 64),),
+    )  # fmt: skip
+    write_record(store, paths.manifest, manifest, if_absent=True)
+    record_commit(store, paths, spec, manifest)
+    return manifest
