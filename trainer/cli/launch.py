@@ -183,10 +183,12 @@ def _launch(args: argparse.Namespace) -> int:
     session = {"store": args.store, "vast_url": args.vast_url, "vast_key_file": args.vast_key_file}
     try:
         if len(args.spec) > 1 or args.total_budget:
-            return _launch_many(args, options, reporter, session)
-        spec = load_spec(args.spec[0], args.overrides)
-        reporter.job_id = spec.job.id or ""  # a derived id is known once the data is read
-        result = launch(spec, options=options, reporter=reporter, **session).wait()
+            results = _launch_many(args, options, reporter, session)
+        else:
+            results = None
+            spec = load_spec(args.spec[0], args.overrides)
+            reporter.job_id = spec.job.id or ""  # a derived id is known once the data is read
+            result = launch(spec, options=options, reporter=reporter, **session).wait()
     except TrainerError as exc:
         if not any(e["event"] == "result" for e in reporter.events):
             reporter.emit(
@@ -194,8 +196,12 @@ def _launch(args: argparse.Namespace) -> int:
             )
         raise
     finally:
-        reporter.close()
-    _print_summary(result, sys.stderr if args.json else sys.stdout)
+        reporter.close()  # the live table's last drawing stays; the summary goes below it
+    out = sys.stderr if args.json else sys.stdout
+    if results is not None:
+        _print_many(results, out)
+        return next((int(r["exit_code"]) for r in results if r.get("exit_code")), 0)
+    _print_summary(result, out)
     return result.exit_code
 
 
@@ -217,25 +223,28 @@ def _print_summary(result: LaunchResult, out: TextIO) -> None:
 
 def _launch_many(
     args: argparse.Namespace, options: Any, reporter: Reporter, session: dict[str, Any]
-) -> int:
-    """Several specs at once; the exit code is the first non-zero one in spec order."""
+) -> list[dict[str, Any]]:
+    """Several specs at once: each job's `result` event, in spec order."""
     from trainer.launcher.fleet import launch_many
 
     specs = [load_spec(path, args.overrides) for path in args.spec]
-    results = launch_many(
+    return launch_many(
         specs, options=options, reporter=reporter, total_budget_usd=args.total_budget, **session
     )
-    if not args.json:
-        for r in results:
-            ic = (r.get("metrics") or {}).get("ic")
-            print(
-                f"job {r['job_id']}: {r['outcome']} ({r.get('reason', '')}), "
-                f"${r.get('cost_usd', 0):.4f}"
-                + (f", validation ic {ic:.4f}" if ic is not None else "")
-            )
-            if r.get("report"):
-                print(f"  report: {r['report']}")
-    return next((int(r["exit_code"]) for r in results if r.get("exit_code")), 0)
+
+
+def _print_many(results: list[dict[str, Any]], out: TextIO) -> None:
+    """One summary line per job (the exit code is the first non-zero one in spec order)."""
+    lines = []
+    for r in results:
+        ic = (r.get("metrics") or {}).get("ic")
+        lines.append(
+            f"job {r['job_id']}: {r['outcome']} ({r.get('reason', '')}), "
+            f"${r.get('cost_usd', 0):.4f}" + (f", validation ic {ic:.4f}" if ic is not None else "")
+        )
+        if r.get("report"):
+            lines.append(f"  report: {r['report']}")
+    print("\n".join(lines), file=out, flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:

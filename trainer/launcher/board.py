@@ -140,6 +140,10 @@ class Board:
         if live is not None:
             live.refresh()
             live.stop()
+            # The last drawn line fills the width: the cursor waits past its end. Back to
+            # the start of the line, so whatever is printed next starts at column 0.
+            self.console.file.write("\r")
+            self.console.file.flush()
 
     def _table(self) -> RenderableType:
         from rich import box
