@@ -51,13 +51,26 @@ def _svg(fig: Figure, name: str) -> str:
     return text.replace("<svg ", f'<svg role="img" aria-label="{name}" ', 1)
 
 
-def _style(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, loc="left", fontsize=11)
+def _done(fig: Figure, ax: Axes, name: str, labels: tuple[str, str, str], zero: str = "") -> str:
+    """Title and axis labels, a zero line (`h` or `v`) if asked, the legend: the SVG."""
+    if zero == "h":
+        ax.axhline(0, color="#888", lw=0.8)
+    elif zero == "v":
+        ax.axvline(0, color="#888", lw=0.8)
+    title, xlabel, ylabel = labels
+    ax.set_title(title, loc="left", fontsize=11 if len(title) < 60 else 10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    ax.legend(fontsize=8)
+    return _svg(fig, name)
+
+
+def _offset(k: int, n: int, width: float) -> float:
+    """Where the k-th of n bars side by side sits, from its group's centre."""
+    return (k - (n - 1) / 2) * width
 
 
 def loss_plot(jobs: Sequence[Evidence]) -> str:
@@ -78,9 +91,7 @@ def loss_plot(jobs: Sequence[Evidence]) -> str:
                 lw=1.4,
                 label=f"{e.title} validation",
             )
-    _style(ax, f"Loss ({jobs[0].summary.loss})", "step", "loss")
-    ax.legend(fontsize=8)
-    return _svg(fig, "loss")
+    return _done(fig, ax, "loss", (f"Loss ({jobs[0].summary.loss})", "step", "loss"))
 
 
 def ic_plot(jobs: Sequence[Evidence]) -> str:
@@ -100,10 +111,7 @@ def ic_plot(jobs: Sequence[Evidence]) -> str:
             ls=":",
             label=f"{e.title} rank IC",
         )
-    ax.axhline(0, color="#888", lw=0.8)
-    _style(ax, "IC and rank IC at each evaluation", "step", "correlation")
-    ax.legend(fontsize=8)
-    return _svg(fig, "ic")
+    return _done(fig, ax, "ic", ("IC and rank IC at each evaluation", "step", "correlation"), "h")
 
 
 def daily_ic_plot(jobs: Sequence[Evidence]) -> str:
@@ -113,15 +121,12 @@ def daily_ic_plot(jobs: Sequence[Evidence]) -> str:
     width = 0.8 / len(jobs)
     for k, (e, color) in enumerate(zip(jobs, COLORS, strict=False)):
         by_day = {d.day: d.ic for d in _daily(e)}
-        xs = [i + (k - (len(jobs) - 1) / 2) * width for i, d in enumerate(days) if d in by_day]
+        xs = [i + _offset(k, len(jobs), width) for i, d in enumerate(days) if d in by_day]
         ax.bar(
             xs, [by_day[d] for d in days if d in by_day], width=width, color=color, label=e.title
         )
-    ax.axhline(0, color="#888", lw=0.8)
     ax.set_xticks(range(len(days)), days, rotation=45 if len(days) > 6 else 0, fontsize=8)
-    _style(ax, "Validation IC per day (UTC)", "", "IC")
-    ax.legend(fontsize=8)
-    return _svg(fig, "daily-ic")
+    return _done(fig, ax, "daily-ic", ("Validation IC per day (UTC)", "", "IC"), "h")
 
 
 def decile_plot(jobs: Sequence[Evidence]) -> str:
@@ -130,13 +135,11 @@ def decile_plot(jobs: Sequence[Evidence]) -> str:
     width = 0.8 / len(jobs)
     for k, (e, color) in enumerate(zip(jobs, COLORS, strict=False)):
         rows = deciles(e.predictions.pred, e.predictions.label)
-        xs = [b + (k - (len(jobs) - 1) / 2) * width for b, _, _ in rows]
+        xs = [b + _offset(k, len(jobs), width) for b, _, _ in rows]
         ax.bar(xs, [mean for _, mean, _ in rows], width=width, color=color, label=e.title)
-    ax.axhline(0, color="#888", lw=0.8)
     ax.set_xticks(range(1, 11))
-    _style(ax, "Mean label per prediction decile", "prediction decile (1 = lowest)", "mean label")
-    ax.legend(fontsize=8)
-    return _svg(fig, "deciles")
+    labels = ("Mean label per prediction decile", "prediction decile (1 = lowest)", "mean label")
+    return _done(fig, ax, "deciles", labels, "h")
 
 
 def strategy_plot(jobs: Sequence[Evidence]) -> str:
@@ -146,17 +149,9 @@ def strategy_plot(jobs: Sequence[Evidence]) -> str:
         p = e.predictions
         ts, cum = sign_strategy(p.ts, p.label, p.pred)
         ax.plot(ts.astype("datetime64[ms]"), cum, color=color, lw=1.3, label=e.title)
-    ax.axhline(0, color="#888", lw=0.8)
-    _style(
-        ax,
-        "Illustrative: cumulative return of trading the prediction's sign, no costs",
-        "validation time (UTC)",
-        "sum of sign × label",
-    )
-    ax.title.set_fontsize(10)
     fig.autofmt_xdate()
-    ax.legend(fontsize=8)
-    return _svg(fig, "strategy")
+    title = "Illustrative: cumulative return of trading the prediction's sign, no costs"
+    return _done(fig, ax, "strategy", (title, "validation time (UTC)", "sum of sign × label"), "h")
 
 
 def importance_plot(jobs: Sequence[Evidence]) -> str | None:
@@ -179,14 +174,12 @@ def importance_plot(jobs: Sequence[Evidence]) -> str | None:
     height = 0.8 / len(have)
     for k, (title, imp, color) in enumerate(have):
         drop = {f.feature: f.ic_drop for f in imp.features}
-        ys = [i + (k - (len(have) - 1) / 2) * height for i in range(len(names))]
+        ys = [i + _offset(k, len(have), height) for i in range(len(names))]
         ax.barh(ys, [drop.get(n, 0.0) for n in names], height=height, color=color, label=title)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
-    ax.axvline(0, color="#888", lw=0.8)
-    _style(ax, "Permutation importance on the validation sample", "IC drop when shuffled", "")
-    ax.legend(fontsize=8)
-    return _svg(fig, "importance")
+    labels = ("Permutation importance on the validation sample", "IC drop when shuffled", "")
+    return _done(fig, ax, "importance", labels, "v")
 
 
 def _daily(e: Evidence) -> list[DailyIC]:
