@@ -185,6 +185,27 @@ def test_reporter_writes_ndjson_and_redacts_everything() -> None:
     assert line == "j  training  instance 7 (1× A)  $0.5000  12s  step 3 epoch 1  loss 0.2500"
 
 
+def test_plain_progress_is_one_labelled_line_per_job_and_change() -> None:
+    err = io.StringIO()
+    root = Reporter(human=err, line_every_s=0)
+    a, b = root.for_job("job-a"), root.for_job("job-b")
+    full = Progress(state="training", instance_id=7, gpu="1× A", attempt=2, max_attempts=3,
+                    spent_usd=0.5, budget_usd=20, step=30, total_steps=120, epoch=1, loss=0.25,
+                    rows_per_s=12_345, eta_s=75, val_ic=0.0421, elapsed_s=12)  # fmt: skip
+    a.progress(full)
+    b.progress(Progress(state="provisioning", instance_id=8))
+    a.progress(full)  # unchanged: not printed again
+    lines = err.getvalue().splitlines()
+    assert lines == [
+        "job-a  training  attempt 2/3  instance 7 (1× A)  $0.5000/$20  12s  step 30/120 epoch 1"
+        "  loss 0.2500  12.3k rows/s  eta 1m15s  val ic +0.0421",
+        "job-b  provisioning  instance 8  $0.0000  0s",
+    ]
+    assert "\r" not in err.getvalue() and "\x1b" not in err.getvalue()  # append-only, no codes
+    a.emit("result", outcome="succeeded")
+    assert not err.getvalue().count("succeeded")  # the caller prints the summary, once
+
+
 def test_bad_hosts_are_remembered_in_a_file_until_they_expire(tmp_path: Path) -> None:
     path = tmp_path / "cache" / "bad-hosts.json"
     hosts = BadHosts(path)
