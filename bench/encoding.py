@@ -11,9 +11,7 @@ The encodings are decoded in alternating rounds; each one's rate is its median r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -21,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from measure import bench_cli, cpu_s  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,10 +51,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name, path in paths.items():
                 pf = pq.ParquetFile(path)
-                cpu0 = _cpu_s()
+                cpu0 = cpu_s()
                 for g in range(pf.num_row_groups):
                     pf.read_row_group(g, columns=[*floats, "ts"], use_threads=False)
-                rates[name].append(table.num_rows / (_cpu_s() - cpu0))
+                rates[name].append(table.num_rows / (cpu_s() - cpu0))
         for name, path in paths.items():
             size = os.path.getsize(path)
             out["encodings"][name] = {
@@ -72,27 +67,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=850_000)
     parser.add_argument("--features", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    out = run(args)
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return
-    print("| encoding (zstd) | file | vs raw | decode, rows per CPU-s (median; best) |")
-    print("|---|---:|---:|---:|")
+
+
+def table(out: dict[str, Any]) -> str:
+    lines = [
+        "| encoding (zstd) | file | vs raw | decode, rows per CPU-s (median; best) |",
+        "|---|---:|---:|---:|",
+    ]
     for name, e in out["encodings"].items():
-        print(
+        lines.append(
             f"| {name} | {e['file_mb']:.1f} MB | {e['vs_raw']:.2f}x | "
             f"{e['decode_rows_per_cpu_s'] / 1e6:.2f} M; "
             f"{e['decode_rows_per_cpu_s_best'] / 1e6:.2f} M |"
         )
     load = ", ".join(f"{x:.2f}" for x in out["load_average"])
-    print(f"\n{out['rows']:,} rows, {out['raw_mb']:.1f} MB raw; load average {load}.")
+    lines += ["", f"{out['rows']:,} rows, {out['raw_mb']:.1f} MB raw; load average {load}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    bench_cli(__doc__ or "", options, run, table)
 
 
 if __name__ == "__main__":

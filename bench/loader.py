@@ -1,9 +1,15 @@
-"""Loader benchmark: the streaming loader against pyarrow's own `read_table` and a naive
-per-row `Dataset`, on one synthetic BBO dataset, from local files and from a loopback S3
-endpoint (bench/s3_range_server.py). Each method runs in its own subprocess, so each peak
-RSS is that method's alone.
+"""Loader benchmark: the streaming loader against the loaders a user would pick instead, on the
+same synthetic BBO files, from local files and from a loopback S3 endpoint
+(bench/s3_range_server.py), with the per-core decode rate of those files as the limit.
 
-    python bench/loader.py [--data DIR] [--days 10] [--rows-per-day 850000] [--json]
+    python bench/loader.py [--data DIR] [--days 10,30] [--rows-per-day 850000]
+                           [--rounds 3] [--json] [--out FILE]
+
+Every method runs in its own child process (so each peak memory is that method's alone),
+the methods alternate within each round, and every round is kept: a figure is the median
+round beside the best, a ratio is the median of the ratios paired within a round beside the
+ratio of the bests, and the load average is recorded with every round. CPU seconds per
+million rows is the figure that load barely moves; wall-clock rates are shown too.
 """
 
 from __future__ import annotations
@@ -11,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,112 +28,169 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-FEATURES = 40
-ROW_GROUP = 100_000
-SYMBOL = "btcusdt"
+from dataset import ROW_GROUP, dates, ensure_dataset, spec_dict  # noqa: E402
+from measure import Meter, load_average, summary  # noqa: E402
+
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
     "AWS_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+BATCH = 4096
+PEERS = ("read_table", "pyarrow.dataset", "hf-datasets", "iterable-2-workers")
 
 
-def dates(days: int) -> list[str]:
-    return [f"202501{d:02d}" if d <= 31 else f"202502{d - 31:02d}" for d in range(1, days + 1)]
-
-
-def ensure_dataset(root: Path, days: int, rows_per_day: int) -> Path:
-    """Generate the dataset under `root/store` unless the same one is already there."""
-    from trainer.data.synth import SynthConfig, generate
-    from trainer.store import open_store
-    from trainer.store.layout import Layout
-
-    marker = root / "bench-dataset.json"
-    want = {"days": days, "rows_per_day": rows_per_day, "features": FEATURES, "rg": ROW_GROUP}
-    if marker.exists() and json.loads(marker.read_text()) == want:
-        return root / "store"
-    shutil.rmtree(root / "store", ignore_errors=True)
-    cfg = SynthConfig(rows_per_day=rows_per_day, n_features=FEATURES, row_group_size=ROW_GROUP)
-    print(f"generating {days} days x {rows_per_day} rows into {root} ...", file=sys.stderr)
-    store = open_store(f"file://{root / 'store'}")
-    generate(store, Layout(), "binance", "bbo", [SYMBOL], dates(days), cfg)
-    marker.write_text(json.dumps(want))
-    return root / "store"
-
-
-# -- the measured methods, each run in a child process ----------------------------------------
+# -- shared by the children ---------------------------------------------------------------
 def _plan(store_root: Path, days: int) -> Any:
-    """The pre-flight plan with a split window covering every row, so every method reads
-    exactly the same rows."""
+    """The pre-flight plan of the first `days` days, with a split window covering every
+    row, so every method reads exactly the same rows."""
     import dataclasses
 
     from trainer.data.plan import preflight
     from trainer.data.split import SplitBounds
-    from trainer.spec.sections import DataSpec
+    from trainer.spec import spec_from_dict
     from trainer.store import open_store
     from trainer.store.layout import Layout
 
-    ds = dates(days)
-    spec = DataSpec(
-        exchange="binance",
-        stream="bbo",
-        symbols=(SYMBOL,),
-        dates={"start": ds[0], "end": ds[-1]},  # type: ignore[arg-type]
-        split={"validation_days": 1} if days > 1 else {"validation_fraction": 0.5},  # type: ignore[arg-type]
-    )
-    plan = preflight(spec, open_store(f"file://{store_root}"), Layout())
+    spec = spec_from_dict(spec_dict(dates(days), validation_days=1 if days > 1 else None))
+    plan = preflight(spec.data, open_store(f"file://{store_root}"), Layout())
     end = plan.ts_max + 1
     return dataclasses.replace(plan, bounds=SplitBounds(val_start_ms=end, train_end_ms=end))
 
 
-def _store(kind: str, store_root: Path) -> Any:
+def _store(source: str, store_root: Path) -> Any:
     from trainer.store import open_store
 
-    return open_store("s3://" if kind == "s3" else f"file://{store_root}")
+    return open_store("s3://" if source == "s3" else f"file://{store_root}")
 
 
-def run_pyarrow(kind: str, store_root: Path, days: int) -> dict[str, Any]:
-    """Baseline: `pq.read_table` per file, into one preallocated (and pre-faulted, so the
-    baseline pays no page faults) row-major float32 matrix of features and label."""
+def _columns(plan: Any) -> list[str]:
+    return [*plan.features, plan.label]
+
+
+# -- the measured methods, each in a child process ------------------------------------------
+def run_decode(source: str, store_root: Path, days: int) -> dict[str, Any]:
+    """The limit: every row group of the same files decoded on one thread, the same columns,
+    into Arrow and nothing further."""
+    import pyarrow.parquet as pq
+
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    fs, cols, rows = store.arrow_fs(), _columns(plan), 0
+    with Meter() as m:
+        for part in plan.partitions:
+            with fs.open_input_file(store.arrow_path(part.data)) as f:
+                pf = pq.ParquetFile(f, metadata=part.footer, pre_buffer=True)
+                for g in range(pf.num_row_groups):
+                    rows += pf.read_row_group(g, columns=cols, use_threads=False).num_rows
+    return m.result(rows)
+
+
+def run_read_table(source: str, store_root: Path, days: int) -> dict[str, Any]:
+    """`pq.read_table` per file into one preallocated row-major float32 matrix, through one
+    preallocated column-major staging buffer (a transposing copy beats strided writes)."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    plan = _plan(store_root, days)
-    store = _store(kind, store_root)
-    cols = [*plan.features, plan.label]
-    rss0 = _rss_mb()
-    matrix = np.empty((plan.rows, len(cols)), np.float32)
-    matrix.fill(0.0)  # touch every page now: np.zeros would fault them in while timed
-    fs = store.arrow_fs()
-    cpu0 = _cpu_s()
-    t0 = time.perf_counter()
-    at = 0
-    for part in plan.partitions:
-        table = pq.read_table(store.arrow_path(part.data), columns=cols, filesystem=fs)
-        # Column-major staging then one transposing copy: 2-3x faster than per-column
-        # strided writes into the row-major matrix.
-        stage = np.empty((len(cols), table.num_rows), np.float32)
-        for j, name in enumerate(cols):
-            stage[j] = table.column(name).to_numpy()
-        matrix[at : at + table.num_rows] = stage.T
-        at += table.num_rows
-        del table
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cpu_s": _cpu_s() - cpu0, "rows": at, "rss_start_mb": rss0}
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    cols, fs = _columns(plan), store.arrow_fs()
+    with Meter() as m:
+        matrix = np.empty((plan.rows, len(cols)), np.float32)
+        stage = np.empty((len(cols), max(p.rows for p in plan.partitions)), np.float32)
+        at = 0
+        for part in plan.partitions:
+            table = pq.read_table(store.arrow_path(part.data), columns=cols, filesystem=fs)
+            n = table.num_rows
+            for j, name in enumerate(cols):
+                stage[j, :n] = table.column(name).to_numpy()
+            matrix[at : at + n] = stage[:, :n].T
+            at += n
+            del table
+    return m.result(at)
 
 
-def run_naive(store_root: Path, days: int, rows: int, batch_size: int) -> dict[str, Any]:
-    """A per-row `Dataset` over an in-memory slice (the first `rows` rows), batched by a
-    default `DataLoader`; slow, so it reads a slice and the rate is extrapolated."""
+def run_dataset(source: str, store_root: Path, days: int) -> dict[str, Any]:
+    """`pyarrow.dataset` over the files, `to_batches` of the batch size, each batch made
+    into float32 `[B, F]` and `[B]` tensors."""
+    import numpy as np
+    import pyarrow.dataset as pads
+    import torch
+
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    paths = [store.arrow_path(p.data) for p in plan.partitions]
+    rows = 0
+    with Meter() as m:
+        ds = pads.dataset(paths, format="parquet", filesystem=store.arrow_fs())
+        for batch in ds.to_batches(columns=_columns(plan), batch_size=BATCH):
+            x = np.column_stack([batch.column(f).to_numpy() for f in plan.features])
+            xt, yt = torch.from_numpy(x), torch.from_numpy(batch.column(plan.label).to_numpy())
+            rows += len(yt) if len(xt) == len(yt) else 0
+    return m.result(rows)
+
+
+def run_hf(store_root: Path, days: int, scratch: Path) -> dict[str, Any]:
+    """Hugging Face `datasets`: `Dataset.from_parquet` (which converts the files into its
+    Arrow cache, counted) then one pass of `iter(batch_size)` into float32 tensors."""
+    import numpy as np
+    import torch
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+    plan, store = _plan(store_root, days), _store("local", store_root)
+    files = [str(store.path(p.data)) for p in plan.partitions]
+    cache = scratch / f"hf-cache-{os.getpid()}"
+    rows = 0
+    try:
+        with Meter() as m:
+            ds = Dataset.from_parquet(files, columns=_columns(plan), cache_dir=str(cache))
+            ds = ds.with_format("numpy")
+            for batch in ds.iter(batch_size=BATCH):
+                x = np.column_stack([batch[f] for f in plan.features]).astype(np.float32)
+                xt, yt = torch.from_numpy(x), torch.from_numpy(batch[plan.label])
+                rows += len(yt) if len(xt) == len(yt) else 0
+        return m.result(rows)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def run_iterable(store_root: Path, days: int) -> dict[str, Any]:
+    """A torch `IterableDataset` over `ParquetFile.iter_batches`, files split between two
+    `DataLoader` workers; their CPU time and memory are counted with the parent's."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    plan, store = _plan(store_root, days), _store("local", store_root)
+    files = [str(store.path(p.data)) for p in plan.partitions]
+    features, label = list(plan.features), plan.label
+
+    class Batches(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+        def __iter__(self) -> Any:
+            info = get_worker_info()
+            mine = files if info is None else files[info.id :: info.num_workers]
+            for path in mine:
+                pf = pq.ParquetFile(path)
+                for b in pf.iter_batches(batch_size=BATCH, columns=[*features, label]):
+                    x = np.column_stack([b.column(f).to_numpy() for f in features])
+                    yield torch.from_numpy(x), torch.from_numpy(b.column(label).to_numpy())
+
+    rows = 0
+    with Meter(children=True) as m:
+        for _x, y in DataLoader(Batches(), batch_size=None, num_workers=2):
+            rows += len(y)
+    return m.result(rows)
+
+
+def run_naive(store_root: Path, days: int, rows: int) -> dict[str, Any]:
+    """A per-row `Dataset` over the first `rows` rows in memory, batched by a default
+    `DataLoader`; slow, so it reads a slice and its rate stands for the whole."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    plan = _plan(store_root, days)
-    store = _store("local", store_root)
-    cols = [*plan.features, plan.label]
+    plan, store = _plan(store_root, days), _store("local", store_root)
 
     class Rows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         def __init__(self, table: Any) -> None:
@@ -142,260 +203,216 @@ def run_naive(store_root: Path, days: int, rows: int, batch_size: int) -> dict[s
         def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.tensor(self.x[i]), torch.tensor(self.y[i])
 
-    rss0, cpu0 = _rss_mb(), _cpu_s()
-    t0 = time.perf_counter()
-    pf = pq.ParquetFile(store.arrow_path(plan.partitions[0].data))
-    groups = range(min(pf.num_row_groups, -(-rows // ROW_GROUP)))
-    table = pf.read_row_groups(list(groups), columns=cols).slice(0, rows)
     seen = 0
-    for _x, y in DataLoader(Rows(table), batch_size=batch_size, shuffle=True):
-        seen += len(y)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cpu_s": _cpu_s() - cpu0, "rows": seen, "rss_start_mb": rss0}
+    with Meter() as m:
+        pf = pq.ParquetFile(store.path(plan.partitions[0].data))
+        groups = list(range(min(pf.num_row_groups, -(-rows // ROW_GROUP))))
+        table = pf.read_row_groups(groups, columns=_columns(plan)).slice(0, rows)
+        for _x, y in DataLoader(Rows(table), batch_size=1024, shuffle=True):
+            seen += len(y)
+    return m.result(seen)
 
 
-def run_loader(kind: str, store_root: Path, days: int, batch_size: int) -> dict[str, Any]:
-    """Our loader, one shuffled training epoch into CPU tensors, with a cache budget of a
-    sixteenth of the decoded dataset."""
+def run_loader(source: str, store_root: Path, days: int) -> dict[str, Any]:
+    """The streaming loader: one shuffled epoch into CPU tensors, no cache."""
+    from trainer.data.loader import StreamingLoader
+
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    loader = StreamingLoader(plan, store, split="train", batch_size=BATCH)
+    rows = 0
+    with Meter() as m:
+        for _x, y in loader.epoch(0):
+            rows += len(y)
+    return {**m.result(rows), "first_batch_s": loader.stats.first_batch_s}
+
+
+def run_cache(source: str, store_root: Path, days: int) -> dict[str, Any]:
+    """Two shuffled epochs with a cache budget of half the decoded split: the share of the
+    second one served from the cache, against the share of the split the cache holds."""
     from trainer.data.loader import BlockCache, StreamingLoader
 
-    plan = _plan(store_root, days)
-    store = _store(kind, store_root)
-    budget = plan.rows * (len(plan.features) + 3) * 4 // 16
-    loader = StreamingLoader(
-        plan, store, split="train", batch_size=batch_size, cache=BlockCache(budget)
-    )
-    rss0, cpu0 = _rss_mb(), _cpu_s()
-    t0 = time.perf_counter()
-    rows = 0
-    for _x, y in loader.epoch(0):
-        rows += len(y)
-    seconds = time.perf_counter() - t0
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    cache = BlockCache(plan.rows * (len(plan.features) + 2) * 4 // 2)
+    loader = StreamingLoader(plan, store, split="train", batch_size=BATCH, cache=cache)
+    first = sum(len(y) for _, y in loader.epoch(0))
+    with Meter() as m:
+        second = sum(len(y) for _, y in loader.epoch(1))
+    s = loader.stats
     return {
-        "seconds": seconds,
-        "cpu_s": _cpu_s() - cpu0,
-        "rows": plan.rows,
-        "rows_delivered": rows,
-        "rss_start_mb": rss0,
-        "first_batch_s": loader.stats.first_batch_s,
-        "cache_budget_mb": budget / 1e6,
-        "dropped_non_finite": loader.stats.dropped_non_finite,
+        **m.result(second),
+        "rows_epoch_1": first,
+        "share_that_fits": cache.bytes / max(cache.offered_bytes, 1),
+        "share_from_cache": s.rows_from_cache / max(s.rows, 1),
+        "blocks_kept": len(cache),
+        "blocks": len(loader.units),
+        "cache_gb": cache.bytes / 1e9,
+        "split_gb": cache.offered_bytes / 1e9,
     }
 
 
-def run_first_batch(store_root: Path, days: int, batch_size: int) -> dict[str, Any]:
-    """Time to the first training batch with a 1-day plan and with the full plan, the two
-    alternating (so that load from elsewhere hits both alike); medians of 5."""
-    from trainer.data.loader import StreamingLoader
+def run_first_step(source: str, store_root: Path, train_days: int) -> dict[str, Any]:
+    """The job's own `prepare` (pre-flight, statistics, validation rows, model, loader,
+    checkpointer) and its first optimizer step, over `train_days` training days and one
+    validation day (always the same one)."""
+    import torch
 
-    store = _store("local", store_root)
-    out: dict[str, Any] = {"rss_start_mb": _rss_mb()}
-    plans = {n: _plan(store_root, n) for n in (1, days)}
-    times: dict[int, list[float]] = {n: [] for n in plans}
-    for rep in range(5):
-        for n, plan in plans.items():
-            loader = StreamingLoader(plan, store, split="train", batch_size=batch_size)
-            it = loader.epoch(rep)
-            t0 = time.perf_counter()
-            next(it)
-            times[n].append(time.perf_counter() - t0)
-            it.close()
-            loader.close(wait=True)  # no reads left running into the next measurement
-    for n, samples in times.items():
-        out[f"first_batch_{n}_days_s"] = statistics.median(samples)
-    out["seconds"], out["rows"] = 0.0, 0
-    return out
+    from trainer.job.prepare import prepare
+    from trainer.spec import spec_from_dict
+    from trainer.train.distributed import Ranks
 
-
-def _rss_mb() -> float:
-    # Linux carries ru_maxrss over from the parent across fork and exec, which is why the
-    # parent stays small (it generates the dataset in a child too); VmHWM cross-checks it.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _cpu_s() -> float:
-    """User plus system CPU seconds of this process, all threads."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _vm_hwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    every = dates(31)
+    spec = spec_from_dict(spec_dict([*every[:train_days], every[30]], train={"epochs": 1}))
+    store = _store(source, store_root)
+    t0 = time.perf_counter()
+    job = prepare(spec, store, torch.device("cpu"), Ranks(), dry_run=False)
+    prepared = time.perf_counter() - t0
+    x, y = next(iter(job.loader.epoch(0)))
+    opt = torch.optim.AdamW(job.model.parameters(), lr=1e-3)
+    job.loss(job.model(x), y).backward()
+    opt.step()
+    return {"seconds": time.perf_counter() - t0, "prepare_s": prepared, "rows": 0}
 
 
 def child(args: argparse.Namespace) -> None:
-    root, days = Path(args.data) / "store", args.days
-    method = args.child
+    root, days, method = Path(args.data) / "store", args.days, args.child
+    source = "s3" if method.endswith("-s3") else "local"
     if method == "generate":
         ensure_dataset(Path(args.data), days, args.rows_per_day)
         return
-    if method.startswith("pyarrow-"):
-        out = run_pyarrow(method.split("-")[1], root, days)
-    elif method == "naive":
-        out = run_naive(root, days, args.naive_rows, 1024)
+    if method.startswith("decode-"):
+        out = run_decode(source, root, days)
+    elif method.startswith("read_table-"):
+        out = run_read_table(source, root, days)
+    elif method.startswith("pyarrow.dataset-"):
+        out = run_dataset(source, root, days)
+    elif method == "hf-datasets-local":
+        out = run_hf(root, days, Path(args.data))
+    elif method == "iterable-2-workers-local":
+        out = run_iterable(root, days)
+    elif method == "naive-local":
+        out = run_naive(root, days, args.naive_rows)
     elif method.startswith("loader-"):
-        out = run_loader(method.split("-")[1], root, days, args.batch_size)
+        out = run_loader(source, root, days)
+    elif method.startswith("cache-"):
+        out = run_cache(source, root, days)
     else:
-        out = run_first_batch(root, days, args.batch_size)
-    out["peak_rss_mb"] = _rss_mb()
-    out["vm_hwm_mb"] = _vm_hwm_mb()
+        out = run_first_step(source, root, args.train_days)
     print(json.dumps(out))
 
 
-# -- the parent: data, endpoint, children, report -----------------------------------------------
-def measure(
-    args: argparse.Namespace, data: Path, method: str, env: dict[str, str]
-) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", method, "--data", str(data)]
-    cmd += ["--days", str(args.days), "--rows-per-day", str(args.rows_per_day)]
-    cmd += ["--batch-size", str(args.batch_size), "--naive-rows", str(args.naive_rows)]
-    print(f"running {method} ...", file=sys.stderr)
-    done = subprocess.run(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{method} failed (exit {done.returncode})")
-    lines = done.stdout.strip().splitlines()
-    result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    return result
+# -- the parent: data, endpoint, rounds, report -------------------------------------------------
+class Runner:
+    def __init__(self, args: argparse.Namespace, data: Path, s3_env: dict[str, str]) -> None:
+        self.args, self.data, self.s3_env = args, data, s3_env
+
+    def __call__(self, method: str, days: int, **extra: Any) -> dict[str, Any]:
+        a = self.args
+        cmd = [sys.executable, __file__, "--child", method, "--data", str(self.data)]
+        cmd += ["--days", str(days), "--rows-per-day", str(a.rows_per_day)]
+        cmd += ["--naive-rows", str(a.naive_rows)]
+        for key, value in extra.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, **(self.s3_env if method.endswith("-s3") else {})}
+        print(f"  {method} ({days} days) ...", file=sys.stderr)
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{method} failed (exit {done.returncode})")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
 
 
-def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    best = dict(min(rounds, key=lambda r: r["seconds"] / r["rows"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
-    best["rows_per_s_rounds"] = [round(r["rows"] / r["seconds"]) for r in rounds]
-    return best
+def methods(sources: list[str]) -> list[str]:
+    out = []
+    for src in sources:
+        out += [f"decode-{src}", f"loader-{src}", f"read_table-{src}", f"pyarrow.dataset-{src}"]
+    return [*out, "hf-datasets-local", "iterable-2-workers-local", "naive-local"]
 
 
-def report(
-    args: argparse.Namespace, store_root: Path, results: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    total_rows = args.days * args.rows_per_day
-    decoded = total_rows * (FEATURES * 4 + 4 + 8)  # features, label, int64 timestamp
-    delivered_bytes = (FEATURES + 1) * 4
-    files = sum(p.stat().st_size for p in store_root.rglob("data.parquet"))
-    for r in results.values():
-        if r["seconds"] > 0:
-            r["rows_per_s"] = r["rows"] / r["seconds"]
-            r["mb_per_s"] = r["rows_per_s"] * delivered_bytes / 1e6
-            r["cpu_s_per_m_rows"] = r["cpu_s"] / r["rows"] * 1e6
-    rate = {k: v.get("rows_per_s", 0.0) for k, v in results.items()}
-    loader = results["loader-local"]
-    fb = results["first-batch"]
-    out = {
-        "loader_vs_pyarrow_local": rate["loader-local"] / rate["pyarrow-local"],
-        "loader_vs_pyarrow_s3": rate["loader-s3"] / rate["pyarrow-s3"],
-        "loader_vs_naive": rate["loader-local"] / rate["naive"],
-        "first_batch_s": loader["first_batch_s"],
-        "first_batch_1_day_s": fb["first_batch_1_days_s"],
-        f"first_batch_{args.days}_days_s": fb[f"first_batch_{args.days}_days_s"],
-        "loader_peak_rss_mb": loader["peak_rss_mb"],
-        "loader_rss_growth_mb": loader["peak_rss_mb"] - loader["rss_start_mb"],
-        "rss_quarter_of_decoded_mb": decoded / 4 / 1e6,
-        "dataset": {
-            "days": args.days,
-            "rows": total_rows,
-            "features": FEATURES,
-            "row_group_rows": ROW_GROUP,
-            "parquet_mb": files / 1e6,
-            "decoded_mb": decoded / 1e6,
-        },
-        "methods": results,
+def bench_days(run: Runner, days: int, rounds: int, server: Any) -> dict[str, Any]:
+    """Every method, `rounds` alternating rounds, at `days` days."""
+    order = methods(["local", "s3"])
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
+    loads, requests = [], {}
+    for r in range(rounds):
+        print(f"{days} days, round {r + 1} of {rounds}", file=sys.stderr)
+        loads.append(load_average())
+        # rotate the order each round, so no method always follows the same one
+        for method in order[r % len(order) :] + order[: r % len(order)]:
+            server.take_counts()
+            runs[method].append(run(method, days))
+            if method.startswith("loader-s3"):
+                requests = server.take_counts()
+    loads.append(load_average())
+    # the cache's shares follow from the order alone, not from the load: measured once
+    cache = {src: run(f"cache-{src}", days) for src in ("local", "s3")}
+    return {
+        "days": days,
+        "runs": runs,
+        "load_average": loads,
+        "loader_s3_requests": requests,
+        "cache": cache,
     }
-    out["targets"] = {
-        "loader_vs_pyarrow_local>=0.8": out["loader_vs_pyarrow_local"] >= 0.8,
-        "loader_vs_pyarrow_s3>=0.75": out["loader_vs_pyarrow_s3"] >= 0.75,
-        "loader_vs_naive>=10": out["loader_vs_naive"] >= 10,
-        "loader_peak_rss<decoded/4": out["loader_peak_rss_mb"] < decoded / 4 / 1e6,
-        "loader_rss_growth<decoded/4": out["loader_rss_growth_mb"] < decoded / 4 / 1e6,
-        "first_batch_flat": fb[f"first_batch_{args.days}_days_s"]
-        <= 1.5 * fb["first_batch_1_days_s"] + 0.05,
-    }
+
+
+def bench_first_step(run: Runner, rounds: int) -> dict[str, Any]:
+    """Time to the first step with 1, 10 and 30 training days, local and S3, alternating."""
+    out: dict[str, Any] = {"runs": {}, "load_average": []}
+    for r in range(rounds):
+        out["load_average"].append(load_average())
+        for src in ("local", "s3"):
+            for n in (1, 10, 30) if r % 2 == 0 else (30, 10, 1):
+                key = f"{src}-{n}"
+                out["runs"].setdefault(key, []).append(run(f"first-step-{src}", 31, train_days=n))
     return out
-
-
-def markdown(out: dict[str, Any]) -> str:
-    m = out["methods"]
-    base = {"local": m["pyarrow-local"]["rows_per_s"], "s3": m["pyarrow-s3"]["rows_per_s"]}
-    lines = [
-        "| method | source | rows/s | MB/s | vs pyarrow | CPU s per M rows | first batch "
-        "| peak RSS (at start) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    rows = [
-        ("pyarrow read_table → float32 matrix", "pyarrow-local", "local"),
-        ("pyarrow read_table → float32 matrix", "pyarrow-s3", "s3"),
-        ("naive per-row Dataset + DataLoader(1024)", "naive", "local"),
-        ("StreamingLoader, shuffled, CPU tensors", "loader-local", "local"),
-        ("StreamingLoader, shuffled, CPU tensors", "loader-s3", "s3"),
-    ]
-    for label, key, src in rows:
-        r = m[key]
-        fb = f"{r['first_batch_s'] * 1e3:.0f} ms" if r.get("first_batch_s") else "-"
-        lines.append(
-            f"| {label} | {src} | {r['rows_per_s'] / 1e6:.2f} M | {r['mb_per_s']:.0f} | "
-            f"{r['rows_per_s'] / base[src]:.2f}x | {r['cpu_s_per_m_rows']:.2f} | {fb} | "
-            f"{r['peak_rss_mb']:.0f} MB ({r['rss_start_mb']:.0f}) |"
-        )
-    d = out["dataset"]
-    days = d["days"]
-    lines += [
-        "",
-        f"Dataset: {days} days x {d['rows'] // days:,} rows, {d['features']} float32 features, "
-        f"row groups of {d['row_group_rows']:,}, zstd; {d['parquet_mb']:.0f} MB of Parquet, "
-        f"{d['decoded_mb']:.0f} MB decoded (a quarter: {d['decoded_mb'] / 4:.0f} MB).",
-        f"Time to first batch: {out['first_batch_1_day_s'] * 1e3:.0f} ms with 1 day, "
-        f"{out[f'first_batch_{days}_days_s'] * 1e3:.0f} ms with {days} days.",
-        f"Loader vs naive: {out['loader_vs_naive']:.0f}x. Loader peak RSS "
-        f"{out['loader_peak_rss_mb']:.0f} MB, of which {out['loader_rss_growth_mb']:.0f} MB "
-        "grew while reading (the rest is the interpreter, torch and pyarrow).",
-    ]
-    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="folder to keep the generated dataset in, reused")
-    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--days", default="10,30", help="comma-separated day counts")
     parser.add_argument("--rows-per-day", type=int, default=850_000)
-    parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--naive-rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per method")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--first-step-rounds", type=int, default=3)
+    parser.add_argument("--train-days", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.days = int(args.days)
         child(args)
         return
+    day_counts = [int(d) for d in args.days.split(",")]
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="loader-bench-"))
     try:
-        measure(args, data, "generate", {})
+        ensure_dataset(data, 31, args.rows_per_day)
         store_root = data / "store"
-        for path in store_root.rglob("data.parquet"):  # same page-cache state for everyone
-            with open(path, "rb") as f:
-                while f.read(16 << 20):
-                    pass
         from s3_range_server import serve_in_thread
 
         server = serve_in_thread(store_root)
         s3_env = {**FAKE_AWS, "AWS_ENDPOINT_URL_S3": server.url, "AWS_ENDPOINT_URL": server.url}
-        # The rounds alternate the methods, so that a burst of load from elsewhere on the
-        # machine hits them all alike; each method keeps its fastest round, every round's
-        # rate is reported, and its peak RSS is the largest of its rounds.
-        runs: dict[str, list[dict[str, Any]]] = {}
-        for _ in range(args.rounds):
-            for method in ("pyarrow-local", "loader-local", "pyarrow-s3", "loader-s3", "naive"):
-                env = s3_env if "s3" in method else {}
-                runs.setdefault(method, []).append(measure(args, data, method, env))
-        results = {method: _best(rounds) for method, rounds in runs.items()}
-        results["first-batch"] = measure(args, data, "first-batch", {})
+        run = Runner(args, data, s3_env)
+        result: dict[str, Any] = {"started_load_average": load_average(), "by_days": {}}
+        for days in day_counts:
+            result["by_days"][str(days)] = bench_days(run, days, args.rounds, server)
+        result["first_step"] = bench_first_step(run, args.first_step_rounds)
         server.shutdown()
-        out = report(args, store_root, results)
-        print(json.dumps(out, indent=2) if args.json else markdown(out))
+        result["rows_per_day"] = args.rows_per_day
+        result["summary"] = summary(result, PEERS)
+        text = json.dumps(result, indent=2)
+        if args.out:
+            Path(args.out).write_text(text)
+        print(text if args.json else markdown(result["summary"]))
     finally:
         if not args.data:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def markdown(s: dict[str, Any]) -> str:
+    from measure import markdown_summary
+
+    return markdown_summary(s)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import os
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,7 +25,22 @@ class RangeServer(ThreadingHTTPServer):
 
     def __init__(self, root: Path, port: int = 0) -> None:
         self.root = root.resolve()
+        self.requests: Counter[str] = Counter()
+        """Requests served by kind: `HEAD`, `GET` (a range), `GET footer` (a range that ends
+        at the end of the object: the footer), `LIST`."""
+        self._count_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def count(self, kind: str) -> None:
+        with self._count_lock:
+            self.requests[kind] += 1
+
+    def take_counts(self) -> dict[str, int]:
+        """The counts since the last call, which resets them."""
+        with self._count_lock:
+            out = dict(self.requests)
+            self.requests.clear()
+        return out
 
     @property
     def url(self) -> str:
@@ -82,6 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             self._missing("NoSuchKey")
             return
+        self.server.count("HEAD")
         headers = self._object_headers(path)
         self.send_response(200)
         for name, value in headers.items():
@@ -92,6 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         bucket, key, query = self._target()
         if not key:
+            self.server.count("LIST")
             self._list(bucket, query)
             return
         path = self._file(bucket, key)
@@ -112,6 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(416, headers={"Content-Range": f"bytes */{size}"})
                 return
             code = 206
+        self.server.count("GET footer" if end == size - 1 else "GET")
         self.send_response(code)
         for name, value in self._object_headers(path).items():
             self.send_header(name, value)

@@ -1,9 +1,11 @@
-"""Does the data path starve the model? End-to-end training rows/s against model-only rows/s.
+"""Does the data path starve the model? Training rows/s through the loader against the same
+loop fed tensors already in memory, epoch 1 (read and decoded from the files) apart from a
+cached epoch (served from the block cache).
 
-Both runs go through the same `fit()` loop with the same model, batch size and step count:
-end to end streams the Parquet partitions through the loader (first epoch included, so I/O
-and decoding count); model-only feeds batches of tensors already in memory. `ratio` near 1
-means the loader keeps up.
+The three runs use the same `fit()` loop, model, batch size and step count, and alternate
+within each round; each ratio is the median of the ratios paired within a round, beside the
+ratio of the best rounds, with the load average and the CPU seconds per million rows of each
+run (the figure load barely moves). `ratio` near 1 means the loader keeps up.
 
     python bench/train.py [--json] [--days 4] [--rows-per-day 200000] [--device auto]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -23,14 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats
-from trainer.data.plan import DatasetPlan, preflight
-from trainer.data.synth import SynthConfig, generate
-from trainer.model.registry import build_model
-from trainer.spec import JobSpec, spec_from_dict
-from trainer.store import ObjectStore, open_store
-from trainer.store.layout import Layout
-from trainer.train.loop import Validation, fit
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from dataset import dates, ensure_dataset, spec_dict  # noqa: E402
+from measure import cpu_s, load_average, paired  # noqa: E402
+
+from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats  # noqa: E402
+from trainer.data.plan import preflight  # noqa: E402
+from trainer.model.registry import build_model  # noqa: E402
+from trainer.spec import spec_from_dict  # noqa: E402
+from trainer.store import open_store  # noqa: E402
+from trainer.store.layout import Layout  # noqa: E402
+from trainer.train.loop import Validation, fit  # noqa: E402
 
 
 class InMemory:
@@ -61,104 +69,87 @@ class Quiet:
         pass
 
 
-def bench_spec(days: int, batch: int, epochs: int) -> JobSpec:
-    return spec_from_dict(
-        {
-            "data": {
-                "exchange": "binance",
-                "stream": "bbo",
-                "symbols": ["btcusdt"],
-                "dates": {"start": "20251201", "end": f"202512{days + 1:02d}"},
-                "split": {"validation_days": 1},
-            },
-            "model": {"hidden": [256, 128]},
-            "train": {
-                "epochs": epochs,
-                "batch_size": batch,
-                "warmup_steps": 10,
-                "precision": "bf16",
-                "eval_every_steps": 10**9,
-                "log_every_steps": 10**9,
-            },
-        }
-    )
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
-    spec = bench_spec(args.days, args.batch, args.epochs)
     root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
-    store: ObjectStore = open_store(f"file://{root}")
-    layout = Layout.of(spec.storage)
-    cfg = SynthConfig(rows_per_day=args.rows_per_day, n_features=40, row_group_size=100_000)
-    d = spec.data
-    marker = root / f".generated-{args.days}-{args.rows_per_day}"
-    if not marker.exists():
-        generate(store, layout, d.exchange, d.stream, d.symbols, d.dates.resolve(), cfg)
-        marker.touch()
-    plan: DatasetPlan = preflight(d, store, layout)
-    cache = BlockCache(4 << 30)
-    stats = compute_feature_stats(plan, store, cache=cache)
-    mean, std, n_train = stats.mean, stats.std, stats.rows
-    total = math.ceil(n_train / args.batch) * args.epochs
-    val = Validation(torch.zeros(1, len(plan.features), device=device), np.zeros(1))
-
-    def end_to_end() -> tuple[int, float]:
-        # A fresh cache, so the first epoch reads and decodes the Parquet again.
-        loader = StreamingLoader(
-            plan,
-            store,
-            split="train",
-            batch_size=args.batch,
-            seed=0,
-            device=device,
-            cache=BlockCache(4 << 30),
+    store_root = ensure_dataset(root, args.days + 1, args.rows_per_day)
+    spec = spec_from_dict(
+        spec_dict(
+            dates(args.days + 1),
+            model={"hidden": [256, 128]},
+            train={
+                "epochs": 1,
+                "batch_size": args.batch,
+                "warmup_steps": 10,
+                "precision": "bf16",
+                "eval_every_steps": 10**9,
+                "log_every_steps": 10**9,
+            },
         )
-        model = build_model(spec.model, len(plan.features), mean, std, seed=0).to(device)
-        t0 = time.perf_counter()
-        result = fit(model, loader, val, spec.train, device, total, Quiet())
-        _sync(device)
-        return result.state.step, result.state.rows_seen / (time.perf_counter() - t0)
-
+    )
+    store = open_store(f"file://{store_root}")
+    plan = preflight(spec.data, store, Layout.of(spec.storage))
+    stats = compute_feature_stats(plan, store, sample_rows=10**12)  # every row: exact count
+    n_train, steps = stats.rows, math.ceil(stats.rows / args.batch)
+    val = Validation(torch.zeros(1, len(plan.features), device=device), np.zeros(1))
     x = torch.randn(n_train, len(plan.features), device=device)
     y = torch.randn(n_train, device=device)
 
-    def model_only() -> tuple[int, float]:
-        model = build_model(spec.model, len(plan.features), mean, std, seed=0).to(device)
-        t0 = time.perf_counter()
-        result = fit(model, InMemory(x, y, args.batch, 0), val, spec.train, device, total, Quiet())
-        _sync(device)
-        return result.state.step, result.state.rows_seen / (time.perf_counter() - t0)
+    def timed(source: Any) -> dict[str, float]:
+        model = build_model(spec.model, len(plan.features), stats.mean, stats.std, seed=0)
+        model = model.to(device)
+        cpu0, t0 = cpu_s(), time.perf_counter()
+        result = fit(model, source, val, spec.train, device, steps, Quiet())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        return {"rows": result.state.rows_seen, "seconds": seconds, "cpu_s": cpu_s() - cpu0}
 
-    # Alternate the two and keep each one's best round: background load on the machine
-    # slows a round down, never speeds it up.
-    e2e_rates, only_rates, steps = [], [], 0
-    for _ in range(args.repeat):
-        steps, rate = end_to_end()
-        e2e_rates.append(rate)
-        only_rates.append(model_only()[1])
-    e2e_rate, only_rate = max(e2e_rates), max(only_rates)
+    rounds: dict[str, list[dict[str, float]]] = {"epoch1": [], "cached": [], "model_only": []}
+    loads = []
+    for r in range(args.rounds):
+        loads.append(load_average())
+        # a fresh cache that holds the whole split: epoch 1 reads and decodes every row group,
+        # the second pass over the same loader is served from the cache alone
+        cache = BlockCache(10**12, device=device)
+        loader = StreamingLoader(
+            plan, store, split="train", batch_size=args.batch, device=device, cache=cache
+        )
+        order = ["epoch1", "cached", "model_only"] if r % 2 == 0 else ["model_only", "epoch1"]
+        for name in order:
+            if name == "model_only":
+                rounds[name].append(timed(InMemory(x, y, args.batch, 0)))
+            else:
+                rounds[name].append(timed(loader))
+        if r % 2:
+            rounds["cached"].append(timed(loader))
+        loader.close(wait=True)
+    loads.append(load_average())
+
+    def rate(run: dict[str, float]) -> float:
+        return run["rows"] / run["seconds"]
+
+    only = rounds["model_only"]
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch_threads": torch.get_num_threads(),
         "rows_train": n_train,
-        "epochs": args.epochs,
         "batch_size": args.batch,
         "steps": steps,
-        "rounds": args.repeat,
-        "end_to_end_rows_per_s": round(e2e_rate),
-        "model_only_rows_per_s": round(only_rate),
-        "ratio": round(e2e_rate / only_rate, 3),
-        "torch_threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "load_average": loads,
+        "rows_per_s": {k: statistics.median(rate(r) for r in v) for k, v in rounds.items()},
+        "cpu_s_per_m_rows": {
+            k: statistics.median(1e6 * r["cpu_s"] / r["rows"] for r in v) for k, v in rounds.items()
+        },
+        "ratio_epoch1": paired(rounds["epoch1"], only, rate),
+        "ratio_cached": paired(rounds["cached"], only, rate),
+        "runs": rounds,
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> int:
@@ -167,21 +158,28 @@ def main() -> int:
     p.add_argument("--days", type=int, default=4, help="training days (one more is validation)")
     p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--repeat", type=int, default=3, help="alternating rounds; best kept")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--data", default=None, help="folder to keep the generated dataset in")
-    result = run(p.parse_args())
-    if p.parse_args().json:
+    args = p.parse_args()
+    result = run(args)
+    if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print("| device | rows | steps | end-to-end rows/s | model-only rows/s | ratio |")
-        print("|---|---|---|---|---|---|")
+        return 0
+    rps, cpu = result["rows_per_s"], result["cpu_s_per_m_rows"]
+    print("| device | run | rows/s (median) | CPU-s per M rows | vs model-only (median; best) |")
+    print("|---|---|---:|---:|---:|")
+    for name, ratio in (("epoch1", "ratio_epoch1"), ("cached", "ratio_cached"), ("model_only", "")):
+        r = result[ratio] if ratio else {"median": 1.0, "best": 1.0}
         print(
-            f"| {result['device']} | {result['rows_train']:,} | {result['steps']} | "
-            f"{result['end_to_end_rows_per_s']:,} | {result['model_only_rows_per_s']:,} | "
-            f"{result['ratio']} |"
+            f"| {result['device']} | {name} | {rps[name]:,.0f} | {cpu[name]:.2f} | "
+            f"{r['median']:.2f}; {r['best']:.2f} |"
         )
+    loads = ", ".join(str(la[0]) for la in result["load_average"])
+    print(
+        f"\n{result['rows_train']:,} training rows, {result['steps']} steps of "
+        f"{result['batch_size']}, {result['torch_threads']} torch threads; load average {loads}."
+    )
     return 0
 
 

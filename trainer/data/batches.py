@@ -80,8 +80,12 @@ def join(pieces: list[Batch]) -> Batch:
     if len(pieces) == 1:
         return pieces[0]
     ts = [p[2] for p in pieces if p[2] is not None]
-    return (
-        torch.cat([p[0] for p in pieces]),
-        torch.cat([p[1] for p in pieces]),
-        torch.cat(ts) if ts else None,
-    )
+    return _cat([p[0] for p in pieces]), _cat([p[1] for p in pieces]), _cat(ts) if ts else None
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat`, through numpy on the CPU: torch's would wake OpenMP threads that then
+    spin against the reading threads."""
+    if parts[0].is_cuda:
+        return torch.cat(parts)
+    return torch.from_numpy(np.concatenate([p.numpy() for p in parts]))

@@ -124,7 +124,9 @@ class PartitionFiles:
                 for group, size in _column_groups(footer, unit.group, names, self.read_bytes):
                     # A few columns at a time: the decoded table and its compressed bytes
                     # stay small (cache-resident locally) instead of a whole row group's.
-                    table = pf.read_row_group(unit.group, columns=group, use_threads=True)
+                    # one thread: the reader runs several row groups side by side already,
+                    # and Arrow's own pool on top would only add hand-offs and spinning
+                    table = pf.read_row_group(unit.group, columns=group, use_threads=False)
                     if table.num_rows != unit.rows:
                         raise ValueError(
                             f"holds {table.num_rows} rows, the pre-flight saw {unit.rows}"

@@ -66,7 +66,9 @@ def prepare(
     """`plan` is the pre-flight the spec was resolved with (`job.identity.resolve`)."""
     train = spec.train
     if dry_run:
-        train = train.model_copy(update={"max_steps": DRY_RUN_STEPS, "eval_every_steps": 10**9})
+        # a few steps over one row group at a time: each step's epoch reads one, not a buffer
+        update = {"max_steps": DRY_RUN_STEPS, "eval_every_steps": 10**9}
+        train = train.model_copy(update={**update, "shuffle_buffer_row_groups": 1})
     limit = DRY_RUN_ROWS if dry_run else None
     layout = Layout.of(spec.storage)
 
