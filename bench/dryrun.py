@@ -19,7 +19,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from dataset import dates, ensure_dataset, spec_dict  # noqa: E402
+from dataset import dates, ensure_dataset, spec_dict, warm  # noqa: E402
 from measure import bench_cli, load_average, med_best  # noqa: E402
 
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             specs[days].write_text(dump_spec(spec))
         env = {**os.environ, "VAST_API_KEY": fake.api_key}
         for r in range(args.rounds):
+            warm(store_root)
             out["load_average"].append(load_average())
             for days in (1, 30) if r % 2 == 0 else (30, 1):
                 cmd = [sys.executable, "-m", "trainer", "launch", str(specs[days])]

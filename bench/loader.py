@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from dataset import ROW_GROUP, dates, ensure_dataset, spec_dict  # noqa: E402
+from dataset import ROW_GROUP, dates, ensure_dataset, spec_dict, warm  # noqa: E402
 from measure import Meter, load_average, summary  # noqa: E402
 
 FAKE_AWS = {
@@ -335,6 +335,7 @@ def bench_days(run: Runner, days: int, rounds: int, server: Any) -> dict[str, An
     loads, requests = [], {}
     for r in range(rounds):
         print(f"{days} days, round {r + 1} of {rounds}", file=sys.stderr)
+        warm(run.data / "store")
         loads.append(load_average())
         # rotate the order each round, so no method always follows the same one
         for method in order[r % len(order) :] + order[: r % len(order)]:
@@ -344,6 +345,7 @@ def bench_days(run: Runner, days: int, rounds: int, server: Any) -> dict[str, An
                 requests = server.take_counts()
     loads.append(load_average())
     # the cache's shares follow from the order alone, not from the load: measured once
+    warm(run.data / "store")
     cache = {src: run(f"cache-{src}", days) for src in ("local", "s3")}
     return {
         "days": days,
@@ -358,6 +360,7 @@ def bench_first_step(run: Runner, rounds: int) -> dict[str, Any]:
     """Time to the first step with 1, 10 and 30 training days, local and S3, alternating."""
     out: dict[str, Any] = {"runs": {}, "load_average": []}
     for r in range(rounds):
+        warm(run.data / "store")
         out["load_average"].append(load_average())
         for src in ("local", "s3"):
             for n in (1, 10, 30) if r % 2 == 0 else (30, 10, 1):
