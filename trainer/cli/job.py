@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.cli.options import add_json, add_spec, add_store, open_context
 from trainer.cli.output import metrics_line
 from trainer.data.synth import SynthConfig, generate_for_spec
-from trainer.spec.docs import json_schema, markdown_reference
+from trainer.spec.docs import json_schema, markdown_reference, sweep_reference
 
 if TYPE_CHECKING:
     from trainer.job.run import JobResult
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("schema", help="print the JobSpec JSON Schema (for editors)")
     p.add_argument("--markdown", action="store_true", help="the README reference instead")
+    p.add_argument("--sweep", action="store_true", help="the sweep spec's, not the JobSpec's")
     p.set_defaults(handler=_schema)
 
     p = sub.add_parser("generate", help="write synthetic feature partitions a spec names")
@@ -87,7 +88,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    print(markdown_reference() if args.markdown else json_schema())
+    if args.markdown:
+        print(sweep_reference() if args.sweep else markdown_reference())
+    else:
+        print(json_schema(sweep=args.sweep))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors(include_url=False)]
+        problems = [describe(err) for err in exc.errors(include_url=False)]
         raise SpecError(f"{source}: {len(problems)} problem(s) in the JobSpec", problems) from None
 
 
@@ -55,22 +56,32 @@ def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise SpecError(f"{source}: bad override", [f"{item!r}: write it as path.to.key=value"])
+    problem = set_path(raw, key, yaml.safe_load(value))
+    if problem:
+        raise SpecError(f"{source}: bad override", [problem])
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set `a.b.c` in the raw spec mapping, as `--set` does; the problem when a part on the
+    way is not a section, None when it was set."""
     node: dict[str, Any] = raw
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SpecError(f"{source}: bad override", [f"{key}: {part} is not a section"])
+            return f"{key}: {part} is not a section"
         node = child
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = value
+    return None
 
 
-def _describe(err: Mapping[str, Any]) -> str:
+def describe(err: Mapping[str, Any], root: type[BaseModel] = JobSpec) -> str:
+    """One pydantic error of a `root` document as `yaml.path: what is wrong`."""
     loc = tuple(err["loc"])
     path = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{path}: unknown key{_suggest(loc)}"
+        return f"{path}: unknown key{_suggest(loc, root)}"
     if kind == "missing":
         return f"{path}: required"
     message = str(err["msg"])
@@ -80,19 +91,24 @@ def _describe(err: Mapping[str, Any]) -> str:
     return f"{path}: {message}"
 
 
-def _suggest(loc: tuple[Any, ...]) -> str:
+def _suggest(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
     """` (did you mean 'lr'?)` for a misspelled key, from the fields of the enclosing section."""
-    fields = _fields_at(loc[:-1])
+    fields = _fields_at(loc[:-1], root)
     match = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = JobSpec
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    model: Any = root
+    keyed = False  # the part after a mapping field is one of its keys, not a field
     for part in loc:
+        if keyed:
+            keyed = False
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
+        keyed = typing.get_origin(field.annotation) is dict
         model = section_type(field.annotation)
         if model is None:
             return []

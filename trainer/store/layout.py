@@ -89,7 +89,11 @@ class Partition:
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Every object of one job, under `ml-artifacts/<jobId>/` in the artifacts bucket."""
+    """Every object of one job, under `ml-artifacts/<jobId>/` in the artifacts bucket.
+
+    A sweep's folder, `ml-artifacts/<sweepId>/`, is one too: the launcher watches it as a job
+    (status, heartbeat, logs, the spec of its instance), and it holds `sweep.yaml` and
+    `sweep.json` where a job holds its artifacts."""
 
     bucket: str
     job_id: str
@@ -109,6 +113,8 @@ class JobPaths:
     VAL_SAMPLE = "val_sample.parquet"
     IMPORTANCE = "importance.json"
     SUMMARY = "summary.json"
+    SWEEP = "sweep.json"
+    SWEEP_SPEC = "sweep.yaml"
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_POINTER = "checkpoints/latest.json"
     LOGS = "logs/"
@@ -181,6 +187,16 @@ class JobPaths:
     def summary(self) -> Loc:
         """The job's entry in the history, written after the manifest (not listed in it)."""
         return self.file(self.SUMMARY)
+
+    @property
+    def sweep(self) -> Loc:
+        """`sweep.json` in a sweep's folder: its trials, their states and the best one."""
+        return self.file(self.SWEEP)
+
+    @property
+    def sweep_spec(self) -> Loc:
+        """`sweep.yaml` in a sweep's folder: the resolved sweep its instance runs."""
+        return self.file(self.SWEEP_SPEC)
 
     @property
     def checkpoints(self) -> Loc:

@@ -506,6 +506,92 @@ class JobSummary(Record):
         return first if n == 1 else f"{first}..{last} ({n} days)"
 
 
+# -- sweeps ---------------------------------------------------------------------------------
+TrialState = Literal["running", "complete", "pruned", "failed"]
+
+
+class SweepTrial(Record):
+    """One trial of a sweep, as `sweep.json` lists it."""
+
+    number: int
+    """From 0, in the order trials were started."""
+    job_id: str
+    """The trial's job: its artifacts, manifest and history entry are under this id."""
+    params: dict[str, Any]
+    """Field path → the value this trial set."""
+    state: TrialState
+    """`running`; `complete` (committed); `pruned` (committed, stopped early by the pruning
+    rule); `failed` (its failure record says why)."""
+    value: float | None = None
+    """The objective of the committed model (its final validation metric)."""
+    intermediate: tuple[tuple[int, float], ...] = ()
+    """(training step, objective) at each evaluation."""
+    steps: int | None = None
+    """Optimizer steps trained."""
+    planned_steps: int | None = None
+    """The step budget the trial would have run without pruning."""
+    pruned_at_step: int | None = None
+    reason: str | None = None
+    """Why a failed trial failed."""
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @property
+    def steps_saved(self) -> int:
+        """Steps the pruning rule spared: the budget less what was trained."""
+        if self.state != "pruned" or self.planned_steps is None or self.steps is None:
+            return 0
+        return max(self.planned_steps - self.steps, 0)
+
+
+class SweepRecord(Record):
+    """`sweep.json` in a sweep's folder: the space, every trial with its state, objective
+    and pruned step, and the best trial. Rewritten as trials end; `state: committed` is
+    written last, once every trial is accounted for, and the sweep is then never run again."""
+
+    sweep_id: str
+    name: str = ""
+    state: Literal["running", "committed"] = "running"
+    sampler: str
+    seed: int = 0
+    metric: str
+    """The objective's validation metric."""
+    maximize: bool
+    pruning: str = "off"
+    space: dict[str, dict[str, Any]]
+    """Field path → its range, as the sweep spec gives it."""
+    trials_planned: int
+    trials: tuple[SweepTrial, ...] = ()
+    best: int | None = None
+    """The number of the best trial with a value (pruned ones compete too)."""
+    started_at: str
+    updated_at: str | None = None
+    committed_at: str | None = None
+    code_version: str = ""
+    bytes_read: int = 0
+    """Compressed Parquet bytes the trials read from the store, all instances together."""
+    data_reads: int = 0
+    """Times a data section was read (once per distinct section and instance)."""
+    cost_usd: float = 0.0
+    """What the launches of the sweep spent, every instance together (0 for a local run)."""
+    attempts: tuple[AttemptRecord, ...] = ()
+
+    @property
+    def best_trial(self) -> SweepTrial | None:
+        return next((t for t in self.trials if t.number == self.best), None)
+
+    @property
+    def steps_saved(self) -> int:
+        return sum(t.steps_saved for t in self.trials)
+
+    def counts(self) -> dict[str, int]:
+        """Trials per state."""
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+
 # -- the launcher's own cache --------------------------------------------------------------
 class BadHost(Record):
     until: float
