@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,16 +16,18 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.vast_faults import late
 from tests.fakes.vast_server import FakeVast, running_fake_vast
 from tests.helpers import make_dataset, make_spec
 from trainer.data.synth import SynthConfig
-from trainer.errors import EXIT_DATA, EXIT_LIMIT
+from trainer.errors import EXIT_CONFLICT, EXIT_DATA, EXIT_LIMIT
 from trainer.job.artifacts import read_manifest
 from trainer.launcher.vast import VastClient
 from trainer.spec import JobSpec, dump_spec
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
-from trainer.store.records import SENTINEL
+from trainer.store.lease import Lease
+from trainer.store.records import SENTINEL, LeaseRecord, read_record
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
 
@@ -202,3 +205,73 @@ def test_missing_environment_is_named_and_exits_with_spec_code(tmp_path: Path) -
     assert proc.returncode == 2
     assert "QUANTLAB_JOBSPEC: required" in proc.stderr
     assert _sentinel(proc.stdout)["exit_code"] == 2
+
+
+def test_a_second_container_for_a_leased_job_writes_nothing_and_destroys_itself(
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+) -> None:
+    """Another container holds the job's lease and keeps renewing it: this one says why,
+    leaves the job's prefix exactly as it was, and destroys its own instance."""
+    spec = make_spec(job={"id": "box-twice"})
+    make_dataset(s3_store, spec)
+    uri = _upload_spec(s3_store, spec)
+    paths = Layout().job("box-twice")
+    running = Lease(s3_store, paths.lease, instance="31000999", renew_every_s=0.2)
+    running.acquire()
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.2):
+            running.renew()
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    before = {i.loc.key: i.etag for i in s3_store.list(paths.dir) if i.loc != paths.lease}
+    instance = _rent(fake_vast)
+    try:
+        proc, seen = _run(_container_env(s3_env, fake_vast, instance, uri), s3_store, spec)
+    finally:
+        stop.set()
+        renewer.join()
+
+    assert proc.returncode == EXIT_CONFLICT, proc.stderr[-3000:]
+    result = _sentinel(proc.stdout)
+    assert (result["outcome"], result["cause"], result["holder"]) == (
+        "stopped",
+        "lease",
+        "31000999",
+    )
+    assert "held by instance 31000999" in result["reason"]
+    assert "Nothing was written; this instance destroys itself" in proc.stderr
+    after = {i.loc.key: i.etag for i in s3_store.list(paths.dir) if i.loc != paths.lease}
+    assert after == before and seen == []  # no status, no log, no failure record
+    lease = read_record(s3_store, paths.lease, LeaseRecord)
+    assert lease is not None and lease.holder == running.holder
+    calls = _destroy_calls(fake_vast, instance[0])
+    assert len(calls) == 1 and calls[0].headers.get("Authorization") == f"Bearer {instance[1]}"
+    assert fake_vast.instance(instance[0]) is None
+
+
+def test_a_sigterm_during_the_self_destroy_leaves_a_clean_end_of_log(
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+) -> None:
+    """Destroying an instance stops its container: the SIGTERM that arrives while the
+    destroy request is in flight must not end the log with a traceback."""
+    spec = make_spec(job={"id": "box-term"}, train={"epochs": 1})
+    make_dataset(s3_store, spec, SynthConfig(rows_per_day=400, row_group_size=200))
+    instance = _rent(fake_vast)
+    fake_vast.inject("destroy", late(1.5))  # the answer comes after the SIGTERM below
+    env = _container_env(s3_env, fake_vast, instance, _upload_spec(s3_store, spec))
+    proc = subprocess.Popen(
+        [str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while not _destroy_calls(fake_vast, instance[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, err[-3000:]
+    assert _sentinel(out)["outcome"] == "succeeded"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1].endswith(f"destroy requested for instance {instance[0]}")

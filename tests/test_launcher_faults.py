@@ -149,6 +149,27 @@ def test_a_late_instance_of_an_interrupted_launch_is_destroyed_by_the_launcher(
     market.assert_clean()
 
 
+def test_a_create_that_lands_after_its_window_never_trains_the_job_twice(market: Lab) -> None:
+    """Beyond what any timeout covers: the unanswered create makes its instance only after
+    the launcher rented the next offer. Both containers start; the job's lease lets one of
+    them train, the other writes nothing and destroys itself, and the launcher watches the
+    one that holds the job. Nothing is live when it returns."""
+    spec = with_data(market.store, tiny_spec("lt-unsure-twice", train={"epochs": 40}))
+    market.fake.inject("create", late(5.0))
+    handle = market.launch(spec, client={"timeout_s": 1.0, "create_settle_s": 0.5})
+    result = handle.wait()
+    assert market.fake.live_instances() == []
+    assert result.outcome == "succeeded"
+    assert market.creates() == 2 and len(market.ever_created()) == 2
+    outputs = market.containers.outputs
+    trained = [i for i, lines in outputs.items() if any("committed" in line for line in lines)]
+    refused = [i for i, lines in outputs.items() if any("not this container's" in x for x in lines)]
+    assert len(trained) == 1 and len(refused) == 1, outputs
+    logs = market.store.list(Layout().job("lt-unsure-twice").logs)
+    assert [o.loc.name for o in logs] == [f"{trained[0]}.log"]  # only one container wrote
+    market.assert_clean()
+
+
 def _seen(found: list[dict[str, object]], name: str) -> bool:
     return any(e["event"] == name for e in found)
 

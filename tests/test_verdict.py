@@ -189,6 +189,13 @@ CASES: list[tuple[str, Observation, Attempt, Ending | None, bool]] = [
         False,
     ),
     (
+        "another container holds the lease",
+        obs(sentinel=sentinel(9, reason="held by instance 31000007", cause="lease", holder="7")),
+        attempt(),
+        Ending.ELSEWHERE,
+        False,
+    ),
+    (
         "its own runtime limit",
         obs(sentinel=sentinel(7, reason="ran out of time", cause="limit")),
         attempt(),
@@ -345,3 +352,10 @@ def test_success_carries_the_manifest_and_deciding_changes_nothing() -> None:
     verdict = decide(obs(manifest=manifest()), a, RULES)
     assert verdict is not None and verdict.manifest == manifest()
     assert a.__dict__ == before
+
+
+def test_a_container_that_found_the_job_taken_names_the_instance_to_watch() -> None:
+    seen = obs(sentinel=sentinel(9, reason="held by instance 31000007", cause="lease", holder="7"))
+    verdict = decide(seen, attempt(), RULES)
+    assert verdict is not None and verdict.holder == 7
+    assert "another instance runs the job" in verdict.reason

@@ -3,7 +3,8 @@
 Vast.ai bills until the instance is destroyed and reports no exit code, so the container
 reports for itself (`status.json`, the shipped log, a last-line sentinel) and destroys its
 own instance when the job ends, when `limits.max_runtime_minutes` passes, or when the
-launcher's heartbeat goes stale."""
+launcher's heartbeat goes stale. Before it writes anything it takes the job's lease: a
+container that finds another one running the job writes nothing and destroys itself."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from types import FrameType
 from trainer.container.env import ContainerEnv, read_env
 from trainer.container.selfdestroy import destroy_self
 from trainer.container.status import StatusWriter
-from trainer.container.watchdog import StopReason, Watchdog
+from trainer.container.watchdog import StopReason, Watchdog, take_lease
 from trainer.errors import (
     EXIT_CANCELLED,
+    EXIT_CONFLICT,
     EXIT_INTERNAL,
     EXIT_LIMIT,
     SpecError,
@@ -36,6 +38,7 @@ from trainer.spec import JobSpec, parse_spec
 from trainer.store import ObjectStore, open_store
 from trainer.store.base import Loc
 from trainer.store.layout import Layout
+from trainer.store.lease import LeaseHeld
 from trainer.store.records import ResultSentinel
 
 log = logging.getLogger("quantlab.container")
@@ -95,14 +98,28 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
     store = open_store(env.store_root, read_only_buckets=[spec.storage.raw_bucket])
     paths = Layout.of(spec.storage).job(spec.job_id)
     job_id = paths.job_id
+    if store.exists(paths.manifest):  # a committed job's prefix is never written again
+        log.info("job %s is already committed; nothing to do", job_id)
+        return ResultSentinel(
+            job_id=job_id, outcome="already_done", exit_code=0, artifacts=store.uri(paths.dir)
+        )
+    try:  # before anything is written: is this container the one that runs the job?
+        lease = (
+            take_lease(store, paths, env.container_id, env.status_every_s)
+            if os.environ.get("RANK", "0") == "0"  # torchrun's other ranks share rank 0's
+            else None
+        )
+    except LeaseHeld as exc:
+        return _not_ours(job_id, exc)
     status = StatusWriter(store, paths, env.container_id, log_path)
     status.set_state("starting")
-    watchdog = Watchdog(spec.limits, store, paths, started=time.time())
+    watchdog = Watchdog(spec.limits, store, paths, started=time.time(), lease=lease)
     done = threading.Event()
     ticker = threading.Thread(
         target=_tick, args=(status, watchdog, _STOP, done, env, job_id), daemon=True
     )
     ticker.start()
+    result = ResultSentinel(job_id=job_id, outcome="failed", exit_code=EXIT_INTERNAL)
     try:
         from trainer.job.run import run_job  # torch loads after the environment checked out
 
@@ -115,20 +132,21 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
             listener=status.on_progress,
         )
         status.set_state(job.outcome, metrics=job.final, artifacts=job.artifacts)  # type: ignore[arg-type]
-        return ResultSentinel(
+        result = ResultSentinel(
             job_id=job_id, outcome=job.outcome, exit_code=0, artifacts=job.artifacts
         )
     except KeyboardInterrupt:
         why = _STOP.why or StopReason("signal", "interrupted")
-        code = EXIT_CANCELLED if why.cause == "signal" else EXIT_LIMIT
-        write_failure(store, paths, why.reason, "Stopped", why.cause)
-        status.set_state("stopped", reason=why.reason, cause=why.cause)
-        return ResultSentinel(
+        code = {"signal": EXIT_CANCELLED, "lease": EXIT_CONFLICT}.get(why.cause, EXIT_LIMIT)
+        if why.cause != "lease":  # the job is another container's now: write nothing more
+            write_failure(store, paths, why.reason, "Stopped", why.cause)
+            status.set_state("stopped", reason=why.reason, cause=why.cause)
+        result = ResultSentinel(
             job_id=job_id, outcome="stopped", exit_code=code, reason=why.reason, cause=why.cause
         )
     except TrainerError as exc:
         status.set_state("failed", reason=exc.headline, cause="error")
-        return ResultSentinel(
+        result = ResultSentinel(
             job_id=job_id,
             outcome="failed",
             exit_code=exit_code_of(exc),
@@ -137,6 +155,27 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
         )
     finally:
         done.set()
+        if lease is not None and result.outcome in ("failed", "stopped", "dry_run"):
+            lease.release()  # nothing committed: the next container may start at once
+    return result
+
+
+def _not_ours(job_id: str, exc: LeaseHeld) -> ResultSentinel:
+    """Another container holds the job: this one has written nothing and ends here."""
+    log.error(
+        "job %s is not this container's to run: %s. Nothing was written; this instance "
+        "destroys itself",
+        job_id,
+        exc,
+    )
+    return ResultSentinel(
+        job_id=job_id,
+        outcome="stopped",
+        exit_code=EXIT_CONFLICT,
+        reason=f"another container runs the job ({exc.headline})",
+        cause="lease",
+        holder=exc.holder.instance,
+    )
 
 
 def _tick(
@@ -150,7 +189,8 @@ def _tick(
     """Every `status_every_s`: heartbeat, then the dead-man switch."""
     interrupted_at: float | None = None
     while not done.wait(env.status_every_s):
-        status.write()
+        if stop.why is None or stop.why.cause != "lease":  # a lost lease: write nothing more
+            status.write()
         if interrupted_at is None:
             why = watchdog.check()
             if why is not None:

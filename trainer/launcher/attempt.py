@@ -21,6 +21,8 @@ class Ending(enum.StrEnum):
     """The host or the provider failed, not the job: another offer may work."""
     DETACHED = "detached"
     CANCELLED = "cancelled"
+    ELSEWHERE = "elsewhere"
+    """Another instance of the job holds its lease and runs it: watch that one instead."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Verdict:
     bad_host: bool = False
     """Skip this machine from now on (it failed to start or keep the container)."""
     manifest: JobManifest | None = None
+    holder: int | None = None
+    """ELSEWHERE: the instance that runs the job, when the container named it."""
 
 
 @dataclass

@@ -239,12 +239,12 @@ class Renter:
             gpu=f"{offer.num_gpus}× {offer.gpu_name}",
         )
 
-    def attach(self, live: list[Instance]) -> Attempt:
+    def attach(self, live: list[Instance], number: int = 1) -> Attempt:
         """Watch the newest live instance of the job instead of renting."""
         inst = max(live, key=lambda i: i.id)
         age = max(0.0, time.time() - inst.start_date) if inst.start_date else 0.0
         a = Attempt(
-            number=1,
+            number=number,
             instance_id=inst.id,
             candidate=None,
             attached=True,

@@ -282,7 +282,18 @@ class Run:
                 self.bad.add(a.machine_id, verdict.reason)
             if not self._destroy(a.instance_id, verdict.reason):
                 raise InfraError(_undestroyed([a.instance_id], "so no other offer is rented"))
+            if verdict.ending is Ending.ELSEWHERE and self._follow(verdict.holder):
+                continue
             self._rent()
+
+    def _follow(self, holder: int | None) -> bool:
+        """Watch the instance that holds the job's lease, if it is live: it runs the job."""
+        live = [i for i in live_instances(self.vast, self.job_id) if i.id == holder]
+        if not live:
+            return False
+        self.attempts.append(self.renter.attach(live, number=len(self.attempts) + 1))
+        self.attached.add(live[0].id)
+        return True
 
     def spent_so_far(self) -> float:
         """Dollars every attempt of this launch has cost so far."""

@@ -8,8 +8,9 @@
    (STOPPED_OUTBID) → RETRY;
 3. the job ended: a stop request → CANCELLED; otherwise this container's sentinel with a
    non-zero exit code, its `status.json` saying failed or stopped, or its own `failure.json`,
-   judged by the typed cause: outside the job (signal, outbid, host offline) → RETRY; its
-   limit or the heartbeat → LIMIT; anything else → JOB_FAILED;
+   judged by the typed cause: another container holds the job's lease → ELSEWHERE (watch
+   that one); outside the job (signal, outbid, host offline) → RETRY; its limit or the
+   heartbeat → LIMIT; anything else → JOB_FAILED;
 4. with `detach`, a job that has started → DETACHED;
 5. the container EXITED or the instance is GONE with none of the above: nothing on the first
    such poll (the container writes its records before it ends), then RETRY (host marked bad)
@@ -138,6 +139,13 @@ def _job_ended(obs: Observation, a: Attempt) -> Verdict | None:
         reason, cause = obs.failure.reason, obs.failure.cause
     else:
         return None
+    if cause == "lease":
+        holder = obs.sentinel.holder if obs.sentinel is not None else None
+        return Verdict(
+            Ending.ELSEWHERE,
+            f"{_where(a)}: another instance runs the job ({reason})",
+            holder=int(holder) if holder is not None and holder.isdigit() else None,
+        )
     if cause in OUTSIDE_CAUSES:
         return Verdict(Ending.RETRY, f"{_where(a)}: the container was stopped ({reason})")
     if cause in ("limit", "heartbeat"):

@@ -103,6 +103,7 @@ class JobPaths:
     STATUS = "status.json"
     LAUNCHER_HEARTBEAT = "launcher-heartbeat.json"
     STOP_REQUEST = "stop-requested.json"
+    LEASE = "lease.json"
     JOBSPEC = "jobspec.yaml"
     MODEL = "model.bin"
     METRICS = "metrics.json"
@@ -149,6 +150,11 @@ class JobPaths:
     @property
     def stop_request(self) -> Loc:
         return self.file(self.STOP_REQUEST)
+
+    @property
+    def lease(self) -> Loc:
+        """Which container runs the job (`store.lease`)."""
+        return self.file(self.LEASE)
 
     @property
     def jobspec(self) -> Loc:

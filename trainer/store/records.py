@@ -304,11 +304,12 @@ class DatasetFingerprint(Record):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-Cause = Literal["error", "limit", "signal", "heartbeat", "user", "outbid", "host_offline"]
+Cause = Literal["error", "limit", "signal", "heartbeat", "user", "outbid", "host_offline", "lease"]
 """Why a job ended without committing. `error`: the job itself failed. `limit`: its own
 runtime limit. `heartbeat`: the launcher's heartbeat went stale. `signal`: something outside
 the job stopped the container (a host stop, an outbid). `user`: `quantlab-train stop`.
-`outbid` and `host_offline`: what the launcher saw happen to the instance."""
+`outbid` and `host_offline`: what the launcher saw happen to the instance. `lease`: another
+container holds the job's lease, so this one did not run it (or stopped)."""
 
 OUTSIDE_CAUSES: frozenset[str] = frozenset({"signal", "outbid", "host_offline"})
 """Causes outside the job: another host may well run it to the end."""
@@ -326,6 +327,23 @@ class FailureRecord(Record):
     code_version: str = ""
     started_at: str | None = None
     instances: tuple[int, ...] = ()
+
+
+class LeaseRecord(Record):
+    """`lease.json`: which container runs the job; written only if absent, rewritten only by
+    its holder (conditional writes), taken over only once it stops changing."""
+
+    holder: str
+    """The holding process: its instance id (or `local`) and a random suffix."""
+    instance: str | None
+    """The Vast.ai instance it runs on; None outside Vast.ai."""
+    renew_every_s: float
+    """How often the holder rewrites the record."""
+    renewals: int = 0
+    taken_at: str
+    renewed_at: str
+    released: bool = False
+    """The holder is done without committing: the next container may take it at once."""
 
 
 class Latest(Record):
@@ -427,6 +445,8 @@ class ResultSentinel(Record):
     reason: str | None = None
     cause: Cause | None = None
     artifacts: str | None = None
+    holder: str | None = None
+    """With cause `lease`: the instance that holds the job."""
 
     def line(self) -> str:
         body = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
