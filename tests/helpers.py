@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import yaml
 
-from trainer.data.synth import SynthConfig, generate
+from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
 from trainer.job.summary import record_commit
 from trainer.spec import JobSpec, dump_spec, spec_from_dict
 from trainer.store import ObjectStore
-from trainer.store.layout import Layout
+from trainer.store.layout import Layout, Partition
 from trainer.store.records import (
     DatasetRef,
     EvalMetrics,
@@ -103,3 +106,21 @@ def commit_without_training(
     write_record(store, paths.manifest, manifest, if_absent=True)
     record_commit(store, paths, spec, manifest)
     return manifest
+
+
+def write_day(
+    store: ObjectStore,
+    layout: Layout,
+    part: Partition,
+    cfg: SynthConfig,
+    change: Callable[[pa.Table], dict[str, np.ndarray]] | None = None,
+    table: pa.Table | None = None,
+) -> pa.Table:
+    """Write one partition: `table`, or the generated day with the columns that `change`
+    returns put in place of the generated ones."""
+    if table is None:
+        table = make_day(part.symbol, part.date, cfg)
+    for name, values in (change(table) if change else {}).items():
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    write_partition(store, layout, part, table, meta_for(table, part.symbol, part.date, cfg), cfg)
+    return table

@@ -8,10 +8,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.helpers import write_day
 from trainer.data.blocks import BlockSpec, to_block
 from trainer.data.cache import cache_budget, host_available_bytes
 from trainer.data.loader import (
@@ -24,7 +26,7 @@ from trainer.data.order import batch_segments, sample_units, split_units
 from trainer.data.passes import _moments, split_spec
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.prefetch import PartitionFiles
-from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
+from trainer.data.synth import SynthConfig, generate
 from trainer.errors import DataError
 from trainer.spec.sections import DataSpec
 from trainer.store import ObjectStore
@@ -175,14 +177,14 @@ def test_infinite_values_drop_or_fail_naming_the_partition(
     local_store: ObjectStore, layout: Layout
 ) -> None:
     _dataset(local_store, layout)
-    part = Partition("binance", "bbo", SYMBOLS[0], DATES[0])
-    table = make_day(part.symbol, part.date, CFG)
     name = CFG.feature_names[2]
-    values = table.column(name).to_numpy().copy()
-    values[[10, 20]] = [np.inf, -np.inf]
-    table = table.set_column(table.schema.get_field_index(name), name, [values])
-    meta = meta_for(table, part.symbol, part.date, CFG)
-    write_partition(local_store, layout, part, table, meta, CFG)
+
+    def infinite(table: pa.Table) -> dict[str, np.ndarray]:
+        values = table.column(name).to_numpy().copy()
+        values[[10, 20]] = [np.inf, -np.inf]
+        return {name: values}
+
+    write_day(local_store, layout, Partition("binance", "bbo", SYMBOLS[0], DATES[0]), CFG, infinite)
     plan = preflight(_spec(), local_store, layout)
     src = _source(local_store, plan)
     in_train = src["ts"] < plan.bounds.train_end_ms
@@ -206,11 +208,13 @@ def test_row_with_huge_finite_values_is_kept() -> None:
     assert block.y.tolist() == [1.0]
 
 
-@pytest.mark.parametrize("stop", [1, 5, 11, 12, 23])
+@pytest.mark.parametrize(
+    ("stop", "window"), [(1, 1), (5, 1), (11, 1), (12, 1), (23, 1), (1, 32), (7, 32), (16, 32)]
+)
 def test_resume_continues_with_exactly_the_same_batches(
-    plan: DatasetPlan, local_store: ObjectStore, stop: int
+    plan: DatasetPlan, local_store: ObjectStore, stop: int, window: int
 ) -> None:
-    kw = {"seed": 5, "shuffle_buffer_row_groups": 3}
+    kw = {"seed": 5, "shuffle_buffer_row_groups": 3, "window": window}
     full = list(_train(plan, local_store, **kw).epoch_with_ts(2))
     first = _train(plan, local_store, **kw)
     it = first.epoch_with_ts(2)
@@ -226,7 +230,9 @@ def test_resume_continues_with_exactly_the_same_batches(
             assert torch.equal(a, b)
     assert resumed.state_dict()["epoch"] == 3
     with pytest.raises(ValueError, match="seed"):
-        _train(plan, local_store, seed=6).load_state_dict(state)
+        _train(plan, local_store, **{**kw, "seed": 6}).load_state_dict(state)
+    with pytest.raises(ValueError, match="window"):
+        _train(plan, local_store, **{**kw, "window": window + 1}).load_state_dict(state)
 
 
 def test_iteration_advances_the_epoch(plan: DatasetPlan, local_store: ObjectStore) -> None:

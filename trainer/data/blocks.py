@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from trainer.data.windows import Edges, check_time_order, non_finite_rows, window_ends
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -22,6 +24,8 @@ class Unit:
     rows: int
     ts_min: int | None
     ts_max: int | None
+    offset: int = 0
+    """Rows of the partition before this row group: 0 for its first."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class BlockSpec:
     """The purge gap `[train_end, val_start)`: rows read there are counted as purged."""
     keep_ts: bool = False
     """Keep the rows' timestamps beside the block (validation and evaluation)."""
+    window: int = 1
+    """Rows per sample (`data.window`): above 1 the block also lists its window ends and keeps
+    its edges for the windows across its boundaries."""
 
     def outside(self, unit: Unit) -> bool:
         """Row-group statistics prove that no row is inside the window."""
@@ -77,11 +84,25 @@ class Block:
     """Compressed bytes of the column chunks read."""
     lease: Lease | None = None
     """The holders of the pooled memory `data` lives in; None when not pooled."""
+    ends: np.ndarray | None = None
+    """With a window above 1: the int32 positions of the rows whose windows this block serves
+    (`dropped` and `short` then count windows); None for one row per sample."""
+    edges: Edges | None = None
+    """With a window above 1: the rows this row group hands the windows across its edges."""
+    short: int = 0
+    """Rows of the split served here with too few earlier rows in their partition."""
 
     @property
     def rows(self) -> int:
         """Rows served."""
         return self.stored if self.index is None else len(self.index)
+
+    @property
+    def served(self) -> np.ndarray:
+        """The samples this block serves, as positions of their (last) rows."""
+        if self.ends is not None:
+            return self.ends
+        return np.arange(self.stored, dtype=np.int32) if self.index is None else self.index
 
     @property
     def x_stored(self) -> torch.Tensor:
@@ -112,6 +133,8 @@ class Block:
     @property
     def nbytes(self) -> int:
         extra = 0 if self.index is None else self.index.nbytes
+        extra += 0 if self.ends is None else self.ends.nbytes
+        extra += 0 if self.edges is None else self.edges.nbytes
         return self.data.numel() * 4 + extra + (0 if self.ts is None else self.ts.numel() * 8)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Block:
@@ -184,34 +207,51 @@ def staging(rows: int, cols: int) -> np.ndarray:
     return buf[: rows * cols].reshape(cols, rows)
 
 
+def in_window(ts: np.ndarray, spec: BlockSpec) -> np.ndarray:
+    """Which rows the split's time window keeps."""
+    keep = np.ones(len(ts), bool)
+    if spec.lo is not None:
+        keep &= ts >= spec.lo
+    if spec.hi is not None:
+        keep &= ts < spec.hi
+    return keep
+
+
 def to_block(
     stage: np.ndarray,
     ts: np.ndarray | None,
     spec: BlockSpec,
     cut: bool,
     pool: BufferPool | None = None,
+    first_end: int = 0,
 ) -> Block:
     """Staged columns `[F + 1, n]` (features, then label) → one row-major block and the
     rows it serves, all in vectorised numpy (no per-row Python).
 
     `cut`: apply the time window (the row group straddles it; needs `ts`); `pool`: where the
     block's memory comes from (page-locked when bound for a GPU, so that the copy there can
-    run asynchronously)."""
+    run asynchronously). With a window above 1 (`ts` needed): `first_end`, the first row
+    whose window this block serves (the earlier ones need the row group before, and are
+    served across the seam); the timestamps must not go back."""
     nf, n = stage.shape[0] - 1, stage.shape[1]
     keep = np.ones(n, bool)
     purged = 0
     if cut and ts is not None:
-        if spec.lo is not None:
-            keep &= ts >= spec.lo
-        if spec.hi is not None:
-            keep &= ts < spec.hi
+        keep = in_window(ts, spec)
         purged = int(np.count_nonzero((ts >= spec.gap[0]) & (ts < spec.gap[1])))
-    # A row's float32 sum is non-finite whenever one of its values is (NaN and inf
-    # propagate), so one vectorised pass finds the suspects; finite values that merely
-    # overflowed the sum are cleared by the exact check on those few columns.
-    with np.errstate(over="ignore", invalid="ignore"):
-        suspects = np.flatnonzero(~np.isfinite(stage.sum(axis=0)))
-    bad = suspects[~np.isfinite(stage[:, suspects]).all(axis=0)]
+    bad_features, bad_labels = non_finite_rows(stage)
+    ends = edges = None
+    short = window_dropped = 0
+    if spec.window > 1:
+        if ts is None:
+            raise ValueError("windows need the rows' timestamps")
+        check_time_order(ts, "the row group")
+        found = window_ends(
+            n, keep if cut else None, bad_features, bad_labels, spec.window, first_end
+        )
+        ends, short, window_dropped = found.ends, found.short, found.dropped
+        edges = Edges.of(stage, ts, spec.window)
+    bad = np.union1d(bad_features, bad_labels)
     bad = bad[keep[bad]]
     keep[bad] = False
     if pool is None:
@@ -224,7 +264,22 @@ def to_block(
     all_kept = bool(keep.all())
     index = None if all_kept else np.flatnonzero(keep).astype(np.int32)
     kept_ts = torch.from_numpy(ts.copy()) if spec.keep_ts and ts is not None else None
-    return Block(data, n, nf, index, kept_ts, len(bad), purged, 0, lease)
+    dropped = len(bad) if ends is None else window_dropped
+    return Block(data, n, nf, index, kept_ts, dropped, purged, 0, lease, ends, edges, short)
+
+
+def seam_block(rows: np.ndarray, ts: np.ndarray, first: int, spec: BlockSpec) -> Block:
+    """The small block of the windows across a row-group boundary (`windows.seam_rows`): rows
+    `[m + h, F + 1]` whose windows end at positions `first` onwards."""
+    n, nf = rows.shape[0], rows.shape[1] - 1
+    bad_features, bad_labels = non_finite_rows(rows.T)
+    found = window_ends(n, in_window(ts, spec), bad_features, bad_labels, spec.window, first)
+    data = torch.from_numpy(np.concatenate([rows[:, :nf].ravel(), rows[:, nf]]))
+    kept_ts = torch.from_numpy(ts) if spec.keep_ts else None
+    index = np.zeros(0, np.int32)  # no row of its own to serve: its rows belong to others
+    return Block(
+        data, n, nf, index, kept_ts, found.dropped, 0, 0, None, found.ends, None, found.short
+    )
 
 
 def fill_column(out: np.ndarray, column: pa.ChunkedArray) -> None:

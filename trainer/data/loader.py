@@ -12,12 +12,22 @@ import numpy as np
 import torch
 
 from trainer.data.batches import Batch, BufferSource, gather, join, rows_in
-from trainer.data.blocks import Block, Unit, resolve_device
+from trainer.data.blocks import Block, Unit, resolve_device, seam_block
 from trainer.data.cache import BlockCache
-from trainer.data.order import batch_segments, rank_units, row_order, split_units
+from trainer.data.order import (
+    Seam,
+    batch_segments,
+    deal_run,
+    rank_units,
+    row_order,
+    seams,
+    split_units,
+)
 from trainer.data.passes import compute_feature_stats, read_split_arrays, split_spec
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader, PartitionFiles
+from trainer.data.windows import Edges, seam_rows
+from trainer.errors import DataError
 from trainer.store.base import ObjectStore
 
 __all__ = [
@@ -31,7 +41,17 @@ __all__ = [
 Split = Literal["train", "val"]
 STATE_VERSION = 2
 """Of the position `state_dict` saves; 2 since row groups are dealt to ranks once per job."""
-_STATE_KEYS = ("split", "seed", "rank", "world_size", "batch_size", "shuffle_buffer_row_groups")
+_STATE_KEYS = (
+    "split",
+    "seed",
+    "rank",
+    "world_size",
+    "batch_size",
+    "shuffle_buffer_row_groups",
+    "window",
+)
+_STATE_DEFAULTS = {"window": 1}
+"""What a state saved before a key existed meant by it."""
 
 
 @dataclass
@@ -41,6 +61,9 @@ class LoaderStats:
     rows: int = 0
     batches: int = 0
     dropped_non_finite: int = 0
+    """Rows (windows, with a window above 1) dropped for a NaN or infinite value."""
+    short_history: int = 0
+    """Rows with fewer than `window - 1` earlier rows in their partition: no sample."""
     purged: int = 0
     """Rows read that fell in the purge gap before the validation start."""
     bytes_read: int = 0
@@ -64,6 +87,10 @@ class StreamingLoader:
     are dealt to the ranks once by `seed`, each rank visits its own in a new order every
     epoch, and rows are shuffled inside buffers of `shuffle_buffer_row_groups` row groups.
     Validation keeps time order.
+    With `window` above 1 a sample is the `window` rows of one partition ending at the
+    labelled row, batches are `(x [B, window, F], y [B])`, gathered from the blocks on the
+    device; the windows across a row-group boundary are served from the edges the two row
+    groups keep (`windows.Edges`), so no row group is read twice and nothing holds a window.
     Rows are kept only inside the purged split (`ts < train_end_ms` for training,
     `ts >= val_start_ms` for validation); rows with a NaN or infinite value are dropped and
     counted, or fail the job with `non_finite="fail"`.
@@ -95,8 +122,11 @@ class StreamingLoader:
         drop_last: bool = False,
         with_ts: bool = False,
         files: PartitionFiles | None = None,
+        window: int = 1,
     ) -> None:
         problems = []
+        if window < 1:
+            problems.append(f"window must be at least 1, got {window}")
         if split not in ("train", "val"):
             problems.append(f"split must be 'train' or 'val', got {split!r}")
         if batch_size < 1 or shuffle_buffer_row_groups < 1 or files_in_flight < 1:
@@ -113,10 +143,13 @@ class StreamingLoader:
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.shuffle_buffer_row_groups = shuffle_buffer_row_groups
         self.files_in_flight, self.non_finite, self.max_rows = files_in_flight, non_finite, max_rows
-        self.cache, self.with_ts = cache, with_ts
+        self.cache, self.with_ts, self.window = cache, with_ts, window
         self.device = resolve_device(device)
-        self.spec = split_spec(plan, split, with_ts)
+        self.spec = split_spec(plan, split, with_ts, window)
         self.units = split_units(plan, self.spec, time_order=split == "val")
+        self.run = deal_run(len(self.units), world_size, window)
+        self._edges: dict[tuple[int, int], Edges] = {}
+        """Every row group's edges seen so far (kept across epochs: they are small)."""
         k = shuffle_buffer_row_groups if split == "train" else 1
         self.reader = BlockReader(
             plan,
@@ -137,7 +170,8 @@ class StreamingLoader:
 
     # -- public API --------------------------------------------------------------------------
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of one epoch: `(x [B, F], y [B])`, float32 on the device. A pending
+        """The batches of one epoch: `(x [B, F], y [B])` (`x [B, window, F]` with a window
+        above 1), float32 on the device. A pending
         `load_state_dict` for this epoch resumes where it stopped; otherwise the epoch
         starts from its beginning."""
         for x, y, _ in self._start(epoch, with_ts=False):
@@ -177,9 +211,10 @@ class StreamingLoader:
         """Continue from `state`: the next `epoch(state['epoch'])` (or iteration) yields
         exactly the batches an uninterrupted loader would have yielded next."""
         wrong = [
-            f"{k}: saved {state.get(k)!r}, this loader has {getattr(self, k)!r}"
+            f"{k}: saved {state.get(k, _STATE_DEFAULTS.get(k))!r}, this loader has "
+            f"{getattr(self, k)!r}"
             for k in _STATE_KEYS
-            if state.get(k) != getattr(self, k)
+            if state.get(k, _STATE_DEFAULTS.get(k)) != getattr(self, k)
         ]
         if state.get("version") != STATE_VERSION or wrong:
             raise ValueError("loader state does not match this loader: " + "; ".join(wrong))
@@ -198,7 +233,7 @@ class StreamingLoader:
     # -- the epoch ---------------------------------------------------------------------------
     def _rank_units(self, epoch: int, rank: int) -> list[Unit]:
         return rank_units(
-            self.units, self.seed, epoch, rank, self.world_size, self.split == "train"
+            self.units, self.seed, epoch, rank, self.world_size, self.split == "train", self.run
         )
 
     def _run(
@@ -210,6 +245,7 @@ class StreamingLoader:
         stats.planned_rows = sum(u.rows for u in units)
         k = self.shuffle_buffer_row_groups if self.split == "train" else 1
         chunks = [units[i : i + k] for i in range(0, len(units), k)]
+        seams_at = seams(self.plan, units, self.window, k)
         self._pos = {"epoch": epoch, "chunk": chunk0, "offset": offset0, "rows": done}
         limit = self.max_rows if self.max_rows is not None else -1
         last = len(chunks)
@@ -223,10 +259,8 @@ class StreamingLoader:
                 if done == limit:
                     break
                 blocks = [self._count(*next(stream)) for _ in chunks[c]]
-                served = [
-                    np.arange(b.stored, dtype=np.int32) if b.index is None else b.index
-                    for b in blocks
-                ]
+                pieces = blocks + [self._seam(seam) for seam in seams_at[c]]
+                served = [b.served for b in pieces]
                 order = None
                 if self.split == "train":
                     total = sum(len(s) for s in served)
@@ -234,7 +268,7 @@ class StreamingLoader:
                 first = self.batch_size - rows_in(carry)
                 start = offset0 if c == chunk0 else 0
                 local, segments = batch_segments(served, order, start, first, self.batch_size)
-                source = BufferSource.of(blocks, local, self.device)
+                source = BufferSource.of(pieces, local, self.device, self.window)
                 for seg in segments:
                     carry.append(gather(source, seg, len(self.plan.features), with_ts))
                     if rows_in(carry) < self.batch_size:
@@ -289,5 +323,37 @@ class StreamingLoader:
             stats.row_groups_read += 1
             stats.bytes_read += block.bytes_read
         stats.dropped_non_finite += block.dropped
+        stats.short_history += block.short
         stats.purged += block.purged
+        if block.edges is not None:
+            self._edges.setdefault((unit.part, unit.group), block.edges)
         return block
+
+    def _seam(self, seam: Seam) -> Block:
+        """The block of the windows ending in `seam.owner`'s first rows, on the device."""
+        owner = self._edges_of(seam.owner)
+        earlier = [self._edges_of(u) for u in seam.earlier]
+        try:
+            rows, ts, first = seam_rows(earlier, owner, self.window)
+        except ValueError as exc:
+            uri = self.reader.files.uri(seam.owner.part)
+            raise DataError(
+                "cannot read the dataset", [f"{uri}: row group {seam.owner.group}: {exc}"]
+            ) from None
+        block = seam_block(rows, ts, first, self.spec)
+        self.reader.check(seam.owner, block)
+        self.stats.dropped_non_finite += block.dropped
+        self.stats.short_history += block.short
+        return block.to(self.device)
+
+    def _edges_of(self, unit: Unit) -> Edges:
+        """A row group's edges: seen already, or read now for them alone (a row group of
+        another rank, or history before the split, or one read before a resume)."""
+        key = (unit.part, unit.group)
+        if key not in self._edges:
+            block = self.reader.files.read(unit, self.spec, self.reader.buffers)
+            self.reader.release(block)
+            if block.edges is None:  # pragma: no cover - a window above 1 always has them
+                raise RuntimeError("a windowed read kept no edges")
+            self._edges[key] = block.edges
+        return self._edges[key]

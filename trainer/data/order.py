@@ -20,12 +20,12 @@ def split_units(plan: DatasetPlan, spec: BlockSpec, time_order: bool) -> list[Un
     """Every row group that may hold rows of the split; those whose timestamp statistics lie
     wholly outside its window are left out unread. File order, or time order (by the
     groups' first timestamp) with `time_order`."""
-    units = []
-    for p, info in enumerate(plan.partitions):
-        for rg in info.row_groups:
-            unit = Unit(p, rg.index, rg.rows, rg.ts_min, rg.ts_max)
-            if rg.rows and not spec.outside(unit):
-                units.append(unit)
+    units = [
+        unit
+        for p in range(len(plan.partitions))
+        for unit in partition_units(plan, p)
+        if not spec.outside(unit)
+    ]
     if time_order:
 
         def first_ts(u: Unit) -> tuple[int, int, int]:
@@ -33,6 +33,16 @@ def split_units(plan: DatasetPlan, spec: BlockSpec, time_order: bool) -> list[Un
             return (u.ts_min if u.ts_min is not None else meta_min, u.part, u.group)
 
         units.sort(key=first_ts)
+    return units
+
+
+def partition_units(plan: DatasetPlan, part: int) -> list[Unit]:
+    """Every non-empty row group of one partition, in file order, each with its offset."""
+    units, offset = [], 0
+    for rg in plan.partitions[part].row_groups:
+        if rg.rows:
+            units.append(Unit(part, rg.index, rg.rows, rg.ts_min, rg.ts_max, offset))
+        offset += rg.rows
     return units
 
 
@@ -62,21 +72,82 @@ def sample_units(plan: DatasetPlan, units: Sequence[Unit], rows: int) -> list[Un
 
 
 def rank_units(
-    units: Sequence[Unit], seed: int, epoch: int, rank: int, world_size: int, shuffle: bool
+    units: Sequence[Unit],
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    shuffle: bool,
+    run: int = 1,
 ) -> list[Unit]:
     """This rank's row groups for one epoch. Shuffled: the row groups are dealt to the ranks
     once for the job, by `seed` (every `world_size`-th of one permutation, the same on every
     rank), and each rank visits its own in a new order every epoch, by `(seed, epoch)`. So
     each row group, hence each row, goes to exactly one rank, and a rank's cache holds
-    blocks that the rank itself serves again in every later epoch. In order: every
+    blocks that the rank itself serves again in every later epoch. `run` > 1 deals up to
+    that many consecutive row groups of one partition together (`units` in file order), so
+    that the windows across their boundaries stay on one rank. In order: every
     `world_size`-th row group from position `rank`."""
     ordered = list(units)
     if not shuffle:
         return ordered[rank::world_size]
-    deal = np.random.default_rng([seed]).permutation(len(ordered))
-    mine = [ordered[i] for i in deal[rank::world_size]]
+    runs: list[list[Unit]] = []
+    for u in ordered:
+        last = runs[-1][-1] if runs else None
+        joins = last is not None and last.part == u.part and last.offset + last.rows == u.offset
+        if joins and len(runs[-1]) < run:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    deal = np.random.default_rng([seed]).permutation(len(runs))
+    mine = [u for i in deal[rank::world_size] for u in runs[i]]
     visit = np.random.default_rng([seed, epoch]).permutation(len(mine))
     return [mine[i] for i in visit]
+
+
+def deal_run(units: int, world_size: int, window: int) -> int:
+    """How many consecutive row groups are dealt to a rank together: one for single rows
+    or a single rank; with windows, as many as leaves every rank about 16 runs, so that
+    nearly every seam between row groups stays on one rank and the shards stay even."""
+    if window == 1 or world_size == 1:
+        return 1
+    return max(1, units // (16 * world_size))
+
+
+@dataclass(frozen=True)
+class Seam:
+    """The windows that end in `owner`'s first `L - 1` rows: they need the rows of
+    `earlier`, the row groups before it in its partition (nearest first)."""
+
+    owner: Unit
+    earlier: tuple[Unit, ...]
+
+
+def seams(plan: DatasetPlan, units: Sequence[Unit], window: int, buffer: int) -> list[list[Seam]]:
+    """For each shuffle buffer of `buffer` consecutive `units` (this rank's, in visiting
+    order), the seams it serves. A seam goes to the buffer of whichever of its row groups
+    this rank visits last, so every row group it needs has been read by then (no row group
+    is read twice) and it is a pure function of the order (resuming is exact). Row groups it
+    needs that this rank does not visit (another rank's, or validation's history before
+    the split) are read for their edges alone."""
+    out: list[list[Seam]] = [[] for _ in range(math.ceil(len(units) / buffer))]
+    if window == 1:
+        return out
+    at = {(u.part, u.group): i for i, u in enumerate(units)}
+    groups = {p: partition_units(plan, p) for p in {u.part for u in units}}
+    for i, u in enumerate(units):
+        if u.offset == 0:
+            continue  # a partition's first row group: nothing before it
+        before = [g for g in groups[u.part] if g.offset < u.offset]
+        earlier, need = [], window - 1
+        for g in reversed(before):
+            if need <= 0:
+                break
+            earlier.append(g)
+            need -= g.rows
+        last = max([i] + [at[(g.part, g.group)] for g in earlier if (g.part, g.group) in at])
+        out[last // buffer].append(Seam(u, tuple(earlier)))
+    return out
 
 
 def row_order(rows: int, seed: int, epoch: int, rank: int, buffer: int) -> np.ndarray:

@@ -10,11 +10,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainer.data.blocks import BlockSpec, Unit
+from trainer.data.blocks import BlockSpec, Unit, in_window
 from trainer.data.cache import BlockCache
-from trainer.data.order import sample_units, split_units
+from trainer.data.order import partition_units, sample_units, split_units
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader, PartitionFiles
+from trainer.data.windows import check_time_order, window_ends
+from trainer.errors import DataError
 from trainer.store.base import ObjectStore
 
 Split = Literal["train", "val"]
@@ -25,8 +27,11 @@ RUN_ROWS = 1024
 """Rows summed in float32 at a time before the runs' sums are added up in float64."""
 
 
-def split_spec(plan: DatasetPlan, split: Split, with_ts: bool = False) -> BlockSpec:
-    """The block spec of a split: its purged window, and timestamps kept for validation."""
+def split_spec(
+    plan: DatasetPlan, split: Split, with_ts: bool = False, window: int = 1
+) -> BlockSpec:
+    """The block spec of a split: its purged window, timestamps kept for validation, and the
+    rows per sample."""
     b = plan.bounds
     return BlockSpec(
         features=plan.features,
@@ -36,6 +41,7 @@ def split_spec(plan: DatasetPlan, split: Split, with_ts: bool = False) -> BlockS
         hi=b.train_end_ms if split == "train" else None,
         gap=(b.train_end_ms, b.val_start_ms),
         keep_ts=with_ts or split == "val",
+        window=window,
     )
 
 
@@ -106,6 +112,7 @@ def compute_feature_stats(
     min_std: float = 1e-6,
     files: PartitionFiles | None = None,
     sample_rows: int = STATS_SAMPLE_ROWS,
+    window: int = 1,
 ) -> FeatureStats:
     """Mean and standard deviation of the training rows (after the purge and the non-finite
     filter), from a day-stratified sample of about `sample_rows` rows in whole row groups
@@ -116,8 +123,10 @@ def compute_feature_stats(
     float32 sum runs long) and the blocks are merged in float64 (Chan et al.), so large
     offsets do not cancel. The standard errors come from the spread between the sampled
     row groups (cluster sampling without replacement), which also covers days or hours
-    that differ from each other. Blocks read go into `cache`, which epoch 1 then serves."""
-    spec = split_spec(plan, "train")
+    that differ from each other. Blocks read go into `cache`, which epoch 1 then serves
+    (`window`: the training loader's, so that they are the blocks it asks for; the
+    statistics are those of the rows whatever the window)."""
+    spec = split_spec(plan, "train", window=window)
     population = split_units(plan, spec, time_order=False)
     budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
     units = _enough(sample_units(plan, population, budget), max_rows)
@@ -204,6 +213,127 @@ def _run_sums(x: np.ndarray) -> np.ndarray:
     whole = n - n % RUN_ROWS
     runs = x[:whole].reshape(-1, RUN_ROWS, nf).sum(axis=1)
     return runs.sum(axis=0, dtype=np.float64) + x[whole:].sum(axis=0, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """A split's samples in time order, for evaluation and the exported predictions: the
+    rows their inputs are made of and, with a window above 1, the row each sample ends at
+    (so holding them costs the rows, not `window` times the rows)."""
+
+    x: np.ndarray
+    """float32 `[R, F]`: the samples' rows (window 1), or every row their windows take."""
+    y: np.ndarray
+    """float32 `[N]`: each sample's label."""
+    ts: np.ndarray
+    """int64 `[N]`: each sample's timestamp, its labelled row's, epoch milliseconds."""
+    ends: np.ndarray | None = None
+    """int64 `[N]`: the position in `x` of each sample's last row; None for window 1."""
+    row_ts: np.ndarray | None = None
+    """int64 `[R]`: the timestamps of the rows of `x`; None for window 1 (then `ts`)."""
+    window: int = 1
+    dropped: int = 0
+    """Samples dropped for a non-finite value (with a window, anywhere in the window)."""
+    short: int = 0
+    """Rows with too few earlier rows in their partition for a window."""
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def inputs(self, pick: np.ndarray | slice) -> np.ndarray:
+        """The chosen samples as the model takes them: `[n, F]`, or `[n, window, F]`."""
+        if self.ends is None:
+            return self.x[pick]
+        rows = self.ends[pick][:, None] + np.arange(1 - self.window, 1)
+        return self.x[rows]
+
+
+def read_split(
+    plan: DatasetPlan,
+    store: ObjectStore,
+    split: Split = "val",
+    *,
+    window: int = 1,
+    cache: BlockCache | None = None,
+    non_finite: Literal["drop", "fail"] = "drop",
+    max_rows: int | None = None,
+    files: PartitionFiles | None = None,
+) -> SplitRows:
+    """A whole (small) split, or its first `max_rows` samples in time, sorted by time
+    (stable). With a window above 1 each partition's row groups are read in file order
+    together with the rows before the split that its first windows reach back to (past
+    features, never labels). Reads no row group beyond what it returns."""
+    if window == 1:
+        x, y, ts = read_split_arrays(
+            plan, store, split, cache=cache, non_finite=non_finite, max_rows=max_rows, files=files
+        )
+        return SplitRows(x, y, ts)
+    spec = split_spec(plan, split, with_ts=True, window=window)
+    wanted = _enough(split_units(plan, spec, time_order=True), max_rows)
+    runs = _with_history(plan, wanted, window)
+    units = [u for run in runs for u in run]
+    reader = _reader(plan, store, spec, cache, non_finite, files, units)
+    xs, ys, tss, ends = [], [], [], []
+    dropped = short = base = 0
+    try:
+        stream = reader.stream(units)
+        for run in runs:
+            blocks = [next(stream)[1] for _ in run]
+            x = np.concatenate([b.x_stored.cpu().numpy() for b in blocks])
+            y = np.concatenate([b.y_stored.cpu().numpy() for b in blocks])
+            ts = np.concatenate([b.ts.numpy() for b in blocks if b.ts is not None])
+            for b in blocks:
+                reader.release(b)
+            try:
+                check_time_order(ts, f"row groups {run[0].group}-{run[-1].group}")
+            except ValueError as exc:
+                uri = store.uri(plan.partitions[run[0].part].data)
+                raise DataError("cannot read the dataset", [f"{uri}: {exc}"]) from None
+            found = window_ends(
+                len(y),
+                in_window(ts, spec),
+                np.flatnonzero(~np.isfinite(x).all(axis=1)),
+                np.flatnonzero(~np.isfinite(y)),
+                window,
+            )
+            xs.append(x)
+            ys.append(y)
+            tss.append(ts)
+            ends.append(found.ends.astype(np.int64) + base)
+            dropped, short, base = dropped + found.dropped, short + found.short, base + len(y)
+    finally:
+        reader.close()
+    if dropped and non_finite == "fail":
+        raise DataError(
+            "non-finite values in the data (data.non_finite is 'fail'; 'drop' skips them)",
+            [f"{dropped} {split} window(s) of rows with a NaN or infinite label or feature"],
+        )
+    nf = len(plan.features)
+    rows = np.concatenate(xs) if xs else np.empty((0, nf), np.float32)
+    labels = np.concatenate(ys) if ys else np.empty(0, np.float32)
+    row_ts = np.concatenate(tss) if tss else np.empty(0, np.int64)
+    at = np.concatenate(ends) if ends else np.empty(0, np.int64)
+    at = at[np.argsort(row_ts[at], kind="stable")][:max_rows]
+    return SplitRows(rows, labels[at], row_ts[at], at, row_ts, window, dropped, short)
+
+
+def _with_history(plan: DatasetPlan, units: Sequence[Unit], window: int) -> list[list[Unit]]:
+    """Per partition, in file order, the row groups from the first that `units` needs back
+    to `window - 1` rows before its first one, to its last one."""
+    by_part: dict[int, list[Unit]] = {}
+    for u in units:
+        by_part.setdefault(u.part, []).append(u)
+    runs = []
+    for part, mine in sorted(by_part.items()):
+        lo, hi = min(u.offset for u in mine), max(u.offset for u in mine)
+        groups = partition_units(plan, part)
+        start, need = lo, window - 1
+        for g in reversed([g for g in groups if g.offset < lo]):
+            if need <= 0:
+                break
+            start, need = g.offset, need - g.rows
+        runs.append([g for g in groups if start <= g.offset <= hi])
+    return runs
 
 
 def read_split_arrays(

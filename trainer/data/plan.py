@@ -4,6 +4,7 @@ the data), check them against each other and the spec, and return the plan the l
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -219,8 +220,25 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
             f"({day_first}..{day_last})"
         )
     groups = tuple(_row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
+    if data.window > 1:
+        problems += _out_of_order(groups, f"{where}: date {part.date}, symbol {part.symbol}")
     info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md, footer_sha256)
     return _Footer(info, schema, problems)
+
+
+def _out_of_order(groups: tuple[RowGroup, ...], where: str) -> list[str]:
+    """Windows take consecutive rows as the recent past, so a partition's rows must be in
+    time order: row-group statistics that go back prove they are not (the loader checks the
+    rows inside each row group it reads)."""
+    known = [rg for rg in groups if rg.rows and rg.ts_min is not None and rg.ts_max is not None]
+    for prev, rg in itertools.pairwise(known):
+        if rg.ts_min is not None and prev.ts_max is not None and rg.ts_min < prev.ts_max:
+            return [
+                f"{where}: timestamps go back from row group {prev.index} (up to "
+                f"{prev.ts_max}) to row group {rg.index} (from {rg.ts_min}); data.window "
+                "needs each partition's rows in time order: sort them by timestamp"
+            ]
+    return []
 
 
 def _read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str]:

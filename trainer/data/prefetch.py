@@ -109,7 +109,7 @@ class PartitionFiles:
         DataError naming the partition."""
         cut = not spec.inside(unit)
         names = [*spec.features, spec.label]
-        with_ts = cut or spec.keep_ts
+        with_ts = cut or spec.keep_ts or spec.window > 1
         if with_ts:
             names.append(spec.timestamp)
         try:
@@ -137,7 +137,10 @@ class PartitionFiles:
                             raise ValueError(f"{column.null_count} null timestamp(s)")
                         fill_column(rows[name], column)
                     nbytes += size
-            block = to_block(stage, ts, spec, cut, pool)
+            # A partition's first row group serves every window it can; later ones leave
+            # their first rows' windows to the seam with the row group before.
+            first = 0 if unit.offset == 0 else spec.window - 1
+            block = to_block(stage, ts, spec, cut, pool, first)
         except (OSError, ValueError, IndexError, pa.ArrowException, StorageError) as exc:
             raise DataError(
                 "cannot read the dataset",
@@ -214,7 +217,8 @@ class BlockReader:
     def key(self, unit: Unit) -> tuple[object, ...]:
         """Cache key: the object, the row group, and everything that shapes the block."""
         s = self.spec
-        return (self.files.uri(unit.part), unit.group, s.lo, s.hi, s.features, s.label, s.keep_ts)
+        shape = (s.lo, s.hi, s.features, s.label, s.keep_ts, s.window)
+        return (self.files.uri(unit.part), unit.group, *shape)
 
     def stream(self, units: Sequence[Unit]) -> Generator[tuple[Unit, Block, bool], None, None]:
         """`(unit, block on the device, cache hit)` for each unit, in order."""
@@ -239,7 +243,7 @@ class BlockReader:
                     return
                 unit, job = pending.popleft()
                 if isinstance(job, Block):
-                    self._check(unit, job)
+                    self.check(unit, job)
                     if self.buffers.pin and not job.data.is_cuda and not job.data.is_pinned():
                         # A host cache filled by a CPU pass (feature statistics): pin each
                         # block once, so every later epoch's copy to the GPU is asynchronous.
@@ -251,7 +255,7 @@ class BlockReader:
                     yield unit, self._to_device(job), True
                     continue
                 block = job.result()
-                self._check(unit, block)
+                self.check(unit, block)
                 moved = self._to_device(block)
                 if self.cache is not None:
                     # whichever copy already sits on the cache's device: no second transfer
@@ -263,13 +267,15 @@ class BlockReader:
                 if isinstance(job, Future):
                     job.cancel()
 
-    def _check(self, unit: Unit, block: Block) -> None:
+    def check(self, unit: Unit, block: Block) -> None:
+        """Under `non_finite="fail"`, a block that dropped anything fails the job."""
         if block.dropped and self.non_finite == "fail":
+            what = "row(s)" if block.ends is None else "window(s) of rows"
             raise DataError(
                 "non-finite values in the data (data.non_finite is 'fail'; 'drop' skips them)",
                 [
                     f"{self.files.uri(unit.part)}: row group {unit.group}: {block.dropped} "
-                    "row(s) with a NaN or infinite label or feature"
+                    f"{what} with a NaN or infinite label or feature"
                 ],
             )
 

@@ -43,6 +43,11 @@ class SynthConfig:
     row_group_size: int = 5_000
     signal_ic: float = 0.35
     """Pearson correlation of the label with `imbalance_l1`: the best a model can reach."""
+    signal_lag: int = 0
+    """Rows back the signal sits: 0, the label follows the row's own `imbalance_l1`; N > 0,
+    it follows the `imbalance_l1` of the row N rows earlier in the same partition, which no
+    single row carries, so only a window of more than N rows can learn it (the first N rows
+    of each day have no label)."""
     feature_nan_rate: float = 0.0005
     """Share of rows with one NaN feature, as real feeds have after gaps."""
     compression: str = "zstd"
@@ -61,14 +66,17 @@ class SynthConfig:
             "label_horizon_sec": self.label_horizon_sec,
             "signal_ic": self.signal_ic,
         }
+        if self.signal_lag:  # only when set: datasets written before it keep their hash
+            body["signal_lag"] = self.signal_lag
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_day(symbol: str, date: str, cfg: SynthConfig) -> pa.Table:
     """One day of one symbol: `ts` (ms), the features, `label` (forward return, bps).
 
-    The label is `signal_ic`-correlated with `imbalance_l1` and independent of every other
-    feature; its last `label_horizon_sec` seconds are NaN, since their forward window is empty.
+    The label is `signal_ic`-correlated with `imbalance_l1` (`signal_lag` rows back) and
+    independent of every other feature; its last `label_horizon_sec` seconds are NaN, since
+    their forward window is empty.
     """
     seed = int(hashlib.sha256(f"{cfg.seed}/{symbol}/{date}".encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng(seed)
@@ -93,7 +101,9 @@ def make_day(symbol: str, date: str, cfg: SynthConfig) -> pa.Table:
     x = cols[SIGNAL_FEATURE]
     x_std = float(np.std(x))
     noise_scale = x_std * np.sqrt(1.0 / cfg.signal_ic**2 - 1.0)
-    label = 5.0 * (x + noise_scale * rng.standard_normal(n))
+    lag = cfg.signal_lag
+    driver = x if lag == 0 else np.concatenate([np.full(min(lag, n), np.nan), x[: n - lag]])
+    label = 5.0 * (driver + noise_scale * rng.standard_normal(n))
     label[ts > last - cfg.label_horizon_sec * 1000] = np.nan
 
     if cfg.feature_nan_rate > 0:

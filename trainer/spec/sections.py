@@ -137,7 +137,16 @@ class DataSpec(Section):
     """Chronological train/validation split."""
     non_finite: Literal["drop", "fail"] = "drop"
     """Rows whose label or any feature is NaN or infinite: `drop` (counted and reported) or
-    `fail` the job. Default: `drop`."""
+    `fail` the job. With `window` above 1, a sample holding such a value anywhere in its
+    window is dropped (or fails the job) the same way. Default: `drop`."""
+    window: int = Field(default=1, ge=1, le=4096)
+    """Rows per sample: a sample is the `window` consecutive rows of one partition (one symbol,
+    one day) in timestamp order, ending at the row whose label it carries, and the model sees
+    `[batch, window, features]`. A window never crosses a partition: a row with fewer than
+    `window - 1` earlier rows in its partition is no sample (counted and reported). The split
+    and the purge go by the labelled row's timestamp, so a validation window may reach back
+    before the validation start (past features, never labels). Default: 1, one row per
+    sample, `[batch, features]`."""
     cache_gb: float | None = Field(default=None, ge=0)
     """Memory for decoded row groups kept for later epochs, GB (10^9 bytes), on the training
     device: GPU memory on CUDA. The first row groups that fit are kept for the whole job, so
