@@ -15,11 +15,13 @@ import pytest
 
 from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
 from trainer.data.loader import read_split_arrays
+from trainer.data.passes import read_split
 from trainer.data.plan import preflight
 from trainer.data.synth import SIGNAL_FEATURE, SynthConfig
 from trainer.errors import EXIT_DATA, DataError
-from trainer.job.artifacts import read_manifest, verify
+from trainer.job.artifacts import SAMPLE_ROWS, read_manifest, verify
 from trainer.job.run import run_job
+from trainer.promotion.candidate import check_sample
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
@@ -222,3 +224,50 @@ def test_nothing_to_train_on_is_a_data_error(local_store: ObjectStore) -> None:
     )
     with pytest.raises(DataError):
         run_job(spec, local_store, device="cpu", dry_run=True)
+
+
+LAG = 4
+
+
+@pytest.mark.slow
+def test_a_window_reaches_a_signal_that_no_single_row_carries(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    def spec_for(model: dict[str, Any], window: int, job: str) -> Any:
+        raw = spec_dict(
+            dates=("20251201", "20251203"),
+            job={"id": job},
+            data={"window": window},
+            train={"epochs": 2, "eval_every_steps": 40},
+        )
+        raw["model"] = model
+        return spec_from_dict(raw)
+
+    windowed = spec_for({"type": "tcn", "channels": 16}, 8, "tcn-8")
+    cfg = SynthConfig(rows_per_day=20_000, row_group_size=5_000, signal_lag=LAG)
+    make_dataset(local_store, windowed, cfg)
+    plan = preflight(windowed.data, local_store, layout)
+    # the oracle: the label's own driver, the signal feature LAG rows back in the same day
+    val = read_split(plan, local_store, "val", window=LAG + 1)
+    signal = plan.features.index(SIGNAL_FEATURE)
+    oracle = pearson(val.inputs(slice(None))[:, 0, signal].astype(np.float64), val.y)
+    assert oracle > 0.3
+
+    tcn = run_job(windowed, local_store, device="cpu", workdir=tmp_path / "tcn")
+    per_row = run_job(spec_for({}, 1, "mlp-1"), local_store, device="cpu")
+    assert tcn.final is not None and per_row.final is not None
+    print(f"oracle IC {oracle:.4f}, tcn {tcn.final.ic:.4f}, mlp per row {per_row.final.ic:.4f}")
+    assert tcn.final.ic >= 0.8 * oracle, (tcn.final.ic, oracle)
+    assert abs(per_row.final.ic) < 0.25 * oracle, (per_row.final.ic, oracle)
+
+    # model.bin takes [batch, 8, features] with its window in the metadata, and the
+    # validation sample lets promotion reproduce the job's predictions
+    meta, sample_ic, samples = check_sample(
+        tmp_path / "tcn" / "model.bin", tmp_path / "tcn" / "val_sample.parquet", "model", "sample"
+    )
+    assert meta.window == 8 and samples == SAMPLE_ROWS and sample_ic > 0.7 * oracle
+    sample = pq.read_table(tmp_path / "tcn" / "val_sample.parquet")
+    assert sample.num_rows == 8 * SAMPLE_ROWS
+    assert sample.column("__prediction").null_count == 7 * SAMPLE_ROWS
+    metrics = json.loads((tmp_path / "tcn" / "metrics.json").read_text())
+    assert metrics["rows_dropped_short_window"] == 2 * 7  # two training days

@@ -84,7 +84,15 @@ def test_early_stopping_direction_of_every_metric(
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ("model: {type: linear, hidden: [8]}", "model: hidden only apply to `type: mlp`"),
+        ("model: {type: linear, hidden: [8]}", "model: hidden only applies to `type: mlp`"),
+        (
+            "model: {type: linear, activation: relu}",
+            "model: activation only applies to `type: mlp` and `type: tcn`",
+        ),
+        (
+            "model: {type: tcn}",
+            "model: `type: tcn` convolves over a window of rows: set data.window above 1 (e.g. 32)",
+        ),
         ("train: {huber_delta: 0.5}", "train: `huber_delta` only applies to `loss: huber`"),
         ("train: {loss: mae}", "train.loss: must be 'mse', 'huber' or 'ic'"),
         (

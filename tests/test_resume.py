@@ -8,16 +8,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
-from trainer.data.loader import compute_feature_stats
+from trainer.data.loader import StreamingLoader
 from trainer.data.plan import preflight
 from trainer.data.synth import SynthConfig
 from trainer.job.artifacts import read_manifest
 from trainer.job.run import run_job
+from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
 
@@ -31,6 +33,17 @@ TRAIN = {
     "checkpoint": {"every_steps": 5, "every_minutes": None, "keep": 2},
 }
 DATA = SynthConfig(rows_per_day=12_000, row_group_size=3_000)
+SHAPES = [
+    pytest.param({}, {"hidden": [32, 16]}, id="rows"),
+    pytest.param({"window": 32}, {"type": "tcn", "channels": 8}, id="window-32"),
+]
+"""One row per sample, and windows of 32 rows into the sequence model."""
+
+
+def _raw(job: str, data: dict[str, Any], model: dict[str, Any], **train: Any) -> dict[str, Any]:
+    raw = spec_dict(job={"id": job}, data=data, train={**TRAIN, **train})
+    raw["model"] = model
+    return raw
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -38,11 +51,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
         return dict(torch.export.load(f).state_dict)
 
 
+@pytest.mark.parametrize(("data", "model"), SHAPES)
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(
-    local_store: ObjectStore, layout: Layout, tmp_path: Path
+    local_store: ObjectStore,
+    layout: Layout,
+    tmp_path: Path,
+    data: dict[str, Any],
+    model: dict[str, Any],
 ) -> None:
     make_dataset(local_store, make_spec(train=TRAIN), DATA)
-    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict(job={"id": "killed"}, train=TRAIN))
+    spec_path = write_spec(tmp_path / "spec.yaml", _raw("killed", data, model))
     pointer = layout.job("killed").checkpoint_pointer
 
     proc = subprocess.Popen(
@@ -70,13 +88,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     assert read_manifest(local_store, layout.job("killed")) is None
 
     resumed = run_job(
-        make_spec(job={"id": "killed"}, train=TRAIN),
+        spec_from_dict(_raw("killed", data, model)),
         local_store,
         device="cpu",
         workdir=tmp_path / "resumed",
     )
     straight = run_job(
-        make_spec(job={"id": "straight"}, train=TRAIN),
+        spec_from_dict(_raw("straight", data, model)),
         local_store,
         device="cpu",
         workdir=tmp_path / "straight",
@@ -100,15 +118,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun is not installed",
 )
+@pytest.mark.parametrize(("data", "model"), SHAPES)
 def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
-    local_store: ObjectStore, layout: Layout, tmp_path: Path
+    local_store: ObjectStore,
+    layout: Layout,
+    tmp_path: Path,
+    data: dict[str, Any],
+    model: dict[str, Any],
 ) -> None:
-    spec = make_spec(job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}})
+    raw = _raw("ddp", data, model, checkpoint={"every_minutes": None})
+    spec = spec_from_dict(raw)
     make_dataset(local_store, spec, DATA)
-    spec_path = write_spec(
-        tmp_path / "spec.yaml",
-        spec_dict(job={"id": "ddp"}, train={**TRAIN, "checkpoint": {"every_minutes": None}}),
-    )
+    spec_path = write_spec(tmp_path / "spec.yaml", raw)
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run(
         [
@@ -128,7 +149,10 @@ def test_two_ranks_under_torchrun_share_each_epoch_and_commit_once(
     assert manifest is not None
     metrics = json.loads(local_store.get(layout.job("ddp").metrics))
     plan = preflight(spec.data, local_store, layout)
-    n_train = compute_feature_stats(plan, local_store).rows
+    one_rank = StreamingLoader(
+        plan, local_store, split="train", batch_size=256, window=spec.data.window
+    )
+    n_train = sum(len(y) for _, y in one_rank.epoch(0))  # every sample, on one rank
     assert metrics["world_size"] == 2
     assert metrics["rows_seen_all_ranks"] == n_train * spec.train.epochs  # type: ignore[operator]
     # one set of artifacts: exactly one manifest and one model under the job

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 
 from trainer import __version__
+from trainer.data.passes import SplitRows
 from trainer.data.plan import DatasetPlan
 from trainer.errors import (
     JobFailed,
@@ -49,18 +50,6 @@ class AlreadyCommitted(PreconditionFailed):
 
 
 @dataclass(frozen=True)
-class ValidationSet:
-    """The validation rows in time order: raw features, labels, timestamps."""
-
-    x: np.ndarray
-    """float32 `[N, F]`."""
-    y: np.ndarray
-    """float32 `[N]`."""
-    ts: np.ndarray
-    """int64 `[N]`, epoch milliseconds."""
-
-
-@dataclass(frozen=True)
 class JobInfo:
     """What the manifest says about the job besides its files."""
 
@@ -91,7 +80,7 @@ def write_artifacts(
     spec: JobSpec,
     plan: DatasetPlan,
     model: torch.nn.Module,
-    val: ValidationSet,
+    val: SplitRows,
     pred: np.ndarray,
     metrics: JobMetrics,
 ) -> None:
@@ -105,11 +94,13 @@ def write_artifacts(
         config_hash=plan.config_hash,
         label_horizon_sec=plan.label_horizon_sec,
         format=FORMAT,
+        window=val.window,
     )
     export_model(model, len(plan.features), meta, workdir / JobPaths.MODEL)
     exported, _ = load_model(workdir / JobPaths.MODEL)
     with torch.no_grad():
-        again = exported(torch.from_numpy(val.x[:CHECK_ROWS])).numpy().astype(np.float64)
+        first = torch.from_numpy(val.inputs(slice(0, CHECK_ROWS)))
+        again = exported(first).numpy().astype(np.float64)
     if not np.allclose(again, pred[:CHECK_ROWS], atol=1e-4, rtol=1e-4):
         raise JobFailed("the exported model.bin does not reproduce the trained model's output")
     (workdir / JobPaths.JOBSPEC).write_text(dump_spec(spec), encoding="utf-8")
@@ -122,22 +113,54 @@ def write_artifacts(
     # A fixed sample of validation rows with their raw features: promotion re-runs model.bin
     # on it without reading the dataset again.
     pick = np.sort(np.random.default_rng(0).permutation(len(val.y))[:SAMPLE_ROWS])
-    sample = {name: val.x[pick, j] for j, name in enumerate(plan.features)}
-    sample |= {
-        "__ts": val.ts[pick],
-        "__label": val.y[pick].astype(np.float32),
-        "__prediction": pred[pick].astype(np.float32),
-    }
-    pq.write_table(pa.table(sample), workdir / JobPaths.VAL_SAMPLE, compression="zstd")
+    inputs = val.inputs(pick)
+    pq.write_table(
+        sample_table(inputs, val, pick, pred[pick], plan.features),
+        workdir / JobPaths.VAL_SAMPLE,
+        compression="zstd",
+    )
 
     def predict_rows(rows: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return exported(torch.from_numpy(rows)).numpy().astype(np.float64)
 
     importance = permutation_importance(
-        predict_rows, val.x[pick], val.y[pick].astype(np.float64), plan.features
+        predict_rows, inputs, val.y[pick].astype(np.float64), plan.features
     )
     (workdir / JobPaths.IMPORTANCE).write_bytes(importance.to_json())
+
+
+def sample_table(
+    inputs: np.ndarray,
+    val: SplitRows,
+    pick: np.ndarray,
+    pred: np.ndarray,
+    features: tuple[str, ...],
+) -> pa.Table:
+    """`val_sample.parquet`: the chosen samples' raw rows, one column per feature. With a
+    window above 1, each sample is its `window` rows in time order, as a live engine holds
+    them; its label and prediction sit on its last (labelled) row, null on the others."""
+    n, window = len(pick), val.window
+    rows = inputs.reshape(n * window, len(features))
+    last = np.arange(n * window) % window == window - 1
+    if val.ends is None or val.row_ts is None:
+        row_ts = val.ts[pick]
+    else:
+        row_ts = val.row_ts[(val.ends[pick][:, None] + np.arange(1 - window, 1)).reshape(-1)]
+
+    def on_last(values: np.ndarray) -> pa.Array:
+        spread = np.zeros(n * window, np.float32)
+        spread[last] = values.astype(np.float32)
+        return pa.array(spread, mask=~last)
+
+    table = {name: rows[:, j] for j, name in enumerate(features)}
+    table |= {
+        "__ts": row_ts,
+        "__sample": np.repeat(np.arange(n, dtype=np.int32), window),
+        "__label": on_last(val.y[pick]),
+        "__prediction": on_last(pred),
+    }
+    return pa.table(table)
 
 
 def commit(store: ObjectStore, paths: JobPaths, files: list[Path], info: JobInfo) -> Committed:

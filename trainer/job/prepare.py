@@ -14,11 +14,10 @@ import torch
 
 from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
-from trainer.data.passes import compute_feature_stats, read_split_arrays
+from trainer.data.passes import SplitRows, compute_feature_stats, read_split
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
-from trainer.job.artifacts import ValidationSet
 from trainer.model.registry import build_loss, build_model
 from trainer.spec import JobSpec
 from trainer.spec.sections import TrainSpec
@@ -42,7 +41,8 @@ class Prepared:
     train: TrainSpec
     """The spec's training section, cut down for a dry run."""
     plan: DatasetPlan
-    val: ValidationSet
+    val: SplitRows
+    """The validation samples, in time order."""
     n_train: int
     model: torch.nn.Module
     """On the device, behind the normalization, not yet wrapped for DDP."""
@@ -70,6 +70,7 @@ def prepare(
         update = {"max_steps": DRY_RUN_STEPS, "eval_every_steps": 10**9}
         train = train.model_copy(update={**update, "shuffle_buffer_row_groups": 1})
     limit = DRY_RUN_ROWS if dry_run else None
+    window = spec.data.window
     layout = Layout.of(spec.storage)
 
     log.info(
@@ -89,17 +90,25 @@ def prepare(
         non_finite=spec.data.non_finite,
         max_rows=limit,
         files=files,
+        window=window,
     )
-    x_val, y_val, ts_val = read_split_arrays(
-        plan, store, "val", non_finite=spec.data.non_finite, max_rows=limit, files=files
+    val = read_split(
+        plan,
+        store,
+        "val",
+        window=window,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        files=files,
     )
-    if stats.rows == 0 or len(y_val) == 0:
+    if stats.rows == 0 or len(val) == 0:
         raise DataError(
             "nothing to train on",
             [
                 f"{stats.rows} training rows (in {stats.row_groups} of {stats.of_row_groups} "
-                f"row groups read) and {len(y_val)} validation rows after the split, the "
-                "purge and non-finite filtering"
+                f"row groups read) and {len(val)} validation samples after the split, the "
+                "purge, non-finite filtering"
+                + (f" and windows of {window} rows" if window > 1 else "")
             ],
         )
     log.info(
@@ -114,11 +123,14 @@ def prepare(
     # Every row group read: the count is exact; sampled: the footers' (pro rata at the cut).
     whole = stats.row_groups == stats.of_row_groups and limit is None
     n_train = stats.rows if whole else plan.estimates["train_rows"]
-    log.info("rows: train %s%d, validation %d", "" if whole else "~", n_train, len(y_val))
+    if window > 1:  # a partition's first rows have no full window (the budget is an estimate)
+        n_train = max(n_train - (window - 1) * _train_partitions(plan), 1)
+    log.info("samples: train %s%d, validation %d", "" if whole else "~", n_train, len(val))
 
-    model = build_model(spec.model, len(plan.features), stats.mean, stats.std, train.seed).to(
-        device
-    )
+    sample = (len(plan.features),) if window == 1 else (window, len(plan.features))
+    model = build_model(
+        spec.model, len(plan.features), stats.mean, stats.std, train.seed, input_shape=sample
+    ).to(device)
     loader = StreamingLoader(
         plan,
         store,
@@ -133,6 +145,7 @@ def prepare(
         max_rows=limit,
         cache=cache,
         files=files,
+        window=window,
     )
     checkpointer = restored = None
     if not dry_run:
@@ -148,7 +161,7 @@ def prepare(
     return Prepared(
         train=train,
         plan=plan,
-        val=ValidationSet(x_val, y_val, ts_val),
+        val=val,
         n_train=n_train,
         model=model,
         loss=build_loss(train),
@@ -157,6 +170,11 @@ def prepare(
         restored=restored,
         max_steps=step_budget(train, steps_per_epoch),
     )
+
+
+def _train_partitions(plan: DatasetPlan) -> int:
+    """Partitions holding training rows, by their timestamp range."""
+    return sum(1 for p in plan.partitions if p.meta.ts_min < plan.bounds.train_end_ms)
 
 
 def _cache(

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.data.passes import SplitRows
+from trainer.data.windows import Windows
 from trainer.errors import JobFailed, TrainerError
 from trainer.job.artifacts import (
     JobInfo,
@@ -107,7 +109,7 @@ def run_job(
         torch_device = setup(ranks, pick_device(device))
         log.info("job %s on %s%s", job_id, _describe(torch_device), " (dry run)" if dry_run else "")
         job = prepare(spec, store, plan, torch_device, ranks, dry_run)
-        val = Validation(torch.from_numpy(job.val.x).to(torch_device), job.val.y.astype(np.float64))
+        val = Validation(_on_device(job.val, torch_device), job.val.y.astype(np.float64))
         result = _fit(job, val, torch_device, ranks, workdir, listener)
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
         if not ranks.is_main:
@@ -163,6 +165,12 @@ def _resolve(spec: JobSpec, store: ObjectStore, dry_run: bool, started: str) -> 
         raise
 
 
+def _on_device(val: SplitRows, device: torch.device) -> Windows:
+    """The validation samples on the training device: their rows, and where windows end."""
+    ends = None if val.ends is None else torch.from_numpy(val.ends)
+    return Windows(torch.from_numpy(val.x), ends, val.window).to(device)
+
+
 def _fit(
     job: Prepared,
     val: Validation,
@@ -213,6 +221,7 @@ def _metrics(
         stopped_early=result.stopped_early,
         train_seconds=round(result.wall_s, 3),
         rows_dropped_non_finite=job.loader.stats.dropped_non_finite,
+        rows_dropped_short_window=job.loader.stats.short_history,
         history=tuple(EvalRecord.model_validate(h) for h in s.history),
         rows_seen_all_ranks=rows_all_ranks,
         world_size=ranks.world_size,

@@ -18,10 +18,12 @@ def export_model(model: nn.Module, n_features: int, meta: ModelMeta, path: Path)
     """Trace `model` with a dynamic batch dimension and save it with its metadata inside.
 
     The archive maps a float32 `[batch, n_features]` tensor of raw features, in the order
-    `meta.features` lists them, to a `[batch]` tensor of predictions; the input
-    normalization is part of the graph."""
+    `meta.features` lists them (`[batch, meta.window, n_features]`, oldest row first, with a
+    window above 1), to a `[batch]` tensor of predictions; the input normalization is part of
+    the graph."""
     model = model.eval().to("cpu")
-    example = torch.zeros(2, n_features, dtype=torch.float32)  # 2, not 1: 1 would specialise
+    sample = (n_features,) if meta.window == 1 else (meta.window, n_features)
+    example = torch.zeros(2, *sample, dtype=torch.float32)  # 2, not 1: 1 would specialise
     batch = torch.export.Dim("batch")
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
     buffer = io.BytesIO()

@@ -1,7 +1,8 @@
 """The built-in models: `mlp`, a feed-forward network, and `linear`, the baseline it has to beat.
 
-Both take standardized features (the runner's `Normalized` wrapper comes first) and return
-one prediction per row, `[batch]`."""
+Both take standardized features (the runner's `Normalized` wrapper comes first), one row
+`[batch, F]` or a window of rows `[batch, L, F]` (taken side by side, as `L * F` inputs), and
+return one prediction per sample, `[batch]`."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ from torch import nn
 
 from trainer.spec.sections import ModelSpec
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
 class MLP(nn.Module):
     """Hidden layers of `spec.hidden` widths with the spec's activation and dropout, then a
     linear head."""
 
-    def __init__(self, n_features: int, spec: ModelSpec) -> None:
+    def __init__(self, n_inputs: int, spec: ModelSpec) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width = n_features
+        width = n_inputs
         for hidden in spec.hidden:
-            layers += [nn.Linear(width, hidden), _ACTIVATIONS[spec.activation]()]
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[spec.activation]()]
             if spec.dropout > 0:
                 layers.append(nn.Dropout(spec.dropout))
             width = hidden
@@ -30,15 +31,15 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return self.net(x.flatten(1)).squeeze(-1)  # a window's rows side by side
 
 
 class Linear(nn.Module):
     """Ordinary linear regression on the standardized features."""
 
-    def __init__(self, n_features: int) -> None:
+    def __init__(self, n_inputs: int) -> None:
         super().__init__()
-        self.head = nn.Linear(n_features, 1)
+        self.head = nn.Linear(n_inputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x).squeeze(-1)
+        return self.head(x.flatten(1)).squeeze(-1)

@@ -81,7 +81,7 @@ def check_sample(
     model_path: Path, sample_path: Path, model_uri: str, sample_uri: str
 ) -> tuple[ModelMeta, float, int]:
     """Run the model on the sample's features, in the order its metadata lists them; it must
-    reproduce `__prediction`. Returns the model metadata, the sample IC and its row count."""
+    reproduce `__prediction`. Returns the model metadata, the sample IC and its sample count."""
     try:
         with LOAD_LOCK:
             module, meta = load_model(model_path)
@@ -95,11 +95,20 @@ def check_sample(
             f"{sample_uri} cannot check {model_uri}: {table.num_rows} rows, "
             f"missing columns {missing or 'none'}, model features {features or 'none'}"
         )
+    window = meta.window
+    if table.num_rows % window:
+        raise CandidateInvalid(
+            f"{sample_uri} holds {table.num_rows} rows, not whole windows of {window} for "
+            f"{model_uri}"
+        )
     columns = [table[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in features]
-    x = torch.from_numpy(np.ascontiguousarray(np.column_stack(columns)))
+    rows = np.ascontiguousarray(np.column_stack(columns))
+    # one sample per row, or the sample's `window` rows in time order, labelled on the last
+    x = torch.from_numpy(rows if window == 1 else rows.reshape(-1, window, len(features)))
     with torch.no_grad():
         pred = module(x).numpy().astype(np.float64)
-    recorded = table["__prediction"].to_numpy(zero_copy_only=False).astype(np.float64)
+    recorded = table["__prediction"].to_numpy(zero_copy_only=False)[window - 1 :: window]
+    recorded = recorded.astype(np.float64)
     if pred.shape != recorded.shape or not np.allclose(
         pred, recorded, atol=TOLERANCE, rtol=TOLERANCE, equal_nan=True
     ):
@@ -108,9 +117,10 @@ def check_sample(
             f"{model_uri} does not reproduce the predictions recorded in {sample_uri}: largest "
             f"difference {worst:.3g} over {table.num_rows} rows (tolerance {TOLERANCE})"
         )
-    label = table["__label"].to_numpy(zero_copy_only=False).astype(np.float64)
+    label = table["__label"].to_numpy(zero_copy_only=False)[window - 1 :: window]
+    label = label.astype(np.float64)
     ok = np.isfinite(pred) & np.isfinite(label)
-    return meta, pearson(pred[ok], label[ok]), int(table.num_rows)
+    return meta, pearson(pred[ok], label[ok]), len(recorded)
 
 
 def _read_jobspec(path: Path, uri: str) -> tuple[tuple[str, ...], PromotionSpec]:

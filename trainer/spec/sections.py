@@ -172,29 +172,44 @@ class DataSpec(Section):
         return self
 
 
-MLP_OPTIONS = ("hidden", "dropout", "activation")
+OPTIONS_OF = {
+    "hidden": ("mlp",),
+    "dropout": ("mlp", "tcn"),
+    "activation": ("mlp", "tcn"),
+    "channels": ("tcn",),
+    "kernel_size": ("tcn",),
+}
+"""Which built-in models each model option applies to."""
 
 
 class ModelSpec(Section):
-    type: Literal["mlp", "linear"] = "mlp"
+    type: Literal["mlp", "linear", "tcn"] = "mlp"
     """The model. `mlp`: a feed-forward network; `linear`: linear regression, the baseline to
-    beat. Either way the runner standardizes the features first with the training rows'
-    statistics, inside the exported model. Default: `mlp`."""
+    beat (with `data.window` above 1 both take the window's rows side by side); `tcn`: a
+    causal temporal convolution network over the window (needs `data.window` above 1), for
+    signals that lie in the recent past. Whichever it is, the runner standardizes the
+    features first with the training rows' statistics, inside the exported model.
+    Default: `mlp`."""
     hidden: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = (256, 128)
     """`mlp` only: hidden layer widths. Default: `[256, 128]`."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    """`mlp` only: dropout after each hidden layer. Default: 0."""
+    """`mlp` and `tcn`: dropout after each hidden layer (each convolution). Default: 0."""
     activation: Literal["gelu", "relu", "silu"] = "gelu"
-    """`mlp` only: hidden activation. Default: `gelu`."""
+    """`mlp` and `tcn`: hidden activation. Default: `gelu`."""
+    channels: int = Field(default=64, ge=1, le=4096)
+    """`tcn` only: channels of every convolution. Default: 64."""
+    kernel_size: int = Field(default=3, ge=2, le=64)
+    """`tcn` only: taps of each causal convolution; the dilations double layer by layer until
+    the receptive field covers the whole window. Default: 3."""
 
     @model_validator(mode="after")
     def _options_fit_the_type(self) -> ModelSpec:
-        if self.type != "mlp":
-            # Compared with the defaults, not with what was written: a dumped spec lists all.
-            fields = type(self).model_fields
-            given = [k for k in MLP_OPTIONS if getattr(self, k) != fields[k].default]
-            if given:
-                raise ValueError(f"{', '.join(given)} only apply to `type: mlp`")
+        # Compared with the defaults, not with what was written: a dumped spec lists all.
+        fields = type(self).model_fields
+        for option, types in OPTIONS_OF.items():
+            if self.type not in types and getattr(self, option) != fields[option].default:
+                only = " and ".join(f"`type: {t}`" for t in types)
+                raise ValueError(f"{option} only applies to {only}")
         return self
 
 
@@ -358,6 +373,16 @@ class JobSpec(Section):
     """Bucket names, per the storage layout."""
     promotion: PromotionSpec = PromotionSpec()
     """Production promotion rules."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_fits_the_window(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
+        data = info.data.get("data")  # validated first: it comes before `model`
+        if model.type == "tcn" and isinstance(data, DataSpec) and data.window == 1:
+            raise ValueError(
+                "`type: tcn` convolves over a window of rows: set data.window above 1 (e.g. 32)"
+            )
+        return model
 
     @property
     def job_id(self) -> str:

@@ -197,6 +197,9 @@ class JobMetrics(Record):
     stopped_early: bool
     train_seconds: float
     rows_dropped_non_finite: int
+    """Training rows (windows, with `data.window` above 1) with a NaN or infinite value."""
+    rows_dropped_short_window: int = 0
+    """Training rows with fewer than `data.window - 1` earlier rows in their partition."""
     history: tuple[EvalRecord, ...]
     rows_seen_all_ranks: int
     world_size: int
@@ -429,6 +432,9 @@ class ModelMeta(Record):
     config_hash: str
     label_horizon_sec: int
     format: str
+    window: int = 1
+    """Rows per sample (`data.window`): above 1 the model maps `[batch, window, features]`,
+    the last `window` rows of one symbol and one day, oldest first, to `[batch]`."""
 
 
 SENTINEL = "QUANTLAB_RESULT"

@@ -72,11 +72,19 @@ class FitResult:
     wall_s: float
 
 
+class Samples(Protocol):
+    """Model inputs that slice like a tensor: a tensor `[N, ...]`, or `data.windows.Windows`,
+    which gathers each slice's windows from the rows when it is taken."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, at: slice) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class Validation:
-    """The validation rows, in time order, already on the training device."""
+    """The validation samples, in time order, already on the training device."""
 
-    x: torch.Tensor
+    x: Samples
     y: np.ndarray
 
 
@@ -234,10 +242,13 @@ def _evaluate(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch: int = 65_536) -> np.ndarray:
-    """Predictions for every row of `x`, in order, as float64 numpy (`model` unwrapped)."""
+def predict(model: nn.Module, x: Samples, rows: int = 65_536) -> np.ndarray:
+    """Predictions for every sample of `x`, in order, as float64 numpy (`model` unwrapped),
+    about `rows` rows at a time (windows of L rows: `rows / L` samples)."""
     was_training = model.training
     model.eval()
+    first = x[0:1]
+    batch = max(rows // (first.shape[1] if first.dim() > 2 else 1), 1)
     out = [model(x[i : i + batch]).float() for i in range(0, len(x), batch)]
     model.train(was_training)
     if not out:
