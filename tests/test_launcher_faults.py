@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -146,6 +148,55 @@ def test_a_late_instance_of_an_interrupted_launch_is_destroyed_by_the_launcher(
     assert market.fake.live_instances() == []
     made = market.ever_created()
     assert len(made) == 1 and market.destroyed_by_account() == set(made)
+    market.assert_clean()
+
+
+def test_a_create_that_lands_after_its_window_is_destroyed_by_the_launcher_on_ctrl_c(
+    market: Lab,
+) -> None:
+    """The unanswered create makes its instance only after the launcher stopped looking for
+    it and rented the next offer; then Ctrl-C. The final cleanup looks for the job's label
+    once more and destroys that instance with the account key: it is not left to its
+    container's own dead-man switch."""
+    spec = with_data(market.store, tiny_spec("lt-unsure-late-cancel", train={"epochs": 40}))
+    market.fake.inject("create", late(3.0))
+
+    def interrupt_once_it_appears() -> None:
+        wait_for(lambda: len(market.ever_created()) == 2, timeout=60)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_it_appears, daemon=True).start()
+    handle = market.launch(spec, client={"timeout_s": 1.0, "create_settle_s": 0.5})
+    with pytest.raises(Cancelled):
+        handle.wait()
+    assert market.fake.live_instances() == []
+    made = market.ever_created()
+    assert market.creates() == 2 and len(made) == 2
+    assert market.destroyed_by_account() == set(made)
+    market.assert_clean()
+
+
+def test_ctrl_c_while_a_create_is_in_flight_destroys_what_it_made(market: Lab) -> None:
+    """Ctrl-C while the create request waits for its answer: Vast.ai may carry it out all the
+    same, so the launcher waits out the create's window, looks for the job's label and
+    destroys the instance that appeared, with its own key, before it returns."""
+    spec = with_data(market.store, tiny_spec("lt-create-cancel"))
+    market.fake.inject("create", late(1.5))
+    main = threading.get_ident()
+
+    def interrupt_while_creating() -> None:
+        wait_for(lambda: market.creates() == 1)
+        time.sleep(0.3)  # the request is on the server, its answer not yet sent
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt_while_creating, daemon=True).start()
+    with pytest.raises(Cancelled):
+        market.launch(spec, client={"timeout_s": 10.0, "create_settle_s": 3.0})
+    made = market.ever_created()
+    assert market.fake.live_instances() == []
+    assert market.creates() == 1 and len(made) == 1
+    assert market.destroyed_by_account() == set(made)
+    assert _seen(market.reporter.events, "sweep_wait")
     market.assert_clean()
 
 

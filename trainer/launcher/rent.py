@@ -73,8 +73,11 @@ class Renter:
         self.env: dict[str, str] | None = None
         self.creates = 0
         self.unsure_until: float | None = None
-        """time.monotonic() until which an unanswered create may still make an instance;
-        None once it was found or its window has passed."""
+        """time.monotonic() until which `find_unsure` looks for the instance of the last
+        unanswered create; None once it was found or its window has passed."""
+        self.late_until: float | None = None
+        """time.monotonic() until which any unanswered create of this launch may still make
+        an instance: the final cleanup looks for the job's label once more after it."""
 
     def search(self) -> list[Candidate]:
         resources = self.spec.resources
@@ -171,7 +174,7 @@ class Renter:
         except VastApiError as exc:
             if exc.status is not None and exc.status < 500:
                 raise
-            self.unsure_until = time.monotonic() + self.session.vast.create_settle_s
+            self.unsure_until = self._unanswered()
             self.reporter.emit(
                 "create_unsure",
                 exc.headline,
@@ -180,11 +183,20 @@ class Renter:
                 f"({exc.headline}); looking for its instance by label, not creating again",
             )
             raise UnsureCreate(str(exc), sent_at) from None
+        except KeyboardInterrupt:  # the request is out: Vast.ai may carry it out regardless
+            self._unanswered()
+            raise
         record(created.instance_id)
         self.session.secrets.add(created.instance_api_key)
         return self._attempt(
             "created", "rented", number, created.instance_id, cand, time.monotonic(), time.time()
         )
+
+    def _unanswered(self) -> float:
+        """A create just went unanswered: until when its instance may still appear."""
+        until = time.monotonic() + self.session.vast.create_settle_s
+        self.late_until = max(until, self.late_until or until)
+        return until
 
     def find_unsure(self, known: set[int]) -> list[Instance]:
         """The job's live instances not in `known`, looked for until one shows up or the

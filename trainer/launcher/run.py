@@ -341,10 +341,11 @@ class Run:
             self._destroy(instance_id, "the job ended")
 
     def _sweep_late_creates(self) -> None:
-        """A create that got no clear answer may still make an instance later: once it no
-        longer can, every instance of the job that nobody here watches or keeps is this
-        launch's and is destroyed with the rest."""
-        deadline = self.renter.unsure_until
+        """A create that got no clear answer may still make an instance later, even after
+        `find_unsure` stopped looking and another offer was rented: once its window has
+        passed, the job's label is looked for once more and every instance of the job that
+        nobody here watches or keeps is this launch's, destroyed with the rest."""
+        deadline = self.renter.late_until
         if deadline is None:
             return
         wait = deadline - time.monotonic()
@@ -365,7 +366,7 @@ class Run:
                 "`quantlab-train reap` to be sure none is left",
             )
             return
-        self.renter.unsure_until = None
+        self.renter.late_until = self.renter.unsure_until = None
         self.created.update(i.id for i in live if i.id not in self.kept | self.attached)
 
     def _cleanup(self, job_ending: bool) -> list[int]:
