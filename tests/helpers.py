@@ -1,13 +1,19 @@
-"""Small builders shared by tests and benchmarks: specs, generated datasets, committed jobs."""
+"""Small builders shared by tests and benchmarks: specs, generated datasets, committed jobs,
+and `model.bin` run by a bare interpreter."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
@@ -124,3 +130,46 @@ def write_day(
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
     write_partition(store, layout, part, table, meta_for(table, part.symbol, part.date, cfg), cfg)
     return table
+
+
+LOAD_IN_BARE_PYTHON = textwrap.dedent(
+    """
+    import sys, json
+    for name in ["trainer", *sys.argv[3:]]:  # the project (and the model's code) not needed
+        sys.modules[name] = None
+    import numpy as np, pyarrow.parquet as pq, torch
+    path, x_path = sys.argv[1], sys.argv[2]
+    extra = {"quantlab.json": ""}
+    with open(path, "rb") as f:
+        program = torch.export.load(f, extra_files=extra)
+    meta = json.loads(extra["quantlab.json"])
+    x = torch.from_numpy(np.load(x_path))
+    pred = program.module()(x).detach().numpy()
+    np.save(x_path + ".pred.npy", pred)
+    print(json.dumps(meta))
+    """
+)
+
+
+def predict_in_bare_python(
+    model_bin: Path, x: np.ndarray, tmp: Path, *blocked: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """`model.bin` loaded and run on `x` by an isolated interpreter that cannot import the
+    project nor any module in `blocked`: its metadata and predictions."""
+    np.save(tmp / "x.npy", x)
+    script = tmp / "load.py"
+    script.write_text(LOAD_IN_BARE_PYTHON)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), str(model_bin), str(tmp / "x.npy"), *blocked],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), np.load(tmp / "x.npy.pred.npy")
+
+
+def job_predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`(ts, prediction)` from a job's `val_predictions.parquet`."""
+    table = pq.read_table(folder / "val_predictions.parquet")
+    return table.column("ts").to_numpy(), table.column("prediction").to_numpy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import cpu_run_args, make_dataset, make_spec, spec_dict, write_spec
+from tests.helpers import (
+    cpu_run_args,
+    job_predictions,
+    make_dataset,
+    make_spec,
+    predict_in_bare_python,
+    spec_dict,
+    write_spec,
+)
 from trainer.data.loader import read_split_arrays
 from trainer.data.passes import read_split
 from trainer.data.plan import preflight
@@ -39,23 +46,6 @@ EXPECTED_FILES = {
     "importance.json",
 }
 
-LOAD_IN_BARE_PYTHON = textwrap.dedent(
-    """
-    import sys, json
-    sys.modules["trainer"] = None  # the project must not be needed to use model.bin
-    import numpy as np, pyarrow.parquet as pq, torch
-    path, x_path = sys.argv[1], sys.argv[2]
-    extra = {"quantlab.json": ""}
-    with open(path, "rb") as f:
-        program = torch.export.load(f, extra_files=extra)
-    meta = json.loads(extra["quantlab.json"])
-    x = torch.from_numpy(np.load(x_path))
-    pred = program.module()(x).detach().numpy()
-    np.save(x_path + ".pred.npy", pred)
-    print(json.dumps(meta))
-    """
-)
-
 
 @pytest.mark.slow
 def test_job_on_loopback_s3_commits_at_the_seed_path(
@@ -79,27 +69,12 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
     # model.bin loads where only torch is available and reproduces the job's predictions
     plan = preflight(spec.data, s3_store, layout)
     x_val, _, ts_val = read_split_arrays(plan, s3_store, "val")
-    np.save(tmp_path / "x.npy", x_val)
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_BARE_PYTHON)
-    out = subprocess.run(
-        [sys.executable, "-I", str(script), str(tmp_path / "model.bin"), str(tmp_path / "x.npy")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
-    meta = json.loads(out.stdout.strip().splitlines()[-1])
+    meta, pred = predict_in_bare_python(tmp_path / "model.bin", x_val, tmp_path)
     assert meta["features"] == list(cfg.feature_names)
     assert meta["config_hash"] == cfg.config_hash and meta["label"] == "label"
-    job_preds = pq.read_table(tmp_path / "val_predictions.parquet")
-    assert np.array_equal(job_preds.column("ts").to_numpy(), ts_val)
-    np.testing.assert_allclose(
-        np.load(tmp_path / "x.npy.pred.npy"),
-        job_preds.column("prediction").to_numpy(),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    ts, job_pred = job_predictions(tmp_path)
+    assert np.array_equal(ts, ts_val)
+    np.testing.assert_allclose(pred, job_pred, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -6,18 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.errors import SpecError
-from trainer.spec import dump_spec, parse_spec
 from trainer.train.losses import builtin_loss, negative_ic, validation_loss, validation_scores
 from trainer.train.metrics import improved, pearson
-
-MINIMAL = """
-data:
-  exchange: binance
-  stream: bbo
-  symbols: [btcusdt]
-  dates: {start: "20251201", end: "20251203"}
-"""
 
 
 def _pair(n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,39 +69,3 @@ def test_early_stopping_direction_of_every_metric(
     metric: str, value: float, best: float, expected: bool
 ) -> None:
     assert improved(metric, value, best, 0.0) is expected
-
-
-@pytest.mark.parametrize(
-    ("snippet", "expected"),
-    [
-        ("model: {type: linear, hidden: [8]}", "model: hidden only applies to `type: mlp`"),
-        (
-            "model: {type: linear, activation: relu}",
-            "model: activation only applies to `type: mlp` and `type: tcn`",
-        ),
-        (
-            "model: {type: tcn}",
-            "model: `type: tcn` convolves over a window of rows: set data.window above 1 (e.g. 32)",
-        ),
-        ("train: {huber_delta: 0.5}", "train: `huber_delta` only applies to `loss: huber`"),
-        ("train: {loss: mae}", "train.loss: must be 'mse', 'huber' or 'ic'"),
-        (
-            "train: {early_stopping: {metric: sharpe}}",
-            "train.early_stopping.metric: must be 'loss', 'val_loss', 'ic', 'rank_ic' or "
-            "'hit_rate'",
-        ),
-    ],
-)
-def test_model_and_loss_options_that_do_not_fit_are_refused(snippet: str, expected: str) -> None:
-    with pytest.raises(SpecError) as info:
-        parse_spec(MINIMAL + snippet)
-    assert info.value.problems == [expected]
-
-
-def test_a_linear_huber_spec_survives_its_own_dump() -> None:
-    spec = parse_spec(
-        MINIMAL
-        + "job: {id: lin-huber}\nmodel: {type: linear}\ntrain: {loss: huber, huber_delta: 3}"
-    )
-    again = parse_spec(dump_spec(spec))
-    assert again == spec.model_copy(update={"job": spec.job.model_copy(update={"id": spec.job_id})})

@@ -144,3 +144,59 @@ def test_readme_reference_matches_the_docstrings() -> None:
     assert readme[start:end] == markdown_reference(), (
         "README's JobSpec reference is stale: regenerate it with `quantlab-train schema --markdown`"
     )
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("model: {type: linear, hidden: [8]}", "model: hidden only applies to `type: mlp`"),
+        (
+            "model: {type: linear, activation: relu}",
+            "model: activation only applies to `type: mlp` and `type: tcn`",
+        ),
+        (
+            "model: {type: tcn}",
+            "model: `type: tcn` convolves over a window of rows: set data.window above 1 (e.g. 32)",
+        ),
+        ("train: {huber_delta: 0.5}", "train: `huber_delta` only applies to `loss: huber`"),
+        (
+            "train: {loss: mae}",
+            "train.loss: must be `mse`, `huber`, `ic` or an entry point `package.module:function`",
+        ),
+        (
+            "model: {type: gated-residual}",
+            "model.type: must be `mlp`, `linear`, `tcn` or an entry point `package.module:factory`",
+        ),
+        (
+            "model: {type: 'net:build'}",
+            "model.type: net:build is an entry point; give `code.path`, its code",
+        ),
+        ("model: {params: {width: 8}}", "model: `params` only apply to an entry point `type`"),
+        (
+            "code: {path: models}\nmodel: {type: 'net:build', params: {n_features: 8}}",
+            "model: `params` may not set n_features: the runner passes them",
+        ),
+        (
+            "code: {path: models, sha256: abc}",
+            "code.sha256: must match pattern '^[0-9a-f]{64}$'",
+        ),
+        (
+            "train: {early_stopping: {metric: sharpe}}",
+            "train.early_stopping.metric: must be 'loss', 'val_loss', 'ic', 'rank_ic' or "
+            "'hit_rate'",
+        ),
+    ],
+)
+def test_model_and_loss_options_that_do_not_fit_are_refused(snippet: str, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(MINIMAL + snippet)
+    assert info.value.problems == [expected]
+
+
+def test_a_linear_huber_spec_survives_its_own_dump() -> None:
+    spec = parse_spec(
+        MINIMAL
+        + "job: {id: lin-huber}\nmodel: {type: linear}\ntrain: {loss: huber, huber_delta: 3}"
+    )
+    again = parse_spec(dump_spec(spec))
+    assert again == spec.model_copy(update={"job": spec.job.model_copy(update={"id": spec.job_id})})

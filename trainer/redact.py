@@ -1,13 +1,18 @@
-"""Secrets out of every message: the one set of secret values, the masking, and the log filter
-that the job, the container and the launcher all install."""
+"""Secrets out of every message: the one set of secret values, the masking, the log filter
+that the job, the container and the launcher all install, and the capture of what the
+researcher's code prints."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 MASK = "[REDACTED]"
 SECRET_ENV = ("VAST_API_KEY", "CONTAINER_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -81,3 +86,61 @@ def install(secrets: Secrets, loggers: Iterable[logging.Logger] = ()) -> None:
             for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
                 handler.removeFilter(old)
             handler.addFilter(RedactingFilter(secrets))
+
+
+class _LogWriter(io.TextIOBase):
+    """A text stream that hands each complete line, secrets masked, to a logger."""
+
+    def __init__(self, logger: logging.Logger, level: int, secrets: Secrets, raw: TextIO):
+        super().__init__()
+        self._logger, self._level, self._secrets, self._raw = logger, level, secrets, raw
+        self._pending = ""
+        self._lock = threading.RLock()
+        self._inside = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._pending + text).split("\n")
+            self._pending = lines.pop()
+            for line in lines:
+                self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._emit(self._pending)
+                self._pending = ""
+
+    def _emit(self, line: str) -> None:
+        clean = self._secrets.redact(line)
+        if getattr(self._inside, "yes", False):  # a handler writing to this very stream
+            self._raw.write(clean + "\n")
+            return
+        self._inside.yes = True
+        try:
+            self._logger.log(self._level, "%s", clean)
+        finally:
+            self._inside.yes = False
+
+
+@contextlib.contextmanager
+def prints_to_log(logger: logging.Logger, secrets: Secrets) -> Iterator[None]:
+    """For the duration, what anything prints (the researcher's code, warnings) goes to
+    `logger` line by line with the secrets masked: stdout at INFO, stderr at WARNING. The
+    log's handlers (the terminal, `train.log`, the container log) take it from there."""
+    saved, level = (sys.stdout, sys.stderr), logger.level
+    logger.setLevel(logging.INFO)  # printed lines are kept whatever the log's level
+    out = _LogWriter(logger, logging.INFO, secrets, saved[0])
+    err = _LogWriter(logger, logging.WARNING, secrets, saved[1])
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        out.flush()
+        err.flush()
+        sys.stdout, sys.stderr = saved
+        logger.setLevel(level)

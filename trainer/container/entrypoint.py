@@ -130,6 +130,7 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
             dry_run=env.dry_run,
             workdir=workdir / "job",
             listener=status.on_progress,
+            code_from_store=True,
         )
         status.set_state(job.outcome, metrics=job.final, artifacts=job.artifacts)  # type: ignore[arg-type]
         result = ResultSentinel(

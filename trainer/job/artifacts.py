@@ -95,6 +95,9 @@ def write_artifacts(
         label_horizon_sec=plan.label_horizon_sec,
         format=FORMAT,
         window=val.window,
+        model=spec.model.type,
+        loss=spec.train.loss,
+        code_sha256=spec.code.sha256 if spec.code else None,
     )
     export_model(model, len(plan.features), meta, workdir / JobPaths.MODEL)
     exported, _ = load_model(workdir / JobPaths.MODEL)

@@ -3,7 +3,8 @@ must still have.
 
 A derived job id hashes the resolved spec, and resolving sets `data.fingerprint`, the digest
 of the pre-flight's `DatasetFingerprint` (every partition's rows, size, footer bytes and
-`config_hash`, the features and the split). So the same spec on the same data is the same job
+`config_hash`, the features and the split), and `code.sha256`, the hash of the researcher's
+packed code. So the same spec on the same data is the same job
 ("already done"), and new data under the same spec is a new job. A spec that arrives resolved
 (the container's copy of the launcher's) must still match its data. An explicit `job.id`
 names one job whatever the data, so `check_committed` refuses to report a committed one as
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.errors import DatasetChanged
+from trainer.model.code import resolve_code
 from trainer.spec import JobSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import JobPaths, Layout
@@ -52,7 +54,7 @@ def resolve(spec: JobSpec, store: ObjectStore) -> Resolved:
 
 
 def resolve_with(spec: JobSpec, plan: DatasetPlan) -> JobSpec:
-    """`spec` with `data.fingerprint` set to `plan`'s."""
+    """`spec` with `data.fingerprint` set to `plan`'s, and `code.sha256` to its code's."""
     digest = plan.fingerprint().digest()
     given = spec.data.fingerprint
     if given is not None and given != digest:
@@ -64,7 +66,8 @@ def resolve_with(spec: JobSpec, plan: DatasetPlan) -> JobSpec:
                 "launch the spec again: the new data is then a new job",
             ],
         )
-    return spec.model_copy(update={"data": spec.data.model_copy(update={"fingerprint": digest})})
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"fingerprint": digest})})
+    return resolve_code(spec)
 
 
 def check_committed(

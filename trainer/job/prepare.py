@@ -18,6 +18,8 @@ from trainer.data.passes import SplitRows, compute_feature_stats, read_split
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
+from trainer.model.code import StagedCode
+from trainer.model.normalized import Normalized
 from trainer.model.registry import build_loss, build_model
 from trainer.spec import JobSpec
 from trainer.spec.sections import TrainSpec
@@ -44,7 +46,7 @@ class Prepared:
     val: SplitRows
     """The validation samples, in time order."""
     n_train: int
-    model: torch.nn.Module
+    model: Normalized
     """On the device, behind the normalization, not yet wrapped for DDP."""
     loss: LossFn
     """What `train.loss` names."""
@@ -62,6 +64,7 @@ def prepare(
     device: torch.device,
     ranks: Ranks,
     dry_run: bool,
+    code: StagedCode | None = None,
 ) -> Prepared:
     """`plan` is the pre-flight the spec was resolved with (`job.identity.resolve`)."""
     train = spec.train
@@ -129,7 +132,13 @@ def prepare(
 
     sample = (len(plan.features),) if window == 1 else (window, len(plan.features))
     model = build_model(
-        spec.model, len(plan.features), stats.mean, stats.std, train.seed, input_shape=sample
+        spec.model,
+        len(plan.features),
+        stats.mean,
+        stats.std,
+        train.seed,
+        code=code,
+        input_shape=sample,
     ).to(device)
     loader = StreamingLoader(
         plan,
@@ -164,7 +173,7 @@ def prepare(
         val=val,
         n_train=n_train,
         model=model,
-        loss=build_loss(train),
+        loss=build_loss(train, code),
         loader=loader,
         checkpointer=checkpointer,
         restored=restored,

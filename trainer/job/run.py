@@ -29,8 +29,10 @@ from trainer.job.artifacts import (
 from trainer.job.identity import Resolved, check_committed, resolve
 from trainer.job.prepare import Prepared, prepare
 from trainer.job.summary import record_commit
+from trainer.model.code import StagedCode, stage
+from trainer.model.entry import where
 from trainer.model.export import FORMAT
-from trainer.redact import RedactingFilter, Secrets
+from trainer.redact import RedactingFilter, Secrets, prints_to_log
 from trainer.spec import JobSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import JobPaths, Layout
@@ -84,11 +86,15 @@ def run_job(
     dry_run: bool = False,
     workdir: Path | None = None,
     listener: Listener | None = None,
+    code_from_store: bool = False,
 ) -> JobResult:
-    """Run the whole job. The spec is resolved against its dataset first (the pre-flight),
-    which fixes the job id. A job committed on the same data is not run again, one committed
-    on other data is refused (DatasetChanged); a failed one leaves a failure record and no
-    manifest. `listener(kind, record)` sees progress (the heartbeat uses it)."""
+    """Run the whole job. The spec is resolved against its dataset and its code first (the
+    pre-flight, the code's hash), which fixes the job id. A job committed on the same data is
+    not run again, one committed on other data is refused (DatasetChanged); a failed one
+    leaves a failure record and no manifest. `listener(kind, record)` sees progress (the
+    heartbeat uses it). The spec's `code` is packed from `code.path` here, or with
+    `code_from_store` (the container) downloaded from the job's prefix, where the launcher
+    put it."""
     started = utc_now()
     resolved = _resolve(spec, store, dry_run, started)
     spec, plan = resolved.spec, resolved.plan
@@ -102,13 +108,19 @@ def run_job(
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    handler.addFilter(RedactingFilter(Secrets()))  # train.log is uploaded: no secret in it
+    secrets = Secrets()
+    handler.addFilter(RedactingFilter(secrets))  # train.log is uploaded: no secret in it
     logging.getLogger("quantlab").addHandler(handler)
     ranks = from_env()
+    scope = contextlib.ExitStack()  # the researcher's code: its prints, its import path
+    code: StagedCode | None = None
     try:
         torch_device = setup(ranks, pick_device(device))
         log.info("job %s on %s%s", job_id, _describe(torch_device), " (dry run)" if dry_run else "")
-        job = prepare(spec, store, plan, torch_device, ranks, dry_run)
+        scope.enter_context(prints_to_log(logging.getLogger("quantlab.user"), secrets))
+        fetch_from = store if code_from_store else None
+        code = scope.enter_context(stage(spec.code, workdir, store=fetch_from, loc=paths.code))
+        job = prepare(spec, store, plan, torch_device, ranks, dry_run, code)
         val = Validation(_on_device(job.val, torch_device), job.val.y.astype(np.float64))
         result = _fit(job, val, torch_device, ranks, workdir, listener)
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
@@ -141,12 +153,18 @@ def run_job(
         return JobResult(job_id, "succeeded", committed.uri, metrics, committed.manifest)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, TrainerError) else f"{type(exc).__name__}: {exc}"
+        place = where(exc, code) if code is not None else None
+        if place is not None and not isinstance(exc, TrainerError):
+            reason = f"model code failed at {place}: {reason}"  # the researcher's, not ours
         log.error("job %s failed: %s", job_id, reason)
         if not dry_run and ranks.is_main:
             handler.flush()
             _record_failure(store, paths, reason, exc, workdir, started)
+        if place is not None and not isinstance(exc, TrainerError):
+            raise JobFailed(reason) from exc
         raise
     finally:
+        scope.close()
         logging.getLogger("quantlab").removeHandler(handler)
         handler.close()
         teardown(ranks)
@@ -180,7 +198,7 @@ def _fit(
     listener: Listener | None,
 ) -> FitResult:
     """The second step: the loop, with the model wrapped for DDP when there are ranks."""
-    model = job.model
+    model: torch.nn.Module = job.model
     if ranks.distributed:
         from torch.nn.parallel import DistributedDataParallel
 

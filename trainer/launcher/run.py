@@ -43,6 +43,7 @@ from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
+from trainer.model.code import ship
 from trainer.spec import JobSpec, dump_spec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
@@ -157,6 +158,14 @@ class Run:
         if self.options.dry_run:
             self._finish("dry_run", EXIT_OK, "dry run: nothing was rented")
             return
+        if spec.code is not None:
+            packed = ship(spec.code, store, self.paths.code)
+            r.emit(
+                "code",
+                files=len(packed.files),
+                sha256=packed.sha256,
+                say=f"code shipped: {len(packed.files)} file(s), sha256 {packed.sha256[:12]}",
+            )
         store.put(self.paths.jobspec, dump_spec(spec).encode())
         write_heartbeat(store, self.paths, False, [])
         self._rent()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trainer.spec.dates import date_span, parse_yyyymmdd
 
@@ -180,16 +188,59 @@ OPTIONS_OF = {
     "kernel_size": ("tcn",),
 }
 """Which built-in models each model option applies to."""
+ENTRY_POINT = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+"""`package.module:name`: a function or class in the researcher's code (`code.path`)."""
+FACTORY_ARGS = ("n_features", "input_shape")
+"""What the runner passes a model factory itself; `model.params` may not use these names."""
+
+
+def is_entry_point(name: str) -> bool:
+    return ":" in name
+
+
+def _named(builtins: tuple[str, ...], what: str) -> tuple[str, AfterValidator]:
+    """The pattern of a built-in name or an entry point, and a validator worded for people."""
+    pattern = "^(" + "|".join(builtins) + "|" + ENTRY_POINT + ")$"
+
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            listed = ", ".join(f"`{b}`" for b in builtins)
+            raise ValueError(f"must be {listed} or an entry point `package.module:{what}`")
+        return value
+
+    return pattern, AfterValidator(check)
+
+
+_MODEL_PATTERN, _model_check = _named(("mlp", "linear", "tcn"), "factory")
+_LOSS_PATTERN, _loss_check = _named(("mse", "huber", "ic"), "function")
+ModelName = Annotated[str, Field(json_schema_extra={"pattern": _MODEL_PATTERN}), _model_check]
+LossName = Annotated[str, Field(json_schema_extra={"pattern": _LOSS_PATTERN}), _loss_check]
+
+
+class CodeSpec(Section):
+    path: str = Field(min_length=1)
+    """The researcher's model code: a folder of modules (and packages), or one `.py` file,
+    relative to the current folder. It is packed into `code.tar.gz`, shipped with the job and
+    imported from there; entry points in `model.type` and `train.loss` name its modules."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the packed code, part of the job's identity. Default: computed when the spec
+    is resolved, before anything runs; give it to pin the code (a different tree is then
+    refused)."""
 
 
 class ModelSpec(Section):
-    type: Literal["mlp", "linear", "tcn"] = "mlp"
+    type: ModelName = "mlp"
     """The model. `mlp`: a feed-forward network; `linear`: linear regression, the baseline to
     beat (with `data.window` above 1 both take the window's rows side by side); `tcn`: a
     causal temporal convolution network over the window (needs `data.window` above 1), for
-    signals that lie in the recent past. Whichever it is, the runner standardizes the
-    features first with the training rows' statistics, inside the exported model.
-    Default: `mlp`."""
+    signals that lie in the recent past; or `package.module:factory` in `code.path`, called
+    with `n_features`, `input_shape` (one sample's shape: `[n_features]`, or `[window,
+    n_features]` with `data.window` above 1) if it takes it, and `params`, returning an
+    `nn.Module` from float32 `[batch, *input_shape]` to `[batch]`. Whichever it is, the
+    runner standardizes the features first with the training rows' statistics, inside the
+    exported model. Default: `mlp`."""
+    params: dict[str, Any] = {}
+    """Entry points only: keyword arguments for the factory. Default: none."""
     hidden: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = (256, 128)
     """`mlp` only: hidden layer widths. Default: `[256, 128]`."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -204,6 +255,11 @@ class ModelSpec(Section):
 
     @model_validator(mode="after")
     def _options_fit_the_type(self) -> ModelSpec:
+        if self.params and not is_entry_point(self.type):
+            raise ValueError("`params` only apply to an entry point `type`")
+        clash = sorted(set(FACTORY_ARGS) & set(self.params))
+        if clash:
+            raise ValueError(f"`params` may not set {', '.join(clash)}: the runner passes them")
         # Compared with the defaults, not with what was written: a dumped spec lists all.
         fields = type(self).model_fields
         for option, types in OPTIONS_OF.items():
@@ -242,11 +298,12 @@ class TrainSpec(Section):
     """Rows per optimizer step (per GPU). Default: 4096."""
     optimizer: Literal["adamw"] = "adamw"
     """Optimizer. Default: `adamw`."""
-    loss: Literal["mse", "huber", "ic"] = "mse"
+    loss: LossName = "mse"
     """Training objective: `mse`; `huber`, squared below `huber_delta` and linear above, for
     fat-tailed labels; `ic`, minus the Pearson correlation of predictions and labels within
-    each batch (scale-free: the predictions' size is not learnt, so `val_loss` means little).
-    Default: `mse`."""
+    each batch (scale-free: the predictions' size is not learnt, so `val_loss` means little);
+    or `package.module:function` in `code.path`, `(pred [batch], target [batch]) -> scalar`,
+    lower is better. Default: `mse`."""
     huber_delta: float = Field(default=1.0, gt=0)
     """`huber` only: where the loss turns from squared to linear, in label units; set it near
     a typical label's size. Default: 1."""
@@ -359,6 +416,8 @@ class JobSpec(Section):
 
     job: JobMeta = JobMeta()
     """Identity of the job."""
+    code: CodeSpec | None = None
+    """The researcher's own model code, shipped with the job. Default: none (built-ins only)."""
     data: DataSpec
     """Which feature partitions to train on, and how to split them."""
     model: ModelSpec = ModelSpec()
@@ -384,6 +443,13 @@ class JobSpec(Section):
             )
         return model
 
+    @model_validator(mode="after")
+    def _entry_points_have_code(self) -> JobSpec:
+        for field, name in (("model.type", self.model.type), ("train.loss", self.train.loss)):
+            if is_entry_point(name) and self.code is None:
+                raise ValueError(f"{field}: {name} is an entry point; give `code.path`, its code")
+        return self
+
     @property
     def job_id(self) -> str:
         """The explicit id, else the one derived from the resolved spec (`derived_job_id`)."""
@@ -391,23 +457,31 @@ class JobSpec(Section):
 
     @property
     def resolved(self) -> bool:
-        """Whether the job's identity is known: an explicit id, or the dataset fingerprinted."""
-        return self.job.id is not None or self.data.fingerprint is not None
+        """Whether the job's identity is known: an explicit id, or the content resolved."""
+        return self.job.id is not None or self.resolved_content
+
+    @property
+    def resolved_content(self) -> bool:
+        """Whether what the spec points at is hashed into it: the dataset fingerprinted and
+        the code, if any, hashed."""
+        code_hashed = self.code is None or self.code.sha256 is not None
+        return self.data.fingerprint is not None and code_hashed
 
 
 class UnresolvedSpec(RuntimeError):
-    """A derived job id was asked of a spec whose dataset was not fingerprinted yet."""
+    """A derived job id was asked of a spec whose dataset or code was not hashed yet."""
 
 
 def derived_job_id(spec: JobSpec) -> str:
     """`job-` + 12 hex digits of the hash of everything in the spec but the id itself, the
-    dataset's fingerprint (`data.fingerprint`) included: the one place a job's identity is
-    computed. Everything that makes the job what it is (the data, and any other content the
-    runner resolves into the spec) must be a field of the spec by the time this is called."""
-    if spec.data.fingerprint is None:
+    dataset's fingerprint (`data.fingerprint`) and the code's hash (`code.sha256`) included:
+    the one place a job's identity is computed. Everything that makes the job what it is (the
+    data, the code, any other content the runner resolves into the spec) must be a field of
+    the spec by the time this is called."""
+    if not spec.resolved_content:
         raise UnresolvedSpec(
-            "the job id is derived from the spec and its dataset: resolve the spec against the "
-            "store first (trainer.job.identity.resolve)"
+            "the job id is derived from the spec, its dataset and its code: resolve the spec "
+            "against the store first (trainer.job.identity.resolve)"
         )
     data = spec.model_dump(mode="json")
     data["job"].pop("id", None)

@@ -106,6 +106,7 @@ class JobPaths:
     LEASE = "lease.json"
     JOBSPEC = "jobspec.yaml"
     MODEL = "model.bin"
+    CODE = "code.tar.gz"
     METRICS = "metrics.json"
     METRICS_LOG = "metrics.jsonl"
     TRAIN_LOG = "train.log"
@@ -163,6 +164,11 @@ class JobPaths:
     @property
     def model(self) -> Loc:
         return self.file(self.MODEL)
+
+    @property
+    def code(self) -> Loc:
+        """The researcher's model code, packed: uploaded by the launcher, read by the job."""
+        return self.file(self.CODE)
 
     @property
     def metrics(self) -> Loc:

@@ -435,6 +435,12 @@ class ModelMeta(Record):
     window: int = 1
     """Rows per sample (`data.window`): above 1 the model maps `[batch, window, features]`,
     the last `window` rows of one symbol and one day, oldest first, to `[batch]`."""
+    model: str = "mlp"
+    """`model.type`: a built-in name or the entry point `package.module:factory`."""
+    loss: str = "mse"
+    """`train.loss` it was trained with."""
+    code_sha256: str | None = None
+    """`code.sha256` of the researcher's code it was built from; None for built-ins."""
 
 
 SENTINEL = "QUANTLAB_RESULT"
