@@ -5,9 +5,12 @@ cached epoch (served from the block cache).
 The three runs use the same `fit()` loop, model, batch size and step count, and alternate
 within each round; each ratio is the median of the ratios paired within a round, beside the
 ratio of the best rounds, with the load average and the CPU seconds per million rows of each
-run (the figure load barely moves). `ratio` near 1 means the loader keeps up.
+run (the figure load barely moves). `ratio` near 1 means the loader keeps up. Measured for
+the built-in MLP and for a researcher's own model and loss (`examples/gated_residual.py`,
+packed, unpacked and imported as a job's code is).
 
     python bench/train.py [--json] [--days 4] [--rows-per-day 200000] [--device auto]
+        [--models mlp,gated_residual]
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from measure import cpu_s, load_average, paired  # noqa: E402
 
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats  # noqa: E402
 from trainer.data.plan import preflight  # noqa: E402
-from trainer.model.registry import build_model  # noqa: E402
-from trainer.spec import spec_from_dict  # noqa: E402
+from trainer.model.code import StagedCode, resolve_code, stage  # noqa: E402
+from trainer.model.registry import build_loss, build_model  # noqa: E402
+from trainer.spec import JobSpec, spec_from_dict  # noqa: E402
 from trainer.store import open_store  # noqa: E402
 from trainer.store.layout import Layout  # noqa: E402
 from trainer.train.loop import Validation, fit  # noqa: E402
@@ -69,19 +73,26 @@ class Quiet:
         pass
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
-    store_root = ensure_dataset(root, args.days + 1, args.rows_per_day)
+MODELS: dict[str, dict[str, Any]] = {
+    "mlp": {"model": {"hidden": [256, 128]}},
+    "gated_residual": {
+        "code": {"path": str(HERE.parent / "examples")},
+        "model": {"type": "gated_residual:GatedResidual", "params": {"width": 128, "blocks": 2}},
+        "train": {"loss": "gated_residual:log_cosh"},
+    },
+}
+"""The models measured: the built-in baseline, and a researcher's own with its own loss."""
+
+
+def bench_spec(args: argparse.Namespace, model: str) -> JobSpec:
+    """The benchmark's spec over its dataset for one of MODELS, its code hashed."""
+    chosen = MODELS[model]
     spec = spec_from_dict(
         spec_dict(
             dates(args.days + 1),
-            model={"hidden": [256, 128]},
+            **{k: v for k, v in chosen.items() if k != "train"},
             train={
+                **chosen.get("train", {}),
                 "epochs": 1,
                 "batch_size": args.batch,
                 "warmup_steps": 10,
@@ -91,6 +102,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
         )
     )
+    return resolve_code(spec)
+
+
+def run(args: argparse.Namespace, spec: JobSpec, code: StagedCode | None) -> dict[str, Any]:
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    store_root = ensure_dataset(Path(args.data), args.days + 1, args.rows_per_day)
     store = open_store(f"file://{store_root}")
     plan = preflight(spec.data, store, Layout.of(spec.storage))
     stats = compute_feature_stats(plan, store, sample_rows=10**12)  # every row: exact count
@@ -99,11 +120,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(n_train, len(plan.features), device=device)
     y = torch.randn(n_train, device=device)
 
+    loss_fn = build_loss(spec.train, code)
+
     def timed(source: Any) -> dict[str, float]:
-        model = build_model(spec.model, len(plan.features), stats.mean, stats.std, seed=0)
-        model = model.to(device)
+        net = build_model(spec.model, len(plan.features), stats.mean, stats.std, 0, code=code)
+        net = net.to(device)
         cpu0, t0 = cpu_s(), time.perf_counter()
-        result = fit(model, source, val, spec.train, device, steps, Quiet())
+        result = fit(net, source, val, spec.train, device, steps, Quiet(), loss_fn=loss_fn)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -161,25 +184,38 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--data", default=None, help="folder to keep the generated dataset in")
+    p.add_argument("--models", default=",".join(MODELS), help=f"of {', '.join(MODELS)}")
     args = p.parse_args()
-    result = run(args)
+    args.data = args.data or tempfile.mkdtemp(prefix="bench-train-")  # one dataset for all
+    results = []
+    for model in args.models.split(","):
+        spec = bench_spec(args, model)
+        with tempfile.TemporaryDirectory() as tmp, stage(spec.code, Path(tmp)) as code:
+            results.append({"model": model, **run(args, spec, code)})
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results, indent=2))
         return 0
-    rps, cpu = result["rows_per_s"], result["cpu_s_per_m_rows"]
-    print("| device | run | rows/s (median) | CPU-s per M rows | vs model-only (median; best) |")
-    print("|---|---|---:|---:|---:|")
-    for name, ratio in (("epoch1", "ratio_epoch1"), ("cached", "ratio_cached"), ("model_only", "")):
-        r = result[ratio] if ratio else {"median": 1.0, "best": 1.0}
-        print(
-            f"| {result['device']} | {name} | {rps[name]:,.0f} | {cpu[name]:.2f} | "
-            f"{r['median']:.2f}; {r['best']:.2f} |"
-        )
-    loads = ", ".join(str(la[0]) for la in result["load_average"])
     print(
-        f"\n{result['rows_train']:,} training rows, {result['steps']} steps of "
-        f"{result['batch_size']}, {result['torch_threads']} torch threads; load average {loads}."
+        "| device | model | run | rows/s (median) | CPU-s per M rows "
+        "| vs model-only (median; best) |"
     )
+    print("|---|---|---|---:|---:|---:|")
+    for result in results:
+        rps, cpu = result["rows_per_s"], result["cpu_s_per_m_rows"]
+        runs = (("epoch1", "ratio_epoch1"), ("cached", "ratio_cached"), ("model_only", ""))
+        for name, ratio in runs:
+            r = result[ratio] if ratio else {"median": 1.0, "best": 1.0}
+            print(
+                f"| {result['device']} | {result['model']} | {name} | {rps[name]:,.0f} | "
+                f"{cpu[name]:.2f} | {r['median']:.2f}; {r['best']:.2f} |"
+            )
+    for result in results:
+        loads = ", ".join(str(la[0]) for la in result["load_average"])
+        print(
+            f"\n{result['model']}: {result['rows_train']:,} training rows, {result['steps']} "
+            f"steps of {result['batch_size']}, {result['torch_threads']} torch threads; load "
+            f"average {loads}."
+        )
     return 0
 
 

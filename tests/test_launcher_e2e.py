@@ -210,10 +210,12 @@ def test_dry_run_does_everything_but_rent(env: Lab) -> None:
     run = run_cli(launch_argv(env, spec, "--dry-run"))
     assert run.code == 0, run.stderr[-3000:]
     kinds = [e["event"] for e in run.events()]
-    assert kinds == ["validated", "preflight", "local_dry_run", "offers", "result"]
-    local = run.events()[2]
+    assert kinds == ["validated", "preflight", "model_proof", "local_dry_run", "offers", "result"]
+    proof = run.events()[2]
+    assert proof["rows"] == 256 and proof["wall_s"] > 0 and "model ok: mlp" in run.stderr
+    local = run.events()[3]
     assert local["skipped"] is False and local["steps"] > 0
-    offers = run.events()[3]
+    offers = run.events()[4]
     assert offers["estimate_usd"] > 0 and offers["candidates"][0]["offer_id"]
     assert "estimated cost: up to $" in run.stderr
     assert run.result["outcome"] == "dry_run"
@@ -331,7 +333,8 @@ def test_ctrl_c_destroys_the_instance(env: Lab) -> None:
         text=True,
     )
     try:
-        row = wait_for(lambda: (live := env.fake.live_instances()) and live[0], timeout=30)
+        # the launch proves the model in a child process first: seconds, more on a busy machine
+        row = wait_for(lambda: (live := env.fake.live_instances()) and live[0], timeout=90)
         wait_for(lambda: status_container(env.store, "lt-sigint") == str(row["id"]), timeout=30)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

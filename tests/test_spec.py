@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import SpecError
+from trainer.model.code import resolve_code
 from trainer.spec import JobSpec, dump_spec, load_spec, parse_spec
 from trainer.spec.docs import REFERENCE_BEGIN, REFERENCE_END, json_schema, markdown_reference
 from trainer.spec.sections import UnresolvedSpec
@@ -32,16 +33,23 @@ def _problems(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_every_shipped_spec_is_valid(path: Path) -> None:
+def test_every_shipped_spec_is_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_spec(path)
     assert spec.data.dates.resolve()
+    if spec.code is not None:  # its code packs, from the repository root as documented
+        monkeypatch.chdir(ROOT)
+        assert (resolve_code(spec).code or spec.code).sha256 is not None
     if spec.job.id is None:  # derived: only from the spec resolved against its data
         with pytest.raises(UnresolvedSpec):
             _ = spec.job_id
 
 
 def test_shipped_specs_exist() -> None:
-    assert {p.name for p in SHIPPED} >= {"btcusdt-mlp.yaml", "tiny-cpu.yaml"}
+    assert {p.name for p in SHIPPED} >= {
+        "btcusdt-mlp.yaml",
+        "tiny-cpu.yaml",
+        "gated-residual-cpu.yaml",
+    }
 
 
 def test_three_problems_three_lines_each_with_its_yaml_path() -> None:

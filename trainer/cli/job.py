@@ -18,9 +18,18 @@ if TYPE_CHECKING:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("validate", help="check a JobSpec, and with --check-data its dataset")
+    p = sub.add_parser(
+        "validate",
+        help="check a JobSpec, with --check-data its dataset, with --check-model its model",
+    )
     _spec_args(p)
     p.add_argument("--check-data", action="store_true", help="run the dataset pre-flight")
+    p.add_argument(
+        "--check-model",
+        action="store_true",
+        help="prove the model on real rows: build, one training step, export (as `launch` "
+        "does before renting); implies --check-data",
+    )
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser("schema", help="print the JobSpec JSON Schema (for editors)")
@@ -63,13 +72,19 @@ def _validate(args: argparse.Namespace) -> int:
 
     ctx = open_context(args.spec, args.overrides, args.store)
     job_id = ctx.spec.job.id
-    data = None
-    if args.check_data:
+    data = proof = None
+    if args.check_data or args.check_model:
         resolved = resolve(ctx.spec, ctx.store)
         job_id, data = resolved.job_id, summary(resolved.plan)
+    if args.check_model:
+        from trainer.model.proof import prove
+
+        proof = prove(resolved.spec, resolved.plan, ctx.store)
     result: dict[str, object] = {"job_id": job_id, "spec": "ok"}
     if data is not None:
         result["data"] = data
+    if args.check_model:
+        result["model"] = proof.model_dump(mode="json") if proof else "skipped: no torch here"
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -84,6 +99,8 @@ def _validate(args: argparse.Namespace) -> int:
             f"validation ≈ {data['val_rows_expected']:,} "
             f"(label horizon {data['label_horizon_sec']} s, config {data['config_hash']})"
         )
+    if proof is not None:
+        print(proof.sentence(ctx.spec.model.type))
     return 0
 
 

@@ -152,16 +152,18 @@ def run_job(
         _drop_checkpoints(store, paths)
         return JobResult(job_id, "succeeded", committed.uri, metrics, committed.manifest)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, TrainerError) else f"{type(exc).__name__}: {exc}"
-        place = where(exc, code) if code is not None else None
-        if place is not None and not isinstance(exc, TrainerError):
-            reason = f"model code failed at {place}: {reason}"  # the researcher's, not ours
+        failure = _in_model_code(exc, code) or exc
+        reason = (
+            str(failure)
+            if isinstance(failure, TrainerError)
+            else f"{type(failure).__name__}: {exc}"
+        )
         log.error("job %s failed: %s", job_id, reason)
         if not dry_run and ranks.is_main:
             handler.flush()
             _record_failure(store, paths, reason, exc, workdir, started)
-        if place is not None and not isinstance(exc, TrainerError):
-            raise JobFailed(reason) from exc
+        if failure is not exc:
+            raise failure from exc
         raise
     finally:
         scope.close()
@@ -187,6 +189,15 @@ def _on_device(val: SplitRows, device: torch.device) -> Windows:
     """The validation samples on the training device: their rows, and where windows end."""
     ends = None if val.ends is None else torch.from_numpy(val.ends)
     return Windows(torch.from_numpy(val.x), ends, val.window).to(device)
+
+
+def _in_model_code(exc: Exception, code: StagedCode | None) -> JobFailed | None:
+    """An exception the researcher's code raised while training, as the job failing at its
+    `file:line` (not a bug of the runner)."""
+    place = where(exc, code) if code is not None and not isinstance(exc, TrainerError) else None
+    if place is None:
+        return None
+    return JobFailed(f"model code failed at {place}: {type(exc).__name__}: {exc}")
 
 
 def _fit(

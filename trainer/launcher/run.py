@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from trainer.data.plan import DatasetPlan
 from trainer.errors import (
     EXIT_CANCELLED,
     EXIT_OK,
@@ -44,6 +45,7 @@ from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.model.code import ship
+from trainer.model.proof import prove
 from trainer.spec import JobSpec, dump_spec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
@@ -151,6 +153,7 @@ class Run:
             self.attempts.append(self.renter.attach(live))
             self.attached.add(self.attempts[0].instance_id)
             return
+        self._prove(plan)
         if self.options.dry_run or self.options.local_dry_run:
             ran = local_dry_run(spec, store)
             r.emit("local_dry_run", skipped=ran is None, **(ran or {}))
@@ -169,6 +172,22 @@ class Run:
         store.put(self.paths.jobspec, dump_spec(spec).encode())
         write_heartbeat(store, self.paths, False, [])
         self._rent()
+
+    def _prove(self, plan: DatasetPlan) -> None:
+        """The model built, stepped and exported on real rows here, before anything is rented;
+        a broken one is a SpecError naming its file:line."""
+        proof = prove(self.spec, plan, self.store)
+        if proof is None:
+            self.reporter.emit("model_proof", skipped=True, say="model proof skipped: no torch")
+            return
+        self.reporter.emit(
+            "model_proof",
+            rows=proof.rows,
+            parameters=proof.parameters,
+            wall_s=proof.wall_s,
+            seconds=proof.seconds,
+            say=proof.sentence(self.spec.model.type),
+        )
 
     def _rent(self) -> None:
         while len(self.attempts) < self.spec.limits.max_attempts and self._in_retry_window():

@@ -193,16 +193,24 @@ def fetch(code: CodeSpec, store: ObjectStore, loc: Loc, dest: Path) -> Packed:
             f"{store.uri(loc)} does not exist: the job's code was not uploaded (launch it "
             "again with `quantlab-train launch`)"
         ) from None
-    raw = gzip.decompress(dest.read_bytes())
+    return verify_archive(code, dest, store.uri(loc))
+
+
+def verify_archive(code: CodeSpec, archive: Path, where: str = "") -> Packed:
+    """The archive, checked to hold the code the spec names (`code.sha256`)."""
+    try:
+        raw = gzip.decompress(archive.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise VerificationError(f"{where or archive} is not a readable archive: {exc}") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != code.sha256:
         raise VerificationError(
-            f"{store.uri(loc)} holds code {digest[:12]}…, the spec names "
+            f"{where or archive} holds code {digest[:12]}…, the spec names "
             f"{(code.sha256 or '')[:12]}…: the archive was replaced or damaged"
         )
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         names = tuple(sorted(m.name for m in tar.getmembers()))
-    return Packed(dest, digest, names)
+    return Packed(archive, digest, names)
 
 
 def unpack(packed: Packed, dest: Path) -> Path:

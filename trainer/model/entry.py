@@ -58,24 +58,31 @@ def _import(module_name: str, field: str, code: StagedCode) -> ModuleType:
 
 
 def user_error(
-    field: str, exc: BaseException, code: StagedCode, at: object = None, hint: str = ""
+    field: str,
+    exc: BaseException,
+    code: StagedCode | None,
+    at: tuple[object, ...] = (),
+    hint: str = "",
 ) -> SpecError:
     """`exc`, raised by (or about) the researcher's code, as a SpecError: `field:
-    file:line: Type: text`. The line is the deepest frame in the code, else where `at` (a
-    function, class or module) is defined, else the code folder."""
-    place = where(exc, code) or defined_at(at, code) or code.spec.path
+    file:line: Type: text`. The line is the deepest frame in the code, else where the first
+    of `at` (functions, classes) that is in the code is defined, else the code folder."""
+    place = where(exc, code) or _site(at, code)
     text = " ".join(str(exc).strip().splitlines()[:1])[:MAX_TEXT]
-    detail = f"{place}: {type(exc).__name__}: {text}" if text else f"{place}: {type(exc).__name__}"
-    return _error(field, f"{detail}{f' ({hint})' if hint else ''}")
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return _error(field, _at(place, f"{detail}{f' ({hint})' if hint else ''}"))
 
 
-def problem_at(field: str, at: object, code: StagedCode, text: str) -> SpecError:
-    """A problem found by checking, not raised: named where `at` is defined."""
-    return _error(field, f"{defined_at(at, code) or code.spec.path}: {text}")
+def problem_at(field: str, at: tuple[object, ...], code: StagedCode | None, text: str) -> SpecError:
+    """A problem found by checking, not raised: named where the first of `at` in the code
+    is defined."""
+    return _error(field, _at(_site(at, code), text))
 
 
-def where(exc: BaseException, code: StagedCode) -> str | None:
+def where(exc: BaseException, code: StagedCode | None) -> str | None:
     """`file:line` of the deepest frame of `exc` (or what caused it) in the code."""
+    if code is None:
+        return None
     for err in _chain(exc):
         if isinstance(err, SyntaxError) and err.filename:
             shown = code.display(err.filename)
@@ -88,9 +95,9 @@ def where(exc: BaseException, code: StagedCode) -> str | None:
     return None
 
 
-def defined_at(obj: object, code: StagedCode) -> str | None:
+def defined_at(obj: object, code: StagedCode | None) -> str | None:
     """`file:line` where a function, class or method of the code is defined."""
-    if obj is None:
+    if code is None:
         return None
     try:
         target = inspect.unwrap(obj)  # type: ignore[arg-type]
@@ -100,6 +107,15 @@ def defined_at(obj: object, code: StagedCode) -> str | None:
         return None
     shown = code.display(source) if source else None
     return f"{shown}:{max(line, 1)}" if shown else None
+
+
+def _site(at: tuple[object, ...], code: StagedCode | None) -> str | None:
+    found = (defined_at(obj, code) for obj in at)
+    return next((f for f in found if f), code.spec.path if code is not None else None)
+
+
+def _at(place: str | None, text: str) -> str:
+    return f"{place}: {text}" if place else text
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -68,16 +68,16 @@ def _from_factory(
         kwargs |= {k: v for k, v in offered.items() if takes_any or k in params}
         if "n_features" not in kwargs:
             raise problem_at(
-                "model.type", factory, code, f"{spec.type} must take `n_features` (an int)"
+                "model.type", (factory,), code, f"{spec.type} must take `n_features` (an int)"
             )
     try:
         model = factory(**kwargs)
     except Exception as exc:
-        raise user_error("model.type", exc, code, at=factory) from None
+        raise user_error("model.type", exc, code, at=(factory,)) from None
     if not isinstance(model, nn.Module):
         raise problem_at(
             "model.type",
-            factory,
+            (factory,),
             code,
             f"{spec.type} returned a {type(model).__name__}, not a torch.nn.Module",
         )

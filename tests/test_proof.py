@@ -1,0 +1,65 @@
+"""The proof before renting: five broken models each refused with the spec field, their
+file:line and the exception's text; a good one passes, with its timings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.broken_models import BROKEN, GOOD, net_spec, write_net
+from tests.helpers import make_dataset, spec_dict
+from trainer.data.plan import preflight
+from trainer.data.synth import SynthConfig
+from trainer.errors import SpecError
+from trainer.model.checks import check_model
+from trainer.model.code import importable, pack
+from trainer.model.proof import ProofResult, prove
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout
+
+ROWS = np.random.default_rng(0).standard_normal((256, 12)).astype(np.float32)
+LABELS = (0.3 * ROWS[:, 0] + np.random.default_rng(1).standard_normal(256)).astype(np.float32)
+
+
+def checked(code_dir: Path, loss: str) -> ProofResult:
+    spec = net_spec(spec_dict(), code_dir, loss)
+    assert spec.code is not None
+    with importable(spec.code, pack(code_dir, code_dir.parent / "code.tar.gz")) as code:
+        return check_model(spec, ROWS, LABELS, code)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_each_broken_model_is_refused_naming_its_line(tmp_path: Path, name: str) -> None:
+    source, expected, loss = BROKEN[name]
+    code_dir = write_net(tmp_path / "models", source)
+    with pytest.raises(SpecError) as info:
+        checked(code_dir, loss)
+    assert info.value.problems[0].startswith(expected.format(code=code_dir))
+
+
+def test_a_good_model_passes_and_says_how_long_each_phase_took(tmp_path: Path) -> None:
+    result = checked(write_net(tmp_path / "models", GOOD), "net:loss")
+    assert result.ok and result.rows == 256 and result.features == 12
+    assert result.parameters == 12 * 8 + 8 + 8 + 1
+    assert set(result.seconds) == {"build", "step", "export"}
+
+
+@pytest.mark.slow
+def test_a_model_that_never_finishes_building_is_stopped_at_the_time_limit(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    code_dir = write_net(tmp_path / "models", GOOD.replace("super().__init__()", "time.sleep(600)"))
+    (code_dir / "net.py").write_text("import time\n" + (code_dir / "net.py").read_text())
+    spec = net_spec(spec_dict(), code_dir)
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=2_000, row_group_size=500))
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        prove(spec, preflight(spec.data, local_store, layout), local_store, timeout_s=8)
+    assert time.monotonic() - started < 60
+    assert info.value.problems == [
+        "model.type: building net:Net, one training step and the export on 256 rows took over "
+        "8 s; look for a loop that never ends or a model far too big for its data"
+    ]
