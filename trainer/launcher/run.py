@@ -180,14 +180,8 @@ class Run:
         if proof is None:
             self.reporter.emit("model_proof", skipped=True, say="model proof skipped: no torch")
             return
-        self.reporter.emit(
-            "model_proof",
-            rows=proof.rows,
-            parameters=proof.parameters,
-            wall_s=proof.wall_s,
-            seconds=proof.seconds,
-            say=proof.sentence(self.spec.model.type),
-        )
+        fields = proof.model_dump(include={"rows", "parameters", "wall_s", "seconds"})
+        self.reporter.emit("model_proof", say=proof.sentence(self.spec.model.type), **fields)
 
     def _rent(self) -> None:
         while len(self.attempts) < self.spec.limits.max_attempts and self._in_retry_window():
