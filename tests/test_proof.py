@@ -53,7 +53,7 @@ def test_a_model_that_never_finishes_building_is_stopped_at_the_time_limit(
 ) -> None:
     code_dir = write_net(tmp_path / "models", GOOD.replace("super().__init__()", "time.sleep(600)"))
     (code_dir / "net.py").write_text("import time\n" + (code_dir / "net.py").read_text())
-    spec = net_spec(spec_dict(), code_dir)
+    spec = net_spec(spec_dict(job={"id": "slow-build"}), code_dir)
     make_dataset(local_store, spec, SynthConfig(rows_per_day=2_000, row_group_size=500))
     started = time.monotonic()
     with pytest.raises(SpecError) as info:
