@@ -47,6 +47,55 @@ def test_a_good_model_passes_and_says_how_long_each_phase_took(tmp_path: Path) -
     assert set(result.seconds) == {"build", "step", "export"}
 
 
+WINDOWED = """\
+import math
+from torch import nn
+
+
+class Flat(nn.Module):
+    def __init__(self, n_features, input_shape):
+        super().__init__()
+        self.head = nn.Linear(math.prod(input_shape), 1)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)).squeeze(-1)
+"""
+
+
+def test_a_window_is_proven_as_training_serves_it(tmp_path: Path) -> None:
+    windows = np.lib.stride_tricks.sliding_window_view(ROWS, 8, axis=0).transpose(0, 2, 1)
+    x, y = np.ascontiguousarray(windows), LABELS[7:]
+    code_dir = write_net(tmp_path / "models", GOOD + "\n\n" + WINDOWED)
+    spec = net_spec(spec_dict(data={"window": 8}), code_dir)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"type": "net:Flat"})})
+    assert spec.code is not None
+    with importable(spec.code, pack(code_dir, tmp_path / "code.tar.gz")) as code:
+        result = check_model(spec, x, y, code)
+        assert result.features == 12 and result.parameters == 8 * 12 + 1
+        # a model written for rows maps each of a window's rows: the shape says so
+        per_row = spec.model_copy(
+            update={"model": spec.model.model_copy(update={"type": "net:Net"})}
+        )
+        with pytest.raises(SpecError) as info:
+            check_model(per_row, x, y, code)
+    assert info.value.problems[0].startswith(
+        f"model.type: {code_dir}/net.py:10: forward returned shape [249, 8] for 249 rows"
+    )
+
+
+@pytest.mark.slow
+def test_a_windowed_model_is_proven_on_real_windows(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    code_dir = write_net(tmp_path / "models", WINDOWED)
+    raw = spec_dict(job={"id": "windowed-proof"}, data={"window": 16})
+    spec = net_spec(raw, code_dir)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"type": "net:Flat"})})
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=2_000, row_group_size=500))
+    result = prove(spec, preflight(spec.data, local_store, layout), local_store)
+    assert result is not None and result.rows == 256 and result.parameters == 16 * 12 + 1
+
+
 @pytest.mark.slow
 def test_a_model_that_never_finishes_building_is_stopped_at_the_time_limit(
     local_store: ObjectStore, layout: Layout, tmp_path: Path

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import job_predictions, make_dataset, predict_in_bare_python, spec_dict
 from trainer.data.loader import read_split_arrays
+from trainer.data.passes import read_split
 from trainer.data.plan import preflight
 from trainer.data.synth import SynthConfig
 from trainer.errors import JobFailed
@@ -56,6 +58,38 @@ def test_a_gated_residual_with_its_own_loss_trains_and_says_what_it_was(
     names = {name for name, _ in model.named_parameters()}
     assert "model.blocks.1.weight" in names  # the researcher's module, behind Normalized
     assert "gated_residual" not in sys.modules  # forgotten once the job ended
+
+
+def test_a_factory_given_the_window_shape_trains_on_windows(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "seq.py").write_text(
+        "import math\n"
+        "from torch import nn\n"
+        "def build(n_features, input_shape, hidden):\n"
+        "    assert input_shape == (4, n_features), input_shape\n"
+        "    return nn.Sequential(\n"
+        "        nn.Flatten(1), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),\n"
+        "        nn.Linear(hidden, 1), nn.Flatten(0),\n"
+        "    )\n"
+    )
+    raw = spec_dict(code={"path": str(src)}, data={"window": 4}, train={"epochs": 1})
+    raw["model"] = {"type": "seq:build", "params": {"hidden": 8}}
+    spec = resolve_code(spec_from_dict(raw))
+    make_dataset(local_store, spec, TINY)
+    run_job(spec, local_store, device="cpu", workdir=tmp_path / "job")
+    model, meta = load_model(tmp_path / "job" / "model.bin")
+    assert meta.window == 4 and meta.model == "seq:build"
+    val = read_split(preflight(spec.data, local_store, layout), local_store, "val", window=4)
+    pred = model(torch.from_numpy(val.inputs(slice(None)))).detach().numpy()
+    np.testing.assert_allclose(pred, job_predictions(tmp_path / "job")[1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_readme_shows_the_shipped_example_whole() -> None:
+    example = (EXAMPLES / "gated_residual.py").read_text()
+    assert f"```python\n{example}```" in (ROOT / "README.md").read_text()
 
 
 def test_what_the_model_code_prints_reaches_train_log_with_secrets_masked(

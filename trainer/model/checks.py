@@ -35,11 +35,16 @@ EXPORT_HINT = (
 def check_model(
     spec: JobSpec, x: np.ndarray, y: np.ndarray, code: StagedCode | None
 ) -> ProofResult:
-    """Build, step and export the spec's model on `x`, `y`; SpecError at the first problem."""
+    """Build, step and export the spec's model on `x` (`[N, features]`, or `[N, window,
+    features]`), `y`; SpecError at the first problem."""
     t0 = time.perf_counter()
     loss_fn = build_loss(spec.train, code)
-    mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
-    model = build_model(spec.model, x.shape[1], mean, std, spec.train.seed, code=code)
+    rows = x.reshape(-1, x.shape[-1])  # a window's rows are rows: statistics per feature
+    mean, std = rows.mean(axis=0), np.maximum(rows.std(axis=0), 1e-6)
+    sample = tuple(x.shape[1:])
+    model = build_model(
+        spec.model, x.shape[-1], mean, std, spec.train.seed, code=code, input_shape=sample
+    )
     site = (type(model.model).forward, type(model.model))  # where a problem is reported
     t1 = time.perf_counter()
 
@@ -76,7 +81,7 @@ def check_model(
     t2 = time.perf_counter()
 
     try:
-        program = export_program(model, tuple(x.shape[1:]))
+        program = export_program(model, sample)
         exported = program.module()(xt)
     except Exception as exc:
         raise user_error("model.type", exc, code, at=site, hint=EXPORT_HINT) from None
@@ -94,7 +99,7 @@ def check_model(
     return ProofResult(
         ok=True,
         rows=len(x),
-        features=x.shape[1],
+        features=x.shape[-1],
         parameters=sum(p.numel() for p in model.parameters()),
         loss=float(loss.detach()),
         seconds={

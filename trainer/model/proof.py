@@ -2,7 +2,8 @@
 hundred real rows, in a child process with a time limit, so a broken model fails on this
 machine (exit 2, naming its `file:line`) and never on a rented GPU.
 
-The rows come from the first training partition through the loader's own reading code.
+The samples come from the first training partition through the loader's own reading code,
+shaped as training serves them (`[N, features]`, or `[N, window, features]`).
 The child (`trainer.model.checks`) gets the resolved spec, the rows and exactly the code
 archive that would be shipped; it writes its verdict to `result.json`."""
 
@@ -67,7 +68,7 @@ def prove(
     None, with a warning, when torch is not installed here and the model is a built-in one;
     the researcher's own code is never shipped unproven."""
     try:
-        from trainer.data.passes import read_split_arrays
+        from trainer.data.passes import read_split
     except ImportError:
         if spec.code is None:
             log.warning("skipping the model proof: torch is not installed (pip install '.[train]')")
@@ -77,9 +78,15 @@ def prove(
             [f"model.type: proving {spec.model.type} needs torch: pip install '.[train]'"],
         ) from None
     # finite rows whatever `data.non_finite` says: this proves the model, not the data
-    x, y, _ = read_split_arrays(plan, store, "train", non_finite="drop", max_rows=PROOF_ROWS)
+    # samples shaped as training serves them: `[N, F]`, or `[N, window, F]`
+    window = spec.data.window
+    found = read_split(plan, store, "train", window=window, non_finite="drop", max_rows=PROOF_ROWS)
+    x, y = found.inputs(slice(None)), found.y
     if len(y) < 2:
-        raise DataError("no rows to prove the model on", [f"{len(y)} training rows were read"])
+        raise DataError(
+            "no rows to prove the model on",
+            [f"{len(y)} training samples were read (data.window {window})"],
+        )
     with tempfile.TemporaryDirectory(prefix="quantlab-proof-") as tmp:
         folder = Path(tmp)
         (folder / SPEC_FILE).write_text(dump_spec(spec), encoding="utf-8")
