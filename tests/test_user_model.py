@@ -35,6 +35,14 @@ def user_spec(code: Path, model: str, loss: str = "mse", **params: object) -> Jo
     return resolve_code(spec_from_dict(raw))
 
 
+def code_module(tmp: Path, name: str, source: str) -> Path:
+    """A code folder under `tmp` holding the module `name`."""
+    src = tmp / "code"
+    src.mkdir()
+    (src / f"{name}.py").write_text(source)
+    return src
+
+
 def gated(job_id: str) -> JobSpec:
     spec = user_spec(
         EXAMPLES, "gated_residual:GatedResidual", "gated_residual:log_cosh", width=16, blocks=2
@@ -63,9 +71,9 @@ def test_a_gated_residual_with_its_own_loss_trains_and_says_what_it_was(
 def test_a_factory_given_the_window_shape_trains_on_windows(
     local_store: ObjectStore, layout: Layout, tmp_path: Path
 ) -> None:
-    src = tmp_path / "code"
-    src.mkdir()
-    (src / "seq.py").write_text(
+    src = code_module(
+        tmp_path,
+        "seq",
         "import math\n"
         "from torch import nn\n"
         "def build(n_features, input_shape, hidden):\n"
@@ -73,7 +81,7 @@ def test_a_factory_given_the_window_shape_trains_on_windows(
         "    return nn.Sequential(\n"
         "        nn.Flatten(1), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),\n"
         "        nn.Linear(hidden, 1), nn.Flatten(0),\n"
-        "    )\n"
+        "    )\n",
     )
     raw = spec_dict(code={"path": str(src)}, data={"window": 4}, train={"epochs": 1})
     raw["model"] = {"type": "seq:build", "params": {"hidden": 8}}
@@ -98,15 +106,15 @@ def test_what_the_model_code_prints_reaches_train_log_with_secrets_masked(
 ) -> None:  # fmt: skip
     secret = "s3cr3t-value-that-must-not-leak"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    src = tmp_path / "code"
-    src.mkdir()
-    (src / "loud.py").write_text(
+    src = code_module(
+        tmp_path,
+        "loud",
         "import os, sys\n"
         "from torch import nn\n"
         "def build(n_features):\n"
         "    print('building with', os.environ['AWS_SECRET_ACCESS_KEY'])\n"
         "    print('and on stderr', os.environ['AWS_SECRET_ACCESS_KEY'], file=sys.stderr)\n"
-        "    return nn.Sequential(nn.Linear(n_features, 1), nn.Flatten(0))\n"
+        "    return nn.Sequential(nn.Linear(n_features, 1), nn.Flatten(0))\n",
     )
     spec = user_spec(src, "loud:build")
     make_dataset(local_store, spec, TINY)
@@ -120,9 +128,9 @@ def test_what_the_model_code_prints_reaches_train_log_with_secrets_masked(
 def test_an_error_in_forward_during_training_names_the_researchers_line(
     local_store: ObjectStore, tmp_path: Path
 ) -> None:
-    src = tmp_path / "code"
-    src.mkdir()
-    (src / "late.py").write_text(
+    src = code_module(
+        tmp_path,
+        "late",
         "import torch\n"
         "from torch import nn\n"
         "class Late(nn.Module):\n"
@@ -134,7 +142,7 @@ def test_an_error_in_forward_during_training_names_the_researchers_line(
         "        self.calls += 1\n"
         "        if self.calls > 3:\n"
         "            raise RuntimeError('ran out of patience')\n"
-        "        return self.head(x).squeeze(-1)\n"
+        "        return self.head(x).squeeze(-1)\n",
     )
     spec = user_spec(src, "late:Late")
     make_dataset(local_store, spec, TINY)
