@@ -177,7 +177,11 @@ def test_readme_reference_matches_the_docstrings() -> None:
         ),
         (
             "model: {type: 'net:build'}",
-            "model.type: net:build is an entry point; give `code.path`, its code",
+            "model: `type: net:build` is an entry point; give `code.path`, its code",
+        ),
+        (
+            "train: {loss: 'net:loss'}",
+            "train: `loss: net:loss` is an entry point; give `code.path`, its code",
         ),
         ("model: {params: {width: 8}}", "model: `params` only apply to an entry point `type`"),
         (

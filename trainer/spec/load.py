@@ -88,8 +88,6 @@ def describe(err: Mapping[str, Any], root: type[BaseModel] = JobSpec) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     message = message.replace("Input should be", "must be").replace("String should", "must")
-    if not loc and kind == "value_error":
-        return message  # a rule across sections: its message starts with the YAML path
     return f"{path}: {message}"
 
 

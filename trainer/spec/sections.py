@@ -443,12 +443,18 @@ class JobSpec(Section):
             )
         return model
 
-    @model_validator(mode="after")
-    def _entry_points_have_code(self) -> JobSpec:
-        for field, name in (("model.type", self.model.type), ("train.loss", self.train.loss)):
-            if is_entry_point(name) and self.code is None:
-                raise ValueError(f"{field}: {name} is an entry point; give `code.path`, its code")
-        return self
+    @field_validator("model", "train")
+    @classmethod
+    def _entry_points_have_code(
+        cls, section: ModelSpec | TrainSpec, info: ValidationInfo
+    ) -> ModelSpec | TrainSpec:
+        # `code` comes first; absent from info.data when it failed its own validation
+        key, name = (
+            ("type", section.type) if isinstance(section, ModelSpec) else ("loss", section.loss)
+        )
+        if is_entry_point(name) and "code" in info.data and info.data["code"] is None:
+            raise ValueError(f"`{key}: {name}` is an entry point; give `code.path`, its code")
+        return section
 
     @property
     def job_id(self) -> str:
