@@ -139,7 +139,9 @@ def test_a_late_instance_of_an_interrupted_launch_is_destroyed_by_the_launcher(
     client = {"timeout_s": 1.0, "create_settle_s": 2.0}
 
     def interrupt_once_unsure() -> None:
-        wait_for(lambda: market.reporter and _seen(market.reporter.events, "create_unsure"))
+        wait_for(
+            lambda: market.reporter and _seen(market.reporter.events, "create_unsure"), timeout=240
+        )
         _thread.interrupt_main()
 
     threading.Thread(target=interrupt_once_unsure, daemon=True).start()
@@ -185,7 +187,7 @@ def test_ctrl_c_while_a_create_is_in_flight_destroys_what_it_made(market: Lab) -
     main = threading.get_ident()
 
     def interrupt_while_creating() -> None:
-        wait_for(lambda: market.creates() == 1)
+        wait_for(lambda: market.creates() == 1, timeout=240)  # after the proof
         time.sleep(0.3)  # the request is on the server, its answer not yet sent
         signal.pthread_kill(main, signal.SIGINT)
 
