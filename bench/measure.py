@@ -188,6 +188,8 @@ def summary(result: dict[str, Any], peers: Sequence[str]) -> dict[str, Any]:
                 )
         fig["loader_s3_requests"] = d.get("loader_s3_requests", {})
         out["by_days"][days] = fig
+    if "first_step" not in result:  # a run cut short: the parts it finished
+        return out
     fs = result["first_step"]["runs"]
     first: dict[str, Any] = {"load_average": result["first_step"]["load_average"]}
     for src in ("local", "s3"):
@@ -221,6 +223,7 @@ def markdown_summary(s: dict[str, Any]) -> str:
             if key.startswith(("vs_", "loader_vs", "cache_")) or key == "loader_s3_requests":
                 lines.append(f"- {key}: {value}")
         lines.append("")
-    lines.append(f"first step: {s['first_step']}")
+    if "first_step" in s:
+        lines.append(f"first step: {s['first_step']}")
     lines += ["", "checks:"] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in s["checks"].items()]
     return "\n".join(lines)
