@@ -98,6 +98,8 @@ def run_job(
         check_committed(store, paths, manifest, plan)
         log.info("job %s is already committed on this data; nothing to do", job_id)
         return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
+    if not dry_run:  # the commit is written only if absent: refuse before training, not after
+        store.require_conditional_writes(paths.bucket)
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")

@@ -133,6 +133,7 @@ class Run:
             self._end_job()
             self._finish("already_done", EXIT_OK, "the job is already committed on this data")
             return
+        store.require_conditional_writes(self.paths.bucket)  # before anything is rented
         r.emit(
             "preflight",
             partitions=len(plan.partitions),
