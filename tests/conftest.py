@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.image_env import Engine, require_engine
 from trainer.store import ObjectStore, open_store
 from trainer.store.layout import Layout
 
@@ -141,6 +142,12 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
     """Each test using this runs once on the local folder and once on loopback S3."""
     name = "local_store" if request.param == "local" else "s3_store"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """The Docker engine and the training image under test: skips, or fails when asked for."""
+    return require_engine()
 
 
 @pytest.fixture
