@@ -18,7 +18,8 @@
 # socket and exec root, no bridge, no iptables rules, no IP forwarding; builds and the tests'
 # containers use host networking or none. Unless QUANTLAB_DOCKER_STATE=DIR names a folder to
 # keep between runs (the base image and build cache are then reused), its whole state, with
-# every image and all build cache, is deleted. Nothing outside that state is touched.
+# every image and all build cache, is deleted (it lives in a new folder under
+# QUANTLAB_DOCKER_TMP, default /var/tmp). Nothing outside that state is touched.
 #
 # Needs root, `apt-get install -y docker.io debootstrap`, and a Python with pip (PYTHON,
 # default python3). The docker.io package's own client (/usr/bin/docker) is used, with
@@ -50,7 +51,7 @@ if [ -n "${QUANTLAB_DOCKER_STATE:-}" ]; then
     STATE="$(mkdir -p "$QUANTLAB_DOCKER_STATE" && cd "$QUANTLAB_DOCKER_STATE" && pwd)"
     KEEP=1
 else
-    STATE="$(mktemp -d /var/tmp/quantlab-docker.XXXXXX)"
+    STATE="$(mktemp -d "${QUANTLAB_DOCKER_TMP:-/var/tmp}/quantlab-docker.XXXXXX")"
     KEEP=0
 fi
 exec 9>"$STATE/lock"
@@ -68,11 +69,19 @@ cleanup() {
         # Containers a failed command left behind go first; then the daemon, by its PID.
         local left
         left="$("$DOCKER" ps -aq 2>/dev/null)"
+        # shellcheck disable=SC2086  # one argument per container id
         [ -n "$left" ] && "$DOCKER" rm -f $left >/dev/null 2>&1
         kill -TERM "$DOCKERD_PID" 2>/dev/null
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
         kill -KILL "$DOCKERD_PID" 2>/dev/null
         wait "$DOCKERD_PID" 2>/dev/null
+        # The containerd that dockerd started goes with it, unless dockerd had to be killed.
+        local containerd
+        containerd="$(cat "$STATE/exec/containerd/containerd.pid" 2>/dev/null)"
+        if [ -n "$containerd" ] && tr '\0' ' ' <"/proc/$containerd/cmdline" 2>/dev/null \
+            | grep -qF "$STATE/"; then
+            kill -KILL "$containerd"
+        fi
     fi
     # Whatever is still mounted below the state (a debootstrap cut short, a killed daemon).
     grep -o " $STATE/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
