@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 DEFAULT_IMAGE = "quantlab/trainer:test"
-HOW_TO_BUILD = "build it with `docker/build-test-image.sh -- python -m pytest -m slow`"
+HOW_TO_BUILD = "to build it and run these: docker/build-test-image.sh -- python -m pytest -m slow"
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ def test_launch_runs_the_image_from_create_to_self_destroy(
         (attempt,) = result.attempts
         instance_id = attempt["instance_id"]
         assert env.fake.requests_to("create")[0].body["image"] == engine.image
-        # `docker run` ends with the job's exit code, just after the job destroyed itself.
+        # The container ends once it has destroyed its instance: exited, or killed (137) by
+        # the stop that destroy brings if it is still unwinding when the grace runs out.
         wait_for(lambda: instance_id in env.containers.codes)
-        assert env.containers.codes[instance_id] == 0
+        assert env.containers.codes[instance_id] in (0, 137)
         instance_key = env.fake.instance_key(instance_id)
         destroys = [r.headers.get("Authorization") for r in env.fake.requests_to("destroy")]
         assert destroys[0] == f"Bearer {instance_key}"  # the container destroyed itself
