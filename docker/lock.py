@@ -6,10 +6,11 @@ by version and sha256, for the Pythons of both image bases.
 The image installs torch first from `TORCH_INDEX`, together with what that torch build pins
 exactly (its CUDA libraries, triton); then everything in the lock with `--require-hashes`;
 then the project itself with `--no-deps`. So the lock holds the project's own dependencies,
-the setuptools that builds it, and torch's loose, platform-neutral requirements (filelock,
-sympy, jinja2...), resolved once here from PyPI for CPython 3.11 (the Debian test base) and
-3.12 (the Ubuntu CUDA base) at the same versions. Run it after changing the dependencies in
-pyproject.toml or `TORCH_VERSION` in docker/Dockerfile; tests/test_image_lock.py says when.
+its `train` extra but torch, the setuptools that builds it, and torch's loose,
+platform-neutral requirements (filelock, sympy, jinja2...), resolved once here from PyPI for
+CPython 3.11 (the Debian test base) and 3.12 (the Ubuntu CUDA base) at the same versions. Run
+it after changing the dependencies in pyproject.toml or `TORCH_VERSION` in docker/Dockerfile;
+tests/test_image_lock.py says when.
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ def torch_loose_requirements(version: str) -> list[str]:
 
 
 def project_roots() -> list[str]:
+    """The project's dependencies, its `train` extra but torch (the image installs torch on
+    its own), and its build backend."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+    train = pyproject["project"]["optional-dependencies"]["train"]
+    extra = [line for line in train if canonicalize_name(Requirement(line).name) != "torch"]
+    return [*pyproject["project"]["dependencies"], *extra, *pyproject["build-system"]["requires"]]
 
 
 def locked(roots: list[str]) -> dict[str, tuple[str, set[str]]]:
