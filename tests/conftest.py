@@ -163,3 +163,8 @@ def _no_real_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for key in ("VAST_API_KEY", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
+    from trainer.launcher import session
+
+    # Not the vastai CLI's key files of whoever runs the tests: a home of the test's own.
+    home = tmp_path / "home"
+    monkeypatch.setattr(session, "vast_key_files", lambda: session.key_files_under(home))

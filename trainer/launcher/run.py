@@ -41,7 +41,7 @@ from trainer.launcher.prefix import check_spec_matches, write_heartbeat
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
 from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
-from trainer.launcher.vast import VastApiError, VastClient
+from trainer.launcher.vast import VastApiError, VastAuthError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.spec import JobSpec, dump_spec
 from trainer.store.base import ObjectStore
@@ -141,7 +141,13 @@ class Run:
             bytes=plan.bytes,
             say=f"data ok: {len(plan.partitions)} partitions, {plan.rows:,} rows",
         )
-        live = live_instances(self.vast, self.job_id)
+        try:
+            live = live_instances(self.vast, self.job_id)
+        except VastAuthError as exc:
+            if not self.options.dry_run:
+                raise
+            self._dry_run_without_vast(exc)
+            return
         if live and self.options.dry_run:
             ids = ", ".join(str(i.id) for i in live)
             self._finish("dry_run", EXIT_OK, f"the job is already running on instance(s) {ids}")
@@ -161,6 +167,22 @@ class Run:
         store.put(self.paths.jobspec, dump_spec(spec).encode())
         write_heartbeat(store, self.paths, False, [])
         self._rent()
+
+    def _dry_run_without_vast(self, why: VastAuthError) -> None:
+        """A dry run with no Vast.ai key: the local checks and CPU steps still run, and the
+        result says what was skipped."""
+        ran = local_dry_run(self.spec, self.store)
+        self.reporter.emit("local_dry_run", skipped=ran is None, **(ran or {}))
+        skipped = "the live-instance check, the offer search and the cost estimate"
+        self.reporter.emit(
+            "vast_skipped",
+            why.headline,
+            skipped=skipped,
+            say=f"skipped {skipped}: {why.headline}",
+        )
+        self._finish(
+            "dry_run", EXIT_OK, f"dry run without Vast.ai: nothing was rented; skipped {skipped}"
+        )
 
     def _rent(self) -> None:
         while len(self.attempts) < self.spec.limits.max_attempts and self._in_retry_window():
