@@ -8,6 +8,12 @@ ratio of the best rounds, with the load average and the CPU seconds per million 
 run (the figure load barely moves). `ratio` near 1 means the loader keeps up.
 
     python bench/train.py [--json] [--days 4] [--rows-per-day 200000] [--device auto]
+                          [--window 32 [--channels 64]]
+
+With `--window L` above 1 the model is the sequence model (`model.type: tcn`) on windows of
+`L` rows: the loader's `[B, L, F]` batches against windows gathered by index from rows already
+in memory (`data.windows.Windows`, the same index arithmetic without the reading), so both
+sides hold the rows once and count samples, not rows.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from measure import cpu_s, load_average, paired  # noqa: E402
 
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats  # noqa: E402
 from trainer.data.plan import preflight  # noqa: E402
+from trainer.data.windows import Windows  # noqa: E402
 from trainer.model.registry import build_model  # noqa: E402
 from trainer.spec import spec_from_dict  # noqa: E402
 from trainer.store import open_store  # noqa: E402
@@ -44,12 +51,12 @@ from trainer.train.loop import Validation, fit  # noqa: E402
 class InMemory:
     """Batches sliced from tensors already on the device: the loader taken out of the loop."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> None:
+    def __init__(self, x: Windows, y: torch.Tensor, batch: int, seed: int) -> None:
         self.x, self.y, self.batch, self.seed = x, y, batch, seed
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator(device="cpu").manual_seed(self.seed + epoch)
-        order = torch.randperm(len(self.y), generator=g).to(self.x.device)
+        order = torch.randperm(len(self.y), generator=g).to(self.y.device)
         for i in range(0, len(order), self.batch):
             idx = order[i : i + self.batch]
             yield self.x[idx], self.y[idx]
@@ -77,10 +84,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
     store_root = ensure_dataset(root, args.days + 1, args.rows_per_day)
+    window = args.window
     spec = spec_from_dict(
         spec_dict(
             dates(args.days + 1),
-            model={"hidden": [256, 128]},
+            data={"window": window},
+            model={"hidden": [256, 128]}
+            if window == 1
+            else {"type": "tcn", "channels": args.channels},
             train={
                 "epochs": 1,
                 "batch_size": args.batch,
@@ -94,14 +105,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(f"file://{store_root}")
     plan = preflight(spec.data, store, Layout.of(spec.storage))
     stats = compute_feature_stats(plan, store, sample_rows=10**12)  # every row: exact count
-    n_train, steps = stats.rows, math.ceil(stats.rows / args.batch)
-    val = Validation(torch.zeros(1, len(plan.features), device=device), np.zeros(1))
-    x = torch.randn(n_train, len(plan.features), device=device)
-    y = torch.randn(n_train, device=device)
+    nf = len(plan.features)
+    n_train = stats.rows
+    if window > 1:  # fewer samples than rows (short history, non-finite values): count them
+        counting = StreamingLoader(plan, store, split="train", batch_size=args.batch, window=window)
+        n_train = sum(len(y) for _, y in counting.epoch(0))
+    steps = math.ceil(n_train / args.batch)
+    sample = (nf,) if window == 1 else (window, nf)
+    val = Validation(torch.zeros(1, *sample, device=device), np.zeros(1))
+    rows = torch.randn(stats.rows, nf, device=device)
+    ends = None if window == 1 else torch.arange(window - 1, stats.rows, device=device)
+    x = Windows(rows, ends, window)
+    y = torch.randn(len(x), device=device)
 
     def timed(source: Any) -> dict[str, float]:
-        model = build_model(spec.model, len(plan.features), stats.mean, stats.std, seed=0)
-        model = model.to(device)
+        model = build_model(spec.model, nf, stats.mean, stats.std, seed=0, input_shape=sample).to(
+            device
+        )
         cpu0, t0 = cpu_s(), time.perf_counter()
         result = fit(model, source, val, spec.train, device, steps, Quiet())
         if device.type == "cuda":
@@ -117,7 +137,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the second pass over the same loader is served from the cache alone
         cache = BlockCache(10**12, device=device)
         loader = StreamingLoader(
-            plan, store, split="train", batch_size=args.batch, device=device, cache=cache
+            plan,
+            store,
+            split="train",
+            batch_size=args.batch,
+            device=device,
+            cache=cache,
+            window=window,
         )
         order = ["epoch1", "cached", "model_only"] if r % 2 == 0 else ["model_only", "epoch1"]
         for name in order:
@@ -136,6 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     only = rounds["model_only"]
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "window": window,
+        "model": spec.model.type,
         "torch_threads": torch.get_num_threads(),
         "rows_train": n_train,
         "batch_size": args.batch,
@@ -159,6 +187,8 @@ def main() -> int:
     p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--window", type=int, default=1, help="rows per sample; above 1: tcn")
+    p.add_argument("--channels", type=int, default=64, help="the tcn's channels")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--data", default=None, help="folder to keep the generated dataset in")
     args = p.parse_args()
@@ -177,7 +207,8 @@ def main() -> int:
         )
     loads = ", ".join(str(la[0]) for la in result["load_average"])
     print(
-        f"\n{result['rows_train']:,} training rows, {result['steps']} steps of "
+        f"\n{result['model']} on windows of {result['window']}: "
+        f"{result['rows_train']:,} training samples, {result['steps']} steps of "
         f"{result['batch_size']}, {result['torch_threads']} torch threads; load average {loads}."
     )
     return 0
