@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from trainer.job.artifacts import (
     write_failure,
 )
 from trainer.job.identity import Resolved, check_committed, resolve
-from trainer.job.prepare import Prepared, prepare
+from trainer.job.prepare import Prepared, SharedData, prepare
 from trainer.job.summary import record_commit
 from trainer.model.export import FORMAT
 from trainer.redact import RedactingFilter, Secrets
@@ -44,7 +45,7 @@ from trainer.store.records import (
     utc_now,
 )
 from trainer.train.distributed import Ranks, all_sum, from_env, setup, teardown
-from trainer.train.loop import FitResult, Validation, fit, predict
+from trainer.train.loop import FitResult, Prune, Validation, fit, predict
 from trainer.train.losses import validation_scores
 from trainer.train.report import RunLog
 
@@ -68,6 +69,27 @@ class JobResult:
         return self.metrics.final if self.metrics is not None else None
 
 
+class _ThisJob(logging.Filter):
+    """Keeps the records of the thread that runs this job, and of threads no job runs on
+    (the loader's): with several jobs in one process, each `train.log` has only its own."""
+
+    _running: set[int] = set()  # noqa: RUF012 - shared on purpose: every job's thread
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        with self._lock:
+            self._running.add(self.thread)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread or record.thread not in self._running
+
+    def close(self) -> None:
+        with self._lock:
+            self._running.discard(self.thread)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,13 +106,19 @@ def run_job(
     dry_run: bool = False,
     workdir: Path | None = None,
     listener: Listener | None = None,
+    shared: SharedData | None = None,
+    prune: Prune | None = None,
 ) -> JobResult:
     """Run the whole job. The spec is resolved against its dataset first (the pre-flight),
     which fixes the job id. A job committed on the same data is not run again, one committed
     on other data is refused (DatasetChanged); a failed one leaves a failure record and no
-    manifest. `listener(kind, record)` sees progress (the heartbeat uses it)."""
+    manifest. `listener(kind, record)` sees progress (the heartbeat uses it).
+
+    A sweep runs its trials through here too: `shared` gives the pre-flight and the data
+    read for earlier trials with the same data section, and `prune` judges each
+    evaluation (see `fit`)."""
     started = utc_now()
-    resolved = _resolve(spec, store, dry_run, started)
+    resolved = _resolve(spec, store, dry_run, started, shared)
     spec, plan = resolved.spec, resolved.plan
     paths = Layout.of(spec.storage).job(spec.job_id)
     job_id = paths.job_id
@@ -105,14 +133,19 @@ def run_job(
     handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     handler.addFilter(RedactingFilter(Secrets()))  # train.log is uploaded: no secret in it
+    own = _ThisJob()
+    handler.addFilter(own)  # jobs running side by side (a sweep) keep their own logs
     logging.getLogger("quantlab").addHandler(handler)
     ranks = from_env()
     try:
         torch_device = setup(ranks, pick_device(device))
         log.info("job %s on %s%s", job_id, _describe(torch_device), " (dry run)" if dry_run else "")
-        job = prepare(spec, store, plan, torch_device, ranks, dry_run)
+        job = prepare(spec, store, plan, torch_device, ranks, dry_run, shared)
         val = Validation(_on_device(job.val, torch_device), job.val.y.astype(np.float64))
-        result = _fit(job, val, torch_device, ranks, workdir, listener)
+        try:
+            result = _fit(job, val, torch_device, ranks, workdir, listener, prune)
+        finally:
+            job.loader.close()
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
         if not ranks.is_main:
             return JobResult(job_id, "worker", str(workdir))
@@ -151,13 +184,19 @@ def run_job(
     finally:
         logging.getLogger("quantlab").removeHandler(handler)
         handler.close()
+        own.close()
         teardown(ranks)
 
 
-def _resolve(spec: JobSpec, store: ObjectStore, dry_run: bool, started: str) -> Resolved:
-    """The spec resolved against its dataset. A spec that names its job (the container's)
-    records why it cannot be; a derived id has no prefix before the data is known."""
+def _resolve(
+    spec: JobSpec, store: ObjectStore, dry_run: bool, started: str, shared: SharedData | None
+) -> Resolved:
+    """The spec resolved against its dataset (the pre-flight `shared` already made of this
+    data section, if any). A spec that names its job (the container's) records why it cannot
+    be; a derived id has no prefix before the data is known."""
     try:
+        if shared is not None:
+            return shared.resolve(spec)
         return resolve(spec, store)
     except TrainerError as exc:
         log.error("job %s failed: %s", spec.job_id if spec.resolved else "(unresolved)", exc)
@@ -180,6 +219,7 @@ def _fit(
     ranks: Ranks,
     workdir: Path,
     listener: Listener | None,
+    prune: Prune | None,
 ) -> FitResult:
     """The second step: the loop, with the model wrapped for DDP when there are ranks."""
     model = job.model
@@ -203,6 +243,7 @@ def _fit(
             resume=job.restored,
             checkpoint=job.checkpointer if ranks.is_main else None,
             loss_fn=job.loss,
+            prune=prune,
         )
     finally:
         progress.close()
@@ -229,6 +270,8 @@ def _metrics(
         world_size=ranks.world_size,
         resumed_from_step=job.restored.step if job.restored else None,
         checkpoints=tuple(job.checkpointer.saved if job.checkpointer else ()),
+        max_steps=job.max_steps,
+        pruned_at_step=s.step if result.pruned else None,
     )
 
 
