@@ -3,11 +3,13 @@ failed trial recorded and the sweep going on, an interrupted sweep continued."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.fakes.s3_counter import CountingS3
 from tests.helpers import make_dataset, make_spec, spec_dict
@@ -67,6 +69,13 @@ def test_pruning_stops_the_bad_learning_rates_early_and_every_trial_is_a_job(
     assert main(["compare", *ids, "--store", root]) == 0
     out = capsys.readouterr().out
     assert record.best_trial.job_id in out
+    # the history lists the trials as jobs and the sweep as a sweep
+    assert main(["jobs", "--store", root, "--tag", f"sweep:{record.sweep_id}", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(j["job_id"] for j in listed) == sorted(ids)
+    assert main(["jobs", "--store", root, "--sweeps"]) == 0
+    table = capsys.readouterr().out
+    assert record.sweep_id in table and "2 complete 2 pruned of 4" in table
     # a sweep committed is done: nothing runs again
     again = run_sweep(sweep, data_store, device="cpu")
     assert again.outcome == "already_done" and again.record == record
@@ -104,6 +113,37 @@ def test_an_interrupted_sweep_continues_without_running_a_trial_twice(
     assert record.trials[1].job_id == halfway.trials[1].job_id  # the same job, run again
     again = read_manifest(data_store, Layout().job(record.trials[0].job_id))
     assert first is not None and again == first  # committed once, never trained again
+
+
+def test_sweep_local_prints_each_trial_and_promotes_the_best(
+    data_store: ObjectStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    raw = {
+        "sweep": {"name": "cli"},
+        "base": spec_dict(train={"epochs": 1}),
+        "space": {"train.lr": {"choice": [0.003, 0.01]}},
+        "sampler": "grid",
+    }
+    path.write_text(yaml.safe_dump(raw))
+    code = main(
+        ["sweep", str(path), "--local", "--store", data_store.root, "--json", "--promote-best"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    last = next(i for i, line in enumerate(out) if '"event": "result"' in line)
+    lines = [json.loads(line) for line in out[: last + 1]]
+    assert [e["event"] for e in lines] == [
+        "trial_started",
+        "trial_ended",
+        "trial_started",
+        "trial_ended",
+        "result",
+    ]
+    result = lines[-1]
+    assert result["state"] == "committed" and result["trials"] == {"complete": 2}
+    promoted = json.loads("\n".join(out[last + 1 :]))  # the promotion's own JSON
+    assert promoted["source_job"] == result["best"]["job_id"]
 
 
 def _resolved_like(sweep: SweepSpec, store: ObjectStore) -> SweepSpec:

@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--reverse", action="store_true", help="the other way round")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N jobs")
+    p.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="the sweeps instead: trials by state, the best trial, steps saved, cost "
+        "(a sweep's trials: --tag sweep:SWEEP)",
+    )
     _common(p)
     p.set_defaults(handler=_jobs)
 
@@ -70,6 +76,8 @@ def _jobs(args: argparse.Namespace) -> int:
     from trainer.report.history import Filters, list_history, parse_since
     from trainer.store.layout import Layout
 
+    if args.sweeps:
+        return _sweeps(args)
     filters = Filters(
         symbols=args.symbol,
         tags=args.tag,
@@ -105,6 +113,41 @@ def _jobs(args: argparse.Namespace) -> int:
             [_row(r) for r in rows],
         )
     )
+    return 0
+
+
+def _sweeps(args: argparse.Namespace) -> int:
+    from trainer.report.history import list_sweeps
+    from trainer.store.layout import Layout
+
+    found = list_sweeps(store_for(args.store), Layout(artifacts_bucket=args.bucket))
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
+        return 0
+    if not found:
+        print("no sweep in the store")
+        return 0
+    rows = []
+    for r in found:
+        best = r.best_trial
+        counts = r.counts()
+        trials = " ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        rows.append(
+            [
+                r.sweep_id,
+                r.state,
+                r.started_at.replace("T", " ").removesuffix("Z")[:16],
+                f"{trials} of {r.trials_planned}",
+                f"{r.sampler}/{r.pruning}",
+                best.job_id if best else "–",
+                f"{r.metric} {best.value:+.4f}" if best and best.value is not None else "–",
+                str(r.steps_saved),
+                f"${r.cost_usd:.4f}" if r.attempts else "local",
+                r.name or "–",
+            ]
+        )
+    header = ["SWEEP", "STATE", "STARTED", "TRIALS", "SEARCH", "BEST", "OBJECTIVE"]
+    print(_table([*header, "STEPS SAVED", "COST", "NAME"], rows))
     return 0
 
 

@@ -8,6 +8,7 @@ Ctrl-C ignored meanwhile) destroys each recorded instance that is not deliberate
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import signal
@@ -44,9 +45,11 @@ from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastAuthError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.spec import JobSpec, dump_spec
+from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
-from trainer.store.records import AttemptRecord, JobManifest
+from trainer.store.records import AttemptRecord, JobManifest, SweepRecord, update_record
+from trainer.sweep.book import keep_spec, read_sweep
 
 log = logging.getLogger("quantlab.launcher")
 
@@ -65,9 +68,16 @@ def shielded() -> Iterator[None]:
 
 class Run:
     def __init__(
-        self, resolved: Resolved, session: Session, options: LaunchOptions, reporter: Reporter
+        self,
+        resolved: Resolved,
+        session: Session,
+        options: LaunchOptions,
+        reporter: Reporter,
+        sweep: SweepSpec | None = None,
     ) -> None:
         spec = resolved.spec
+        self.sweep = sweep
+        """A sweep's instance: the job id is the sweep's, the success its `sweep.json`."""
         self.spec, self.plan, self.job_id, self.session = spec, resolved.plan, spec.job_id, session
         self.store, self.layout = session.store, Layout.of(spec.storage)
         self.paths = self.layout.job(self.job_id)
@@ -81,6 +91,7 @@ class Run:
             credentials=options.credentials,
             role_arn=options.role_arn,
             extra_env=dict(options.container_env),
+            sweep=sweep is not None,
         )
         self.attempts: list[Attempt] = []
         self.created: set[int] = set()  # rented here, not destroyed yet
@@ -101,6 +112,7 @@ class Run:
             config=config,
             spent=self._spent,
             over_budget=self._over_budget,
+            sweep=sweep is not None,
         )
 
     @property
@@ -127,6 +139,11 @@ class Run:
         r, spec, store = self.reporter, self.spec, self.store
         r.emit("validated", say=f"spec ok: job {self.job_id}")
         plan = self.plan
+        swept = read_sweep(store, self.paths) if self.sweep is not None else None
+        if swept is not None and swept.state == "committed":
+            self._end_job()
+            self._finish("already_done", EXIT_OK, "the sweep is already committed")
+            return
         if (manifest := read_manifest(store, self.paths)) is not None:
             check_committed(store, self.paths, manifest, plan)
             check_spec_matches(spec, store, self.paths)
@@ -164,6 +181,8 @@ class Run:
         if self.options.dry_run:
             self._finish("dry_run", EXIT_OK, "dry run: nothing was rented")
             return
+        if self.sweep is not None:
+            keep_spec(self.sweep, store)  # what the instance runs: QUANTLAB_SWEEP
         store.put(self.paths.jobspec, dump_spec(spec).encode())
         write_heartbeat(store, self.paths, False, [])
         self._rent()
@@ -428,16 +447,28 @@ class Run:
     ) -> LaunchResult:
         if self.result is not None:
             return self.result
-        promotion = self._auto_promote() if promote else None
+        # A sweep's best trial is promoted by `sweep --promote-best`, not by the instance's spec.
+        promotion = self._auto_promote() if promote and self.sweep is None else None
         artifacts: dict[str, str] = {}
-        if outcome in ("succeeded", "already_done"):
+        if self.sweep is not None and outcome in ("succeeded", "already_done"):
+            for name in (self.paths.SWEEP, self.paths.SWEEP_SPEC):
+                artifacts[name] = self.store.uri(self.paths.file(name))
+            manifest = self._best_trial_manifest()
+        elif outcome in ("succeeded", "already_done"):
             manifest = manifest or read_manifest(self.store, self.paths)
             names = [f.name for f in manifest.files] if manifest is not None else []
             for name in [self.paths.MANIFEST, *names]:
                 artifacts[name] = self.store.uri(self.paths.file(name))
         summaries = [a.summary() for a in self.attempts]
         cost = sum(a.cost() for a in self.attempts)
-        if self.attempts:  # something was rented or attached to: the history learns its cost
+        if self.sweep is not None and self.attempts:  # the sweep's record learns its cost
+            with contextlib.suppress(TrainerError):
+                if read_sweep(self.store, self.paths) is not None:
+                    records = [AttemptRecord.model_validate(s) for s in summaries]
+                    update_record(
+                        self.store, self.paths.sweep, SweepRecord, _sweep_launch(records, cost)
+                    )
+        elif self.attempts:  # something was rented or attached to: the history learns its cost
             record_launch(
                 self.store,
                 self.paths,
@@ -465,7 +496,7 @@ class Run:
             promotion=promotion,
             metrics=manifest.metrics.final if manifest else None,
             rows=rows_used(manifest.metrics) if manifest else None,
-            report=report_command(self.job_id, self.store.root, self.paths.bucket)
+            report=report_command(manifest.job_id, self.store.root, self.paths.bucket)
             if manifest
             else None,
         )
@@ -473,6 +504,30 @@ class Run:
         # No human line here: the caller prints the summary once (the CLI on stdout).
         self.reporter.emit("result", reason, **fields)
         return self.result
+
+    def _best_trial_manifest(self) -> JobManifest | None:
+        """For a sweep: the manifest of its best trial, whose metrics the result reports."""
+        record = read_sweep(self.store, self.paths)
+        best = record.best_trial if record is not None else None
+        if best is None:
+            return None
+        return read_manifest(self.store, self.layout.job(best.job_id))
+
+
+def _sweep_launch(
+    attempts: list[AttemptRecord], cost: float
+) -> Callable[[SweepRecord | None], SweepRecord]:
+    """Adds what one launch of a sweep spent to its record."""
+
+    def change(current: SweepRecord | None) -> SweepRecord:
+        if current is None:  # pragma: no cover - only called when the record exists
+            raise ValueError("no sweep record")
+        every = (*current.attempts, *attempts)
+        return current.model_copy(
+            update={"attempts": every, "cost_usd": round(current.cost_usd + cost, 6)}
+        )
+
+    return change
 
 
 def _recoveries(attempts: list[Attempt]) -> list[float]:

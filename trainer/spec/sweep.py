@@ -203,6 +203,23 @@ class SweepSpec(Section):
         return spec_from_dict(raw, f"trial {number}")
 
 
+def instance_spec(sweep: SweepSpec) -> JobSpec:
+    """The JobSpec the launcher rents and watches the sweep's instance by: the base's data,
+    resources and storage, the sweep's id, and the sweep's money and runtime limits for the
+    whole sweep (the base's other limits: provisioning, heartbeat, attempts, retry window)."""
+    base = sweep.base
+    job = base.job.model_copy(
+        update={"id": sweep.sweep_id, "name": sweep.sweep.name or sweep.sweep_id}
+    )
+    limits = base.limits.model_copy(
+        update={
+            "max_cost_usd": sweep.limits.max_cost_usd,
+            "max_runtime_minutes": sweep.limits.max_runtime_minutes,
+        }
+    )
+    return base.model_copy(update={"job": job, "limits": limits})
+
+
 def derived_sweep_id(sweep: SweepSpec) -> str:
     """`sweep-` + 12 hex digits of what makes the sweep what it is: the resolved base (its
     data's fingerprint included), the space, the sampler and its seed, the trial count, the

@@ -12,7 +12,8 @@ import threading
 from typing import Any
 
 from trainer import __version__
-from trainer.spec.sweep import SweepSpec
+from trainer.errors import PreconditionFailed
+from trainer.spec.sweep import SweepSpec, dump_sweep
 from trainer.store.base import ObjectStore
 from trainer.store.layout import JobPaths, Layout
 from trainer.store.records import (
@@ -31,6 +32,20 @@ def sweep_paths(sweep: SweepSpec) -> JobPaths:
 
 def read_sweep(store: ObjectStore, paths: JobPaths) -> SweepRecord | None:
     return read_record(store, paths.sweep, SweepRecord)
+
+
+def keep_spec(sweep: SweepSpec, store: ObjectStore) -> None:
+    """`sweep.yaml` beside `sweep.json`; an explicit sweep id another sweep holds is refused."""
+    paths = sweep_paths(sweep)
+    text = dump_sweep(sweep).encode()
+    try:
+        store.put(paths.sweep_spec, text, if_absent=True)
+    except PreconditionFailed:
+        if store.get(paths.sweep_spec) != text:
+            raise PreconditionFailed(
+                f"sweep id {sweep.sweep_id} is taken by another sweep "
+                f"({store.uri(paths.sweep_spec)}); drop `sweep.id` or give a new one"
+            ) from None
 
 
 class SweepBook:

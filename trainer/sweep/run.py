@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from trainer.errors import PreconditionFailed, ProblemsError, TrainerError
+from trainer.errors import ProblemsError, TrainerError
 from trainer.job.run import JobResult, Listener, pick_device, run_job
-from trainer.spec.sweep import SweepSpec, dump_sweep
+from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
 from trainer.store.records import JobMetrics, SweepRecord, TrialState
-from trainer.sweep.book import SweepBook, read_sweep, sweep_paths
+from trainer.sweep.book import SweepBook, keep_spec, read_sweep, sweep_paths
 from trainer.sweep.search import Ask, Search
 from trainer.sweep.shared import SharedSections
 
@@ -75,12 +75,11 @@ def run_sweep(
         if record is not None and record.state == "committed":
             log.info("sweep %s is already committed; nothing to do", sweep.sweep_id)
             return SweepResult(sweep.sweep_id, "already_done", record, store.uri(paths.sweep))
-        _keep_spec(sweep, store)
+        keep_spec(sweep, store)
         book = SweepBook(sweep, store, record)
         runner = _Runner(sweep, store, book, Search(sweep, record), shared, device, workdir)
         runner.listener, runner.on_change = listener, on_change
         runner.run(concurrency or sweep.trials_per_instance)
-        book.read_data(shared.reads)
         final = book.commit()
         if on_change is not None:
             on_change(final)
@@ -94,20 +93,6 @@ def run_sweep(
         return SweepResult(sweep.sweep_id, "succeeded", final, store.uri(paths.sweep))
     finally:
         shared.close()
-
-
-def _keep_spec(sweep: SweepSpec, store: ObjectStore) -> None:
-    """`sweep.yaml` beside `sweep.json`; an explicit sweep id another sweep holds is refused."""
-    paths = sweep_paths(sweep)
-    text = dump_sweep(sweep).encode()
-    try:
-        store.put(paths.sweep_spec, text, if_absent=True)
-    except PreconditionFailed:
-        if store.get(paths.sweep_spec) != text:
-            raise PreconditionFailed(
-                f"sweep id {sweep.sweep_id} is taken by another sweep "
-                f"({store.uri(paths.sweep_spec)}); drop `sweep.id` or give a new one"
-            ) from None
 
 
 class _Runner:
@@ -127,6 +112,8 @@ class _Runner:
         self.listener: Listener | None = None
         self.on_change: OnChange | None = None
         self.stopping = threading.Event()
+        self._reads_counted = 0
+        self._reads_lock = threading.Lock()
 
     def run(self, concurrency: int) -> None:
         left = self.sweep.n_trials - self.book.settled
@@ -200,7 +187,15 @@ class _Runner:
             return
         self._ended(ask, result)
 
+    def _count_reads(self) -> None:
+        """Data sections read since the last trial ended, into the record it writes."""
+        with self._reads_lock:
+            fresh, self._reads_counted = self.shared.reads - self._reads_counted, self.shared.reads
+        if fresh:
+            self.book.read_data(fresh)
+
     def _ended(self, ask: Ask, result: JobResult) -> None:
+        self._count_reads()
         metrics = result.metrics
         if metrics is None:  # pragma: no cover - a committed job always has metrics
             raise RuntimeError(f"trial {ask.number}: job {result.job_id} has no metrics")
@@ -233,6 +228,7 @@ class _Runner:
 
     def _failed(self, ask: Ask, job_id: str, exc: BaseException) -> None:
         reason = _reason(exc)
+        self._count_reads()
         if all(t.number != ask.number for t in self.book.record.trials):
             self.book.started(ask.number, job_id, ask.params)
         self.book.ended(ask.number, "failed", reason=reason)
