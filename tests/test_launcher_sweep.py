@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.vast_offers import make_offer
-from tests.launcher_env import Lab, lab, tiny_spec, wait_for, with_data
+from tests.launcher_env import FAST_CLIENT, Lab, lab, options, tiny_spec, wait_for, with_data
 from trainer.job.artifacts import read_manifest
+from trainer.launcher.launch import JobHandle, launch_sweep
 from trainer.spec.sweep import SweepSpec, sweep_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
@@ -50,16 +51,8 @@ def _record(store: ObjectStore, sweep_id: str) -> SweepRecord | None:
 
 
 def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(market: Lab) -> None:
-    from trainer.launcher.launch import launch_sweep
-
     sweep = _sweep(market.store, "lt-sweep-8")
-    handle = launch_sweep(
-        sweep,
-        options=_options(market),
-        store=market.store,
-        vast_url=market.fake.url,
-        client_options=_client(),
-    )
+    handle = _launch(market, sweep)
     result = handle.wait()
 
     assert result.outcome == "succeeded", result.reason
@@ -78,30 +71,22 @@ def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(mark
 
 
 def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None:
-    from trainer.launcher.launch import launch_sweep
-
     sweep = _sweep(
         market.store,
         "lt-sweep-spot",
         base={"resources": {"interruptible": True}, "limits": {"max_attempts": 3}},
         trials=6,
     )
-    handle = launch_sweep(
-        sweep,
-        options=_options(market),
-        store=market.store,
-        vast_url=market.fake.url,
-        client_options=_client(),
-    )
+    handle = _launch(market, sweep)
 
     def outbid_after_two_trials() -> None:
-        first = min(wait_for(lambda: market.fake.ledger().entries or None, timeout=90))
+        first = min(wait_for(lambda: market.fake.ledger().entries or None, timeout=300))
 
         def two_done() -> bool:
             record = _record(market.store, "lt-sweep-spot")
             return record is not None and sum(t.state != "running" for t in record.trials) >= 2
 
-        wait_for(two_done, timeout=120)
+        wait_for(two_done, timeout=300, every=0.02)
         market.fake.outbid(first)
 
     thread = threading.Thread(target=outbid_after_two_trials, daemon=True)
@@ -126,13 +111,11 @@ def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None
     market.assert_clean()
 
 
-def _options(market: Lab) -> Any:
-    from tests.launcher_env import options
-
-    return options(bad_hosts_file=market.tmp / "bad-hosts.json")
-
-
-def _client() -> dict[str, Any]:
-    from tests.launcher_env import FAST_CLIENT
-
-    return dict(FAST_CLIENT)
+def _launch(market: Lab, sweep: SweepSpec) -> JobHandle:
+    return launch_sweep(
+        sweep,
+        options=options(bad_hosts_file=market.tmp / "bad-hosts.json"),
+        store=market.store,
+        vast_url=market.fake.url,
+        client_options=dict(FAST_CLIENT),
+    )

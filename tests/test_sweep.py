@@ -38,7 +38,7 @@ def data_store(local_store: ObjectStore) -> ObjectStore:
 
 
 def test_pruning_stops_the_bad_learning_rates_early_and_every_trial_is_a_job(
-    data_store: ObjectStore, capsys: pytest.CaptureFixture[str]
+    data_store: ObjectStore, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     sweep = _sweep(
         {"train.lr": {"choice": [0.003, 1.0e-7]}, "train.seed": {"integer": [0, 1]}},
@@ -76,6 +76,10 @@ def test_pruning_stops_the_bad_learning_rates_early_and_every_trial_is_a_job(
     assert main(["jobs", "--store", root, "--sweeps"]) == 0
     table = capsys.readouterr().out
     assert record.sweep_id in table and "2 complete 2 pruned of 4" in table
+    page = tmp_path / "sweep.html"
+    assert main(["report", record.sweep_id, "--store", root, "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "<svg" in text and record.best_trial.job_id in text and "pruned@" in text
     # a sweep committed is done: nothing runs again
     again = run_sweep(sweep, data_store, device="cpu")
     assert again.outcome == "already_done" and again.record == record

@@ -98,3 +98,30 @@ def test_the_leaderboard_shows_the_best_so_far_and_marks_the_best() -> None:
     assert text.splitlines()[0] == (
         "sweep sweep-x (running): 2 complete, 1 pruned of 3; best trial 1 (job-1) ic 0.35"
     )
+
+
+def test_a_sweeps_instance_is_its_job_with_the_sweeps_limits_and_spec() -> None:
+    from trainer.launcher.credentials import scope_policy
+    from trainer.launcher.payload import container_env
+    from trainer.spec.sweep import instance_spec
+
+    sweep = _sweep(
+        {"train.lr": {"choice": [0.1]}},
+        sampler="grid",
+        sweep={"id": "sw-1"},
+        limits={"max_cost_usd": 3, "max_runtime_minutes": 90},
+    )
+    spec = instance_spec(sweep)
+    assert spec.job_id == "sw-1"
+    assert (spec.limits.max_cost_usd, spec.limits.max_runtime_minutes) == (3, 90)
+    assert spec.limits.provision_timeout_minutes == sweep.base.limits.provision_timeout_minutes
+    env = container_env(
+        jobspec_uri="s3://a/ml-artifacts/sw-1/jobspec.yaml",
+        num_gpus=1,
+        aws={},
+        launcher_env={},
+        sweep_uri="s3://a/ml-artifacts/sw-1/sweep.yaml",
+    )
+    assert env["QUANTLAB_SWEEP"] == "s3://a/ml-artifacts/sw-1/sweep.yaml"
+    writes = scope_policy(spec, "*")["Statement"][1]["Resource"]
+    assert writes == "arn:aws:s3:::quantlab-artifacts/ml-artifacts/*/*"

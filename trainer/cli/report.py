@@ -44,8 +44,10 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(handler=_jobs)
 
-    p = sub.add_parser("report", help="write a job's report page (one self-contained HTML file)")
-    p.add_argument("job_id", metavar="JOB")
+    p = sub.add_parser(
+        "report", help="write a job's (or a sweep's) report page (one self-contained HTML file)"
+    )
+    p.add_argument("job_id", metavar="JOB", help="a job id, or a sweep id for its leaderboard")
     p.add_argument(
         "--vs",
         metavar="JOB|production",
@@ -197,10 +199,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainer.report.build import default_out, gather, write_report
+    from trainer.report.build import default_out, gather, write_page, write_report
+    from trainer.store.layout import Layout
+    from trainer.store.records import SweepRecord, read_record
 
-    jobs = gather(store_for(args.store), args.bucket, args.job_id, args.vs, args.symbol)
-    out = write_report(jobs, args.out or default_out(jobs))
+    store = store_for(args.store)
+    sweep = read_record(
+        store, Layout(artifacts_bucket=args.bucket).job(args.job_id).sweep, SweepRecord
+    )
+    if sweep is not None and args.vs is None:
+        from trainer.report.sweep import render_sweep
+
+        out = write_page(render_sweep(sweep), args.out or Path("reports") / f"{args.job_id}.html")
+    else:
+        jobs = gather(store, args.bucket, args.job_id, args.vs, args.symbol)
+        out = write_report(jobs, args.out or default_out(jobs))
     print(f"report: {out}")
     if args.open and not webbrowser.open(out.as_uri()):
         print(f"no browser to open it here; open {out.as_uri()}", file=sys.stderr)
