@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_loader.py \
+    tests/test_windows.py \
     2>&1 | tee "$out/pytest-gpu.log"
 python3 bench/train.py --device cuda --days 4 --rows-per-day 850000 --batch 8192 --json \
     > "$out/bench-train-gpu.json" 2> "$out/bench-train-gpu.log"
+python3 bench/train.py --device cuda --days 4 --rows-per-day 850000 --batch 8192 --window 32 \
+    --json > "$out/bench-train-gpu-window-32.json" 2> "$out/bench-train-gpu-window-32.log"
 python3 bench/train.py --device cpu --days 2 --rows-per-day 200000 --json \
     > "$out/bench-train-cpu.json" 2> "$out/bench-train-cpu.log"
 cat "$out"/*.json

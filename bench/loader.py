@@ -3,13 +3,16 @@ same synthetic BBO files, from local files and from a loopback S3 endpoint
 (bench/s3_range_server.py), with the per-core decode rate of those files as the limit.
 
     python bench/loader.py [--data DIR] [--days 10,30] [--rows-per-day 850000]
-                           [--rounds 3] [--json] [--out FILE]
+                           [--rounds 3] [--windows 32,128] [--only windows] [--json] [--out FILE]
 
 Every method runs in its own child process (so each peak memory is that method's alone),
 the methods alternate within each round, and every round is kept: a figure is the median
 round beside the best, a ratio is the median of the ratios paired within a round beside the
 ratio of the bests, and the load average is recorded with every round. CPU seconds per
 million rows is the figure that load barely moves; wall-clock rates are shown too.
+
+Lookback windows (`--windows`) are measured against the per-row loader on the same data:
+samples per second, and the growth of peak memory while streaming.
 """
 
 from __future__ import annotations
@@ -226,6 +229,20 @@ def run_loader(source: str, store_root: Path, days: int) -> dict[str, Any]:
     return {**m.result(rows), "first_batch_s": loader.stats.first_batch_s}
 
 
+def run_window(source: str, store_root: Path, days: int, window: int) -> dict[str, Any]:
+    """The streaming loader with windows of `window` rows: one shuffled epoch of
+    `[B, window, F]` batches into CPU tensors, no cache (`rows` counts samples)."""
+    from trainer.data.loader import StreamingLoader
+
+    plan, store = _plan(store_root, days), _store(source, store_root)
+    loader = StreamingLoader(plan, store, split="train", batch_size=BATCH, window=window)
+    samples = 0
+    with Meter() as m:
+        for x, _y in loader.epoch(0):
+            samples += len(x) if x.shape[1] == window else 0
+    return {**m.result(samples), "first_batch_s": loader.stats.first_batch_s}
+
+
 def run_cache(source: str, store_root: Path, days: int) -> dict[str, Any]:
     """Two shuffled epochs with a cache budget of half the decoded split: the share of the
     second one served from the cache, against the share of the split the cache holds."""
@@ -251,11 +268,12 @@ def run_cache(source: str, store_root: Path, days: int) -> dict[str, Any]:
 
 
 def run_first_step(source: str, store_root: Path, train_days: int) -> dict[str, Any]:
-    """The job's own `prepare` (pre-flight, statistics, validation rows, model, loader,
+    """The job's own pre-flight and `prepare` (statistics, validation rows, model, loader,
     checkpointer) and its first optimizer step, over `train_days` training days and one
     validation day (always the same one)."""
     import torch
 
+    from trainer.job.identity import resolve
     from trainer.job.prepare import prepare
     from trainer.spec import spec_from_dict
     from trainer.train.distributed import Ranks
@@ -263,8 +281,12 @@ def run_first_step(source: str, store_root: Path, train_days: int) -> dict[str, 
     every = dates(31)
     spec = spec_from_dict(spec_dict([*every[:train_days], every[30]], train={"epochs": 1}))
     store = _store(source, store_root)
+    # What every job pays once whatever its data (torch's optimizer imports its compiler
+    # on first use) is paid before the clock starts, so the figure is the data's alone.
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     t0 = time.perf_counter()
-    job = prepare(spec, store, torch.device("cpu"), Ranks(), dry_run=False)
+    resolved = resolve(spec, store)  # the pre-flight: every meta.json and footer
+    job = prepare(resolved.spec, store, resolved.plan, torch.device("cpu"), Ranks(), False)
     prepared = time.perf_counter() - t0
     x, y = next(iter(job.loader.epoch(0)))
     opt = torch.optim.AdamW(job.model.parameters(), lr=1e-3)
@@ -293,6 +315,8 @@ def child(args: argparse.Namespace) -> None:
         out = run_naive(root, days, args.naive_rows)
     elif method.startswith("loader-"):
         out = run_loader(source, root, days)
+    elif method.startswith("window-"):
+        out = run_window(source, root, days, int(method.split("-")[1]))
     elif method.startswith("cache-"):
         out = run_cache(source, root, days)
     else:
@@ -356,6 +380,21 @@ def bench_days(run: Runner, days: int, rounds: int, server: Any) -> dict[str, An
     }
 
 
+def bench_windows(run: Runner, days: int, rounds: int, windows: list[int]) -> dict[str, Any]:
+    """The per-row loader and the loader with each window, `rounds` alternating rounds."""
+    order = ["loader-local", *(f"window-{w}-local" for w in windows)]
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
+    loads = []
+    for r in range(rounds):
+        print(f"windows, {days} days, round {r + 1} of {rounds}", file=sys.stderr)
+        warm(run.data / "store")
+        loads.append(load_average())
+        for method in order[r % len(order) :] + order[: r % len(order)]:
+            runs[method].append(run(method, days))
+    loads.append(load_average())
+    return {"days": days, "runs": runs, "load_average": loads}
+
+
 def bench_first_step(run: Runner, rounds: int) -> dict[str, Any]:
     """Time to the first step with 1, 10 and 30 training days, local and S3, alternating."""
     out: dict[str, Any] = {"runs": {}, "load_average": []}
@@ -377,6 +416,10 @@ def main() -> None:
     parser.add_argument("--naive-rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--first-step-rounds", type=int, default=3)
+    parser.add_argument("--windows", default="32,128", help="comma-separated window lengths")
+    parser.add_argument(
+        "--only", choices=["windows"], help="measure the windows against the per-row loader only"
+    )
     parser.add_argument("--train-days", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
@@ -389,23 +432,39 @@ def main() -> None:
     day_counts = [int(d) for d in args.days.split(",")]
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="loader-bench-"))
     try:
-        ensure_dataset(data, 31, args.rows_per_day)
+        # the first-step figures need 31 days; the windows alone, the days they read
+        ensure_dataset(data, max(day_counts) if args.only else 31, args.rows_per_day)
         store_root = data / "store"
         from s3_range_server import serve_in_thread
 
         server = serve_in_thread(store_root)
         s3_env = {**FAKE_AWS, "AWS_ENDPOINT_URL_S3": server.url, "AWS_ENDPOINT_URL": server.url}
         run = Runner(args, data, s3_env)
-        result: dict[str, Any] = {"started_load_average": load_average(), "by_days": {}}
-        for days in day_counts:
-            result["by_days"][str(days)] = bench_days(run, days, args.rounds, server)
-        result["first_step"] = bench_first_step(run, args.first_step_rounds)
+        result: dict[str, Any] = {
+            "started_load_average": load_average(),
+            "rows_per_day": args.rows_per_day,
+            "by_days": {},
+        }
+
+        def save() -> str:
+            """The result so far, also to `--out`, so a run cut short keeps what it did."""
+            result["summary"] = summary(result, PEERS)
+            text = json.dumps(result, indent=2)
+            if args.out:
+                Path(args.out).write_text(text)
+            return text
+
+        windows = [int(w) for w in args.windows.split(",") if w]
+        if args.only != "windows":
+            for i, days in enumerate(day_counts):
+                result["by_days"][str(days)] = bench_days(run, days, args.rounds, server)
+                if i == 0:  # after the first day count, so a long second one comes last
+                    result["first_step"] = bench_first_step(run, args.first_step_rounds)
+                save()
+        if windows:
+            result["windows"] = bench_windows(run, day_counts[0], args.rounds, windows)
         server.shutdown()
-        result["rows_per_day"] = args.rows_per_day
-        result["summary"] = summary(result, PEERS)
-        text = json.dumps(result, indent=2)
-        if args.out:
-            Path(args.out).write_text(text)
+        text = save()
         print(text if args.json else markdown(result["summary"]))
     finally:
         if not args.data:

@@ -188,15 +188,48 @@ def summary(result: dict[str, Any], peers: Sequence[str]) -> dict[str, Any]:
                 )
         fig["loader_s3_requests"] = d.get("loader_s3_requests", {})
         out["by_days"][days] = fig
-    fs = result["first_step"]["runs"]
-    first: dict[str, Any] = {"load_average": result["first_step"]["load_average"]}
-    for src in ("local", "s3"):
-        for n in (1, 10, 30):
-            first[f"{src}-{n}"] = med_best([r["seconds"] for r in fs[f"{src}-{n}"]], False)
-        ratio = paired(fs[f"{src}-1"], fs[f"{src}-30"], lambda r: 1 / r["seconds"])
-        first[f"{src}_30_vs_1"] = ratio
-        out["checks"][f"{src}: first step at 30 days <= 1.5x at 1 day"] = ratio["median"] <= 1.5
-    out["first_step"] = first
+    if "first_step" in result:
+        fs = result["first_step"]["runs"]
+        first: dict[str, Any] = {"load_average": result["first_step"]["load_average"]}
+        for src in ("local", "s3"):
+            for n in (1, 10, 30):
+                first[f"{src}-{n}"] = med_best([r["seconds"] for r in fs[f"{src}-{n}"]], False)
+            ratio = paired(fs[f"{src}-1"], fs[f"{src}-30"], lambda r: 1 / r["seconds"])
+            first[f"{src}_30_vs_1"] = ratio
+            out["checks"][f"{src}: first step at 30 days <= 1.5x at 1 day"] = ratio["median"] <= 1.5
+        out["first_step"] = first
+    if "windows" in result:
+        out["windows"] = windows_summary(result["windows"], out["checks"])
+    return out
+
+
+def growth(r: dict[str, Any]) -> float:
+    """Peak resident memory above the process's memory at the start of the measured block."""
+    return float(r["peak_mb"] - r["start_mb"])
+
+
+def windows_summary(w: dict[str, Any], checks: dict[str, bool]) -> dict[str, Any]:
+    """Each window against the per-row loader, paired within a round: samples/s, and the
+    growth of peak memory while streaming (the window's over the per-row loader's)."""
+    base = w["runs"]["loader-local"]
+    out: dict[str, Any] = {"days": w["days"], "load_average": w["load_average"], "methods": {}}
+    for method, rounds in w["runs"].items():
+        fig = {
+            "samples_per_s": med_best([rate(r) for r in rounds]),
+            "cpu_s_per_m_samples": med_best([1e6 / per_cpu(r) for r in rounds], False),
+            "peak_mb": med_best([r["peak_mb"] for r in rounds], False),
+            "growth_mb": med_best([growth(r) for r in rounds], False),
+        }
+        if method != "loader-local":
+            fig["vs_per_row_samples_per_s"] = paired(rounds, base, rate)
+            grown = [growth(a) / max(growth(b), 1.0) for a, b in zip(rounds, base, strict=True)]
+            fig["growth_vs_per_row"] = {"median": statistics.median(grown), "worst": max(grown)}
+            speed = fig["vs_per_row_samples_per_s"]["median"]
+            checks[f"{method}: >= 0.7x the per-row loader's samples/s"] = speed >= 0.7
+            checks[f"{method}: memory growth <= 1.5x the per-row loader's"] = (
+                fig["growth_vs_per_row"]["median"] <= 1.5
+            )
+        out["methods"][method] = fig
     return out
 
 
@@ -221,6 +254,25 @@ def markdown_summary(s: dict[str, Any]) -> str:
             if key.startswith(("vs_", "loader_vs", "cache_")) or key == "loader_s3_requests":
                 lines.append(f"- {key}: {value}")
         lines.append("")
-    lines.append(f"first step: {s['first_step']}")
+    if "first_step" in s:
+        lines.append(f"first step: {s['first_step']}")
+    if "windows" in s:
+        w = s["windows"]
+        lines += [
+            f"### windows, {w['days']} days (load average over the rounds: "
+            f"{', '.join(str(la[0]) for la in w['load_average'])})",
+            "",
+            "| method | samples/s (median; best) | CPU-s per M samples | peak RSS growth | "
+            "vs per-row samples/s | growth vs per-row |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for method, m in w["methods"].items():
+            r, c, g = m["samples_per_s"], m["cpu_s_per_m_samples"], m["growth_mb"]
+            speed = m.get("vs_per_row_samples_per_s", {"median": 1.0})["median"]
+            grow = m.get("growth_vs_per_row", {"median": 1.0})["median"]
+            lines.append(
+                f"| {method} | {r['median'] / 1e6:.2f} M; {r['best'] / 1e6:.2f} M | "
+                f"{c['median']:.2f} | {g['median']:.0f} MB | {speed:.2f}x | {grow:.2f}x |"
+            )
     lines += ["", "checks:"] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in s["checks"].items()]
     return "\n".join(lines)

@@ -5,12 +5,15 @@ cached epoch (served from the block cache).
 The three runs use the same `fit()` loop, model, batch size and step count, and alternate
 within each round; each ratio is the median of the ratios paired within a round, beside the
 ratio of the best rounds, with the load average and the CPU seconds per million rows of each
-run (the figure load barely moves). `ratio` near 1 means the loader keeps up. Measured for
-the built-in MLP and for a researcher's own model and loss (`examples/gated_residual.py`,
-packed, unpacked and imported as a job's code is).
+run (the figure load barely moves). `ratio` near 1 means the loader keeps up.
 
     python bench/train.py [--json] [--days 4] [--rows-per-day 200000] [--device auto]
-        [--models mlp,gated_residual]
+                          [--window 32 [--channels 64]]
+
+With `--window L` above 1 the model is the sequence model (`model.type: tcn`) on windows of
+`L` rows: the loader's `[B, L, F]` batches against windows gathered by index from rows already
+in memory (`data.windows.Windows`, the same index arithmetic without the reading), so both
+sides hold the rows once and count samples, not rows.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from measure import cpu_s, load_average, paired  # noqa: E402
 
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats  # noqa: E402
 from trainer.data.plan import preflight  # noqa: E402
-from trainer.model.code import StagedCode, resolve_code, stage  # noqa: E402
-from trainer.model.registry import build_loss, build_model  # noqa: E402
-from trainer.spec import JobSpec, spec_from_dict  # noqa: E402
+from trainer.data.windows import Windows  # noqa: E402
+from trainer.model.registry import build_model  # noqa: E402
+from trainer.spec import spec_from_dict  # noqa: E402
 from trainer.store import open_store  # noqa: E402
 from trainer.store.layout import Layout  # noqa: E402
 from trainer.train.loop import Validation, fit  # noqa: E402
@@ -48,12 +51,12 @@ from trainer.train.loop import Validation, fit  # noqa: E402
 class InMemory:
     """Batches sliced from tensors already on the device: the loader taken out of the loop."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> None:
+    def __init__(self, x: Windows, y: torch.Tensor, batch: int, seed: int) -> None:
         self.x, self.y, self.batch, self.seed = x, y, batch, seed
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator(device="cpu").manual_seed(self.seed + epoch)
-        order = torch.randperm(len(self.y), generator=g).to(self.x.device)
+        order = torch.randperm(len(self.y), generator=g).to(self.y.device)
         for i in range(0, len(order), self.batch):
             idx = order[i : i + self.batch]
             yield self.x[idx], self.y[idx]
@@ -73,26 +76,23 @@ class Quiet:
         pass
 
 
-MODELS: dict[str, dict[str, Any]] = {
-    "mlp": {"model": {"hidden": [256, 128]}},
-    "gated_residual": {
-        "code": {"path": str(HERE.parent / "examples")},
-        "model": {"type": "gated_residual:GatedResidual", "params": {"width": 128, "blocks": 2}},
-        "train": {"loss": "gated_residual:log_cosh"},
-    },
-}
-"""The models measured: the built-in baseline, and a researcher's own with its own loss."""
-
-
-def bench_spec(args: argparse.Namespace, model: str) -> JobSpec:
-    """The benchmark's spec over its dataset for one of MODELS, its code hashed."""
-    chosen = MODELS[model]
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
+    store_root = ensure_dataset(root, args.days + 1, args.rows_per_day)
+    window = args.window
     spec = spec_from_dict(
         spec_dict(
             dates(args.days + 1),
-            **{k: v for k, v in chosen.items() if k != "train"},
+            data={"window": window},
+            model={"hidden": [256, 128]}
+            if window == 1
+            else {"type": "tcn", "channels": args.channels},
             train={
-                **chosen.get("train", {}),
                 "epochs": 1,
                 "batch_size": args.batch,
                 "warmup_steps": 10,
@@ -102,31 +102,28 @@ def bench_spec(args: argparse.Namespace, model: str) -> JobSpec:
             },
         )
     )
-    return resolve_code(spec)
-
-
-def run(args: argparse.Namespace, spec: JobSpec, code: StagedCode | None) -> dict[str, Any]:
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    store_root = ensure_dataset(Path(args.data), args.days + 1, args.rows_per_day)
     store = open_store(f"file://{store_root}")
     plan = preflight(spec.data, store, Layout.of(spec.storage))
     stats = compute_feature_stats(plan, store, sample_rows=10**12)  # every row: exact count
-    n_train, steps = stats.rows, math.ceil(stats.rows / args.batch)
-    val = Validation(torch.zeros(1, len(plan.features), device=device), np.zeros(1))
-    x = torch.randn(n_train, len(plan.features), device=device)
-    y = torch.randn(n_train, device=device)
-
-    loss_fn = build_loss(spec.train, code)
+    nf = len(plan.features)
+    n_train = stats.rows
+    if window > 1:  # fewer samples than rows (short history, non-finite values): count them
+        counting = StreamingLoader(plan, store, split="train", batch_size=args.batch, window=window)
+        n_train = sum(len(y) for _, y in counting.epoch(0))
+    steps = math.ceil(n_train / args.batch)
+    sample = (nf,) if window == 1 else (window, nf)
+    val = Validation(torch.zeros(1, *sample, device=device), np.zeros(1))
+    rows = torch.randn(stats.rows, nf, device=device)
+    ends = None if window == 1 else torch.arange(window - 1, stats.rows, device=device)
+    x = Windows(rows, ends, window)
+    y = torch.randn(len(x), device=device)
 
     def timed(source: Any) -> dict[str, float]:
-        net = build_model(spec.model, len(plan.features), stats.mean, stats.std, 0, code=code)
-        net = net.to(device)
+        model = build_model(spec.model, nf, stats.mean, stats.std, seed=0, input_shape=sample).to(
+            device
+        )
         cpu0, t0 = cpu_s(), time.perf_counter()
-        result = fit(net, source, val, spec.train, device, steps, Quiet(), loss_fn=loss_fn)
+        result = fit(model, source, val, spec.train, device, steps, Quiet())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -140,7 +137,13 @@ def run(args: argparse.Namespace, spec: JobSpec, code: StagedCode | None) -> dic
         # the second pass over the same loader is served from the cache alone
         cache = BlockCache(10**12, device=device)
         loader = StreamingLoader(
-            plan, store, split="train", batch_size=args.batch, device=device, cache=cache
+            plan,
+            store,
+            split="train",
+            batch_size=args.batch,
+            device=device,
+            cache=cache,
+            window=window,
         )
         order = ["epoch1", "cached", "model_only"] if r % 2 == 0 else ["model_only", "epoch1"]
         for name in order:
@@ -159,6 +162,8 @@ def run(args: argparse.Namespace, spec: JobSpec, code: StagedCode | None) -> dic
     only = rounds["model_only"]
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "window": window,
+        "model": spec.model.type,
         "torch_threads": torch.get_num_threads(),
         "rows_train": n_train,
         "batch_size": args.batch,
@@ -182,40 +187,30 @@ def main() -> int:
     p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--window", type=int, default=1, help="rows per sample; above 1: tcn")
+    p.add_argument("--channels", type=int, default=64, help="the tcn's channels")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--data", default=None, help="folder to keep the generated dataset in")
-    p.add_argument("--models", default=",".join(MODELS), help=f"of {', '.join(MODELS)}")
     args = p.parse_args()
-    args.data = args.data or tempfile.mkdtemp(prefix="bench-train-")  # one dataset for all
-    results = []
-    for model in args.models.split(","):
-        spec = bench_spec(args, model)
-        with tempfile.TemporaryDirectory() as tmp, stage(spec.code, Path(tmp)) as code:
-            results.append({"model": model, **run(args, spec, code)})
+    result = run(args)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(result, indent=2))
         return 0
-    print(
-        "| device | model | run | rows/s (median) | CPU-s per M rows "
-        "| vs model-only (median; best) |"
-    )
-    print("|---|---|---|---:|---:|---:|")
-    for result in results:
-        rps, cpu = result["rows_per_s"], result["cpu_s_per_m_rows"]
-        runs = (("epoch1", "ratio_epoch1"), ("cached", "ratio_cached"), ("model_only", ""))
-        for name, ratio in runs:
-            r = result[ratio] if ratio else {"median": 1.0, "best": 1.0}
-            print(
-                f"| {result['device']} | {result['model']} | {name} | {rps[name]:,.0f} | "
-                f"{cpu[name]:.2f} | {r['median']:.2f}; {r['best']:.2f} |"
-            )
-    for result in results:
-        loads = ", ".join(str(la[0]) for la in result["load_average"])
+    rps, cpu = result["rows_per_s"], result["cpu_s_per_m_rows"]
+    print("| device | run | rows/s (median) | CPU-s per M rows | vs model-only (median; best) |")
+    print("|---|---|---:|---:|---:|")
+    for name, ratio in (("epoch1", "ratio_epoch1"), ("cached", "ratio_cached"), ("model_only", "")):
+        r = result[ratio] if ratio else {"median": 1.0, "best": 1.0}
         print(
-            f"\n{result['model']}: {result['rows_train']:,} training rows, {result['steps']} "
-            f"steps of {result['batch_size']}, {result['torch_threads']} torch threads; load "
-            f"average {loads}."
+            f"| {result['device']} | {name} | {rps[name]:,.0f} | {cpu[name]:.2f} | "
+            f"{r['median']:.2f}; {r['best']:.2f} |"
         )
+    loads = ", ".join(str(la[0]) for la in result["load_average"])
+    print(
+        f"\n{result['model']} on windows of {result['window']}: "
+        f"{result['rows_train']:,} training samples, {result['steps']} steps of "
+        f"{result['batch_size']}, {result['torch_threads']} torch threads; load average {loads}."
+    )
     return 0
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.image_env import Engine, require_engine
 from trainer.store import ObjectStore, open_store
 from trainer.store.layout import Layout
 
@@ -36,27 +41,94 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Point both boto3 and pyarrow at the loopback server through the standard variables,
-    with a clean server state and the three layout buckets created."""
-    env = {**FAKE_AWS, "AWS_ENDPOINT_URL_S3": s3_endpoint, "AWS_ENDPOINT_URL": s3_endpoint}
+def _point_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, **aws: str) -> dict[str, str]:
+    """Point both boto3 and pyarrow at `endpoint` through the standard variables, with the
+    three layout buckets created."""
+    env = {**FAKE_AWS, **aws, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ENDPOINT_URL": endpoint}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
-    reset = urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(reset, timeout=10).close()
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    # boto3's default session keeps the first credentials it resolved: start a fresh one, so
+    # the stores opened next use this server's key pair.
+    boto3.DEFAULT_SESSION = None
+    client = boto3.client("s3", endpoint_url=endpoint)
     for bucket in (BUCKETS.raw_bucket, BUCKETS.compact_bucket, BUCKETS.artifacts_bucket):
-        client.create_bucket(Bucket=bucket)
-    yield env
+        try:
+            client.create_bucket(Bucket=bucket)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass  # a session-wide server keeps its buckets between tests
+        except client.exceptions.BucketAlreadyExists:
+            pass
+    return env
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Loopback S3 (moto) with a clean server state and the three layout buckets."""
+    reset = urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
+    yield _point_at(s3_endpoint, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def s3rver_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """s3rver (npm), a second S3 implementation, on 127.0.0.1. It accepts conditional
+    writes and ignores them, which the runner must notice. Found at $QUANTLAB_S3RVER or on
+    PATH; `.ci/run` installs it."""
+    binary = os.environ.get("QUANTLAB_S3RVER") or shutil.which("s3rver")
+    if not binary:
+        pytest.skip("s3rver is not installed: npm install s3rver@3.7.1, set QUANTLAB_S3RVER")
+    data = tmp_path_factory.mktemp("s3rver")
+    proc = subprocess.Popen(
+        [binary, "-d", str(data), "-a", "127.0.0.1", "-p", "0", "--no-vhost-buckets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "S3rver listening on 127.0.0.1:PORT"
+    while line and "listening on" not in line:
+        line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"s3rver did not start: {line!r}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    try:
+        yield f"http://{line.strip().rsplit(' ', 1)[-1]}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3rver_env(s3rver_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """s3rver with the three layout buckets emptied (its default key pair)."""
+    env = _point_at(
+        s3rver_endpoint,
+        monkeypatch,
+        AWS_ACCESS_KEY_ID="S3RVER",
+        AWS_SECRET_ACCESS_KEY="S3RVER",
+    )
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3rver_endpoint)
+    for bucket in (BUCKETS.raw_bucket, BUCKETS.compact_bucket, BUCKETS.artifacts_bucket):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+    return env
 
 
 @pytest.fixture
 def s3_store(s3_env: dict[str, str]) -> ObjectStore:
+    return open_store("s3://", read_only_buckets=[BUCKETS.raw_bucket])
+
+
+@pytest.fixture
+def s3rver_store(s3rver_env: dict[str, str]) -> ObjectStore:
     return open_store("s3://", read_only_buckets=[BUCKETS.raw_bucket])
 
 
@@ -72,6 +144,12 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """The Docker engine and the training image under test: skips, or fails when asked for."""
+    return require_engine()
+
+
 @pytest.fixture
 def layout() -> Layout:
     return BUCKETS
@@ -85,3 +163,8 @@ def _no_real_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for key in ("VAST_API_KEY", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
+    from trainer.launcher import session
+
+    # Not the vastai CLI's key files of whoever runs the tests: a home of the test's own.
+    home = tmp_path / "home"
+    monkeypatch.setattr(session, "vast_key_files", lambda: session.key_files_under(home))

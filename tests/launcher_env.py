@@ -1,9 +1,10 @@
 """Launcher test kit: the real container run inside fake Vast.ai instances, tiny jobs, the CLI.
 
-`container_job` is the fake's `on_running` callback: it starts `docker/entrypoint.sh` with
+`container_job` is the fake's `on_running` callback: it starts the instance's container with
 exactly the instance's environment (what the launcher sent plus CONTAINER_ID and
-CONTAINER_API_KEY) and PATH/HOME, relays its output into the instance log, and terminates it
-when the instance is stopped or destroyed.
+CONTAINER_API_KEY), relays its output into the instance log, and stops it when the instance is
+stopped or destroyed. The container is `docker/entrypoint.sh` run as a local process (with
+PATH and HOME), or, given a Docker engine, the rented image itself (`lab(..., engine=...)`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 from tests.fakes.vast_server import FakeVast, Timings, running_fake_vast
 from tests.fakes.vast_state import InstanceView
 from tests.helpers import make_dataset, make_spec
+from tests.image_env import Engine
 from trainer.data.synth import SynthConfig
 from trainer.launcher.launch import JobHandle, LaunchOptions
 from trainer.spec import JobSpec
@@ -50,33 +53,86 @@ STOP_GRACE_S = 2.0
 
 @dataclass
 class Containers:
-    """Every container process the fake started, with its output."""
+    """Every container the fake started, with its output."""
 
     outputs: dict[int, list[str]] = field(default_factory=dict)
     fake: FakeVast | None = None
     codes: dict[int, int | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    label: str = field(default_factory=lambda: f"quantlab-fake-vast-{uuid.uuid4().hex[:8]}")
+    """The Docker label (and name prefix) of every container this fake started."""
 
     def all_output(self) -> str:
         with self.lock:
             return "\n".join(line for lines in self.outputs.values() for line in lines)
 
 
-def container_job(containers: Containers) -> Callable[[InstanceView], None]:
+@dataclass(frozen=True)
+class Started:
+    """One started container: the process whose output is the container's, and how to stop
+    it (`lost=True`: at once, as a host that drops off the network takes its processes)."""
+
+    proc: subprocess.Popen[str]
+    stop: Callable[[bool], None]
+    exit_s: float
+    """How long the process gets to exit after `stop` before it is killed."""
+
+
+Starter = Callable[[InstanceView], Started]
+
+
+def local_process(view: InstanceView) -> Started:
+    """The entrypoint script as a local process, with exactly the instance's environment."""
+    env = {
+        **view.env,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+    proc = _popen([str(ENTRYPOINT)], env)
+    return Started(proc, lambda lost: proc.kill() if lost else proc.terminate(), STOP_GRACE_S)
+
+
+def in_docker(engine: Engine, label: str) -> Starter:
+    """The rented image under Docker, run the way Vast.ai runs the `args` runtype: `onstart`
+    as the entrypoint, `args` after the image. The instance's environment is passed by name
+    (`--env NAME`, values from the client's environment, never on a command line); host
+    networking reaches the loopback S3 and fake Vast.ai servers. `docker stop` sends SIGTERM,
+    then SIGKILL after STOP_GRACE_S; a lost host is `docker kill`."""
+
+    def start(view: InstanceView) -> Started:
+        if "args" not in view.runtype.split():
+            raise ValueError(f"only the args runtype runs in Docker here, not {view.runtype!r}")
+        name = f"{label}-{view.id}-{uuid.uuid4().hex[:6]}"
+        entrypoint = ["--entrypoint", view.onstart] if view.onstart else []
+        command = [engine.client, "run", "--rm", "--name", name, "--label", label]
+        command += ["--network=host", "--pull=never", *entrypoint]
+        command += [arg for key in view.env for arg in ("--env", key)]
+        proc = _popen([*command, view.image, *view.args], {**os.environ, **view.env})
+
+        def stop(lost: bool) -> None:
+            how = ["kill"] if lost else ["stop", "--time", str(round(STOP_GRACE_S))]
+            engine.docker(*how, name, timeout=60)
+
+        return Started(proc, stop, exit_s=10)  # `docker stop` itself waits out the grace
+
+    return start
+
+
+def _popen(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+
+
+def container_job(
+    containers: Containers, start: Starter = local_process
+) -> Callable[[InstanceView], None]:
+    """The fake's `on_running`: start the instance's container, relay its output into the
+    instance log, stop it when the instance is stopped or destroyed."""
+
     def run(view: InstanceView) -> None:
-        env = {
-            **view.env,
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "HOME": os.environ.get("HOME", "/tmp"),
-        }
-        proc = subprocess.Popen(
-            [str(ENTRYPOINT)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-        )
+        started = start(view)
+        proc = started.proc
         with containers.lock:
             containers.outputs[view.id] = lines = []
 
@@ -94,10 +150,11 @@ def container_job(containers: Containers) -> Callable[[InstanceView], None]:
                 # takes its processes with it, without a word.
                 row = containers.fake.instance(view.id) if containers.fake else None
                 lost = row is not None and row["actual_status"] in ("offline", "unknown")
-                proc.kill() if lost else proc.terminate()
+                started.stop(lost)
                 try:
-                    proc.wait(STOP_GRACE_S)
+                    proc.wait(started.exit_s)
                 except subprocess.TimeoutExpired:
+                    started.stop(True)
                     proc.kill()
                 break
         proc.wait()
@@ -109,12 +166,29 @@ def container_job(containers: Containers) -> Callable[[InstanceView], None]:
 
 
 @contextlib.contextmanager
-def fake_vast_with_containers(**options: Any) -> Iterator[tuple[FakeVast, Containers]]:
+def fake_vast_with_containers(
+    engine: Engine | None = None, **options: Any
+) -> Iterator[tuple[FakeVast, Containers]]:
+    """A fake Vast.ai whose instances run the container: the entrypoint script as a local
+    process, or with `engine` the rented image itself under Docker. Every Docker container
+    it started is gone when the block ends."""
     containers = Containers()
+    start = local_process if engine is None else in_docker(engine, containers.label)
     options.setdefault("timings", FAST)
-    with running_fake_vast(on_running=container_job(containers), **options) as fake:
-        containers.fake = fake
-        yield fake, containers
+    try:
+        with running_fake_vast(on_running=container_job(containers, start), **options) as fake:
+            containers.fake = fake
+            yield fake, containers
+    finally:
+        if engine is not None:
+            left = leftover_containers(engine, containers.label)
+            if left:
+                engine.docker("rm", "--force", *left, timeout=60)
+
+
+def leftover_containers(engine: Engine, label: str) -> list[str]:
+    listed = engine.docker("ps", "--all", "--quiet", "--filter", f"label={label}", check=True)
+    return listed.stdout.split()
 
 
 def tiny_spec(job_id: str, **sections: dict[str, Any]) -> JobSpec:
@@ -228,9 +302,11 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab(store: ObjectStore, tmp: Path, **fake_options: Any) -> Iterator[Lab]:
+def lab(
+    store: ObjectStore, tmp: Path, engine: Engine | None = None, **fake_options: Any
+) -> Iterator[Lab]:
     with contextlib.ExitStack() as stack:
-        fake, containers = stack.enter_context(fake_vast_with_containers(**fake_options))
+        fake, containers = stack.enter_context(fake_vast_with_containers(engine, **fake_options))
         stack.enter_context(env_var("VAST_API_KEY", fake.api_key))
         yield Lab(fake, containers, store, tmp)
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.vast_server import running_fake_vast
 from tests.helpers import commit_without_training, make_spec
-from tests.launcher_env import run_cli
+from tests.launcher_env import env_var, run_cli
 from trainer.errors import EXIT_SPEC, EXIT_UNKNOWN_JOB, UnknownJob
 from trainer.job.state import JobFiles, state_of
 from trainer.job.summary import record_commit, record_launch
@@ -162,6 +163,21 @@ def test_an_unknown_job_id_is_exit_11_and_a_malformed_one_exit_2(store: ObjectSt
     bad = run_cli(["status", "../etc", "--store", store.root])
     assert bad.code == EXIT_SPEC and "cannot name a job folder" in bad.stderr
     assert run_cli(["report", "job-nope", "--store", store.root]).code == EXIT_UNKNOWN_JOB
+
+
+def test_logs_and_stop_of_an_unknown_job_are_exit_11_and_write_nothing(
+    store: ObjectStore,
+) -> None:
+    with running_fake_vast() as fake, env_var("VAST_API_KEY", fake.api_key):
+        with env_var("VAST_URL", fake.url):
+            logs = run_cli(["logs", "job-nope", "--store", store.root])
+            stop = run_cli(["stop", "job-nope", "--store", store.root])
+        assert fake.calls("destroy") == 0
+    for ran in (logs, stop):
+        assert ran.code == EXIT_UNKNOWN_JOB, ran.stderr
+        assert ran.stdout == ""
+        assert ran.stderr.count("no job job-nope: nothing under") == 1
+    assert store.list(LAYOUT.job("job-nope").dir) == []
 
 
 def test_a_launch_adds_its_cost_to_the_history_once_per_instance(store: ObjectStore) -> None:

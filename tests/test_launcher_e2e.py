@@ -21,6 +21,7 @@ from trainer.errors import (
     EXIT_CANCELLED,
     EXIT_CONFLICT,
     EXIT_DATA,
+    EXIT_INFRA,
     EXIT_LIMIT,
     EXIT_NO_OFFER,
     EXIT_SPEC,
@@ -221,6 +222,24 @@ def test_dry_run_does_everything_but_rent(env: Lab) -> None:
     assert run.result["outcome"] == "dry_run"
     assert env.creates() == 0 and env.fake.calls("search") == 1
     assert env.store.head(Layout().job("lt-dry").jobspec) is None
+
+
+def test_a_dry_run_without_a_vast_key_runs_the_local_steps_and_says_what_it_skipped(
+    env: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = with_data(env.store, tiny_spec("lt-dry-nokey"))
+    monkeypatch.delenv("VAST_API_KEY")
+    run = run_cli(launch_argv(env, spec, "--dry-run"))
+    assert run.code == 0, run.stderr[-3000:]
+    kinds = [e["event"] for e in run.events()]
+    assert kinds == ["validated", "preflight", "local_dry_run", "vast_skipped", "result"]
+    assert run.events()[2]["skipped"] is False and run.events()[2]["steps"] > 0
+    skipped = "the live-instance check, the offer search and the cost estimate"
+    assert run.events()[3]["skipped"] == skipped
+    assert f"skipped {skipped}: no Vast.ai API key" in run.stderr
+    assert run.result["outcome"] == "dry_run" and skipped in run.result["reason"]
+    assert env.fake.calls("search") == env.creates() == 0
+    assert run_cli(launch_argv(env, spec)).code == EXIT_INFRA  # a real launch needs the key
 
 
 def test_bad_spec_bad_data_and_no_offer_spend_nothing(env: Lab) -> None:

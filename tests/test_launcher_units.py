@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes.vast_offers import make_offer
 from tests.helpers import make_spec
-from trainer.errors import InfraError, SpecError
+from trainer.errors import EXIT_INFRA, InfraError, SpecError, exit_code_of
 from trainer.launcher.credentials import job_credentials, scope_policy, token_seconds
 from trainer.launcher.events import Progress, Reporter, status_line
 from trainer.launcher.hosts import BadHosts
@@ -32,7 +32,8 @@ from trainer.launcher.payload import (
     job_of,
     label_for,
 )
-from trainer.launcher.vast import Instance, Offer
+from trainer.launcher.session import key_files_under, read_vast_key, vast_key_files
+from trainer.launcher.vast import Instance, Offer, VastAuthError
 from trainer.redact import Secrets
 from trainer.spec.sections import LimitsSpec, ResourcesSpec
 from trainer.store.records import FailureRecord, LauncherHeartbeat, ResultSentinel
@@ -298,3 +299,31 @@ def _files(**fields: Any) -> JobFiles:
 ])  # fmt: skip
 def test_reap_reasons(files: JobFiles, now: float, stale: float | None, reason: str | None) -> None:
     assert reap_reason(_instance(1000.0), files, now, stale) == reason
+
+
+def test_the_vast_key_is_found_where_the_vastai_cli_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"  # the tests' own home for the vastai CLI's files
+    config, legacy = key_files_under(home)
+    assert vast_key_files() == key_files_under(Path.home())  # (the function, unpatched)
+    assert (config, legacy) == (
+        home / ".config" / "vastai" / "vast_api_key",
+        home / ".vast_api_key",
+    )
+    with pytest.raises(VastAuthError) as caught:
+        read_vast_key(environ={})
+    assert "set VAST_API_KEY, run `vastai set api-key KEY`" in str(caught.value)
+    assert exit_code_of(caught.value) == EXIT_INFRA
+
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text("legacy-key\n")
+    assert read_vast_key(environ={}) == "legacy-key"
+    config.parent.mkdir(parents=True)
+    config.write_text("  \n")  # an empty file is passed over
+    assert read_vast_key(environ={}) == "legacy-key"
+    config.write_text("config-key\n")
+    assert read_vast_key(environ={}) == "config-key"
+    assert read_vast_key(environ={"VAST_API_KEY": "env-key"}) == "env-key"
+    monkeypatch.setenv("VAST_API_KEY", "")
+    assert read_vast_key() == "config-key"

@@ -18,7 +18,14 @@ import pytest
 
 from tests.conftest import BUCKETS
 from tests.helpers import make_dataset, make_spec
-from trainer.errors import EXIT_CONFLICT, EXIT_REFUSED, EXIT_SPEC, exit_code_of
+from trainer.errors import (
+    EXIT_CONFLICT,
+    EXIT_INFRA,
+    EXIT_REFUSED,
+    EXIT_SPEC,
+    ConditionalWritesIgnored,
+    exit_code_of,
+)
 from trainer.job.run import JobResult, run_job
 from trainer.model.export import load_model
 from trainer.promotion.candidate import CandidateInvalid, check_sample
@@ -254,6 +261,33 @@ def test_concurrent_changes_have_exactly_one_winner(
     if base:
         _, replaced = read_history(s3_store, layout.production(SYMBOL), base)
         assert replaced == jobs.model(names[spec.setup[-1]])
+
+
+@pytest.mark.slow  # s3rver runs as a subprocess
+def test_concurrent_promotions_on_a_store_that_ignores_the_swap_both_refuse(
+    s3rver_store: ObjectStore, s3rver_endpoint: str, layout: Layout, jobs: Jobs, tmp_path: Path
+) -> None:
+    """s3rver lets both compare-and-swaps through, so one of two racing promotions would be
+    lost while both printed `promoted`: both are refused before production is touched."""
+    install(jobs, s3rver_store, jobs.strong, jobs.other)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(
+                promote,
+                s3rver_store,
+                layout,
+                job,
+                force=True,
+                promoted_by=BY,
+                workdir=tmp_path / job,
+            )
+            for job in (jobs.strong, jobs.other)
+        ]
+    refused = [f.exception() for f in futures]
+    assert all(isinstance(e, ConditionalWritesIgnored) for e in refused), refused
+    assert all(f"endpoint {s3rver_endpoint} ignores" in str(e) for e in refused)
+    assert [exit_code_of(e) for e in refused if e is not None] == [EXIT_INFRA, EXIT_INFRA]
+    assert s3rver_store.list(layout.production(SYMBOL).dir) == []
 
 
 def test_rollback_restores_the_previous_model_byte_for_byte(

@@ -1,4 +1,6 @@
-"""One contract every object store passes: the local folder and S3 on a loopback server."""
+"""One contract every object store passes: the local folder, S3 on moto, and s3rver, a second
+S3 implementation. s3rver accepts `If-None-Match: *` and `If-Match` and ignores them, so there
+every conditional write is refused before it could lose anything."""
 
 from __future__ import annotations
 
@@ -9,56 +11,72 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
-from trainer.store import ObjectStore
+from trainer.errors import (
+    EXIT_INFRA,
+    ConditionalWritesIgnored,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    exit_code_of,
+)
+from trainer.store import ObjectStore, s3
 from trainer.store.base import Loc
+from trainer.store.layout import PROBE_ROOT
 from trainer.store.records import JobSummary, read_record, update_record
 
 ART = "quantlab-artifacts"
 
 
-def test_put_get_head_roundtrip(store: ObjectStore) -> None:
+@pytest.fixture(params=["local", "s3", pytest.param("s3rver", marks=pytest.mark.slow)])
+def any_store(request: pytest.FixtureRequest) -> ObjectStore:
+    """Every store the runner may meet, conditional writes aside: the local folder, moto and
+    s3rver (started as a subprocess, so the slow tier)."""
+    name = {"local": "local_store", "s3": "s3_store", "s3rver": "s3rver_store"}[request.param]
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+def test_put_get_head_roundtrip(any_store: ObjectStore) -> None:
     loc = Loc(ART, "ml-artifacts/job-1/metrics.json")
-    info = store.put(loc, b'{"ic": 0.3}')
+    info = any_store.put(loc, b'{"ic": 0.3}')
     assert info.size == 11
-    assert store.get(loc) == b'{"ic": 0.3}'
-    head = store.head(loc)
+    assert any_store.get(loc) == b'{"ic": 0.3}'
+    head = any_store.head(loc)
     assert head is not None and head.size == 11 and head.etag == info.etag
 
 
-def test_missing_object_is_typed(store: ObjectStore) -> None:
+def test_missing_object_is_typed(any_store: ObjectStore) -> None:
     loc = Loc(ART, "ml-artifacts/nope/model.bin")
-    assert store.head(loc) is None
-    assert not store.exists(loc)
+    assert any_store.head(loc) is None
+    assert not any_store.exists(loc)
     with pytest.raises(ObjectNotFound, match=r"nope/model\.bin"):
-        store.get(loc)
+        any_store.get(loc)
 
 
-def test_list_is_prefix_scoped_and_sorted(store: ObjectStore) -> None:
+def test_list_is_prefix_scoped_and_sorted(any_store: ObjectStore) -> None:
     for key in ("ml-artifacts/j2/b", "ml-artifacts/j1/z", "ml-artifacts/j1/a", "other/x"):
-        store.put(Loc(ART, key), b"x")
-    keys = [o.loc.key for o in store.list(Loc(ART, "ml-artifacts/j1/"))]
+        any_store.put(Loc(ART, key), b"x")
+    keys = [o.loc.key for o in any_store.list(Loc(ART, "ml-artifacts/j1/"))]
     assert keys == ["ml-artifacts/j1/a", "ml-artifacts/j1/z"]
-    assert store.list(Loc(ART, "ml-artifacts/none/")) == []
+    assert any_store.list(Loc(ART, "ml-artifacts/none/")) == []
 
 
-def test_children_are_the_folders_right_under_a_prefix(store: ObjectStore) -> None:
+def test_children_are_the_folders_right_under_a_prefix(any_store: ObjectStore) -> None:
     for key in ("ml-artifacts/j2/b", "ml-artifacts/j1/z", "ml-artifacts/j1/sub/a", "top.json"):
-        store.put(Loc(ART, key), b"x")
-    assert store.children(Loc(ART, "ml-artifacts/")) == ["j1", "j2"]
-    assert store.children(Loc(ART, "ml-artifacts")) == ["j1", "j2"]
-    assert store.children(Loc(ART, "ml-artifacts/j1/")) == ["sub"]
-    assert store.children(Loc(ART, "nothing/")) == []
+        any_store.put(Loc(ART, key), b"x")
+    assert any_store.children(Loc(ART, "ml-artifacts/")) == ["j1", "j2"]
+    assert any_store.children(Loc(ART, "ml-artifacts")) == ["j1", "j2"]
+    assert any_store.children(Loc(ART, "ml-artifacts/j1/")) == ["sub"]
+    assert any_store.children(Loc(ART, "nothing/")) == []
 
 
-def test_get_many_reads_in_order_with_none_for_the_absent(store: ObjectStore) -> None:
+def test_get_many_reads_in_order_with_none_for_the_absent(any_store: ObjectStore) -> None:
     locs = [Loc(ART, f"ml-artifacts/j{i}/summary.json") for i in range(40)]
     for i, loc in enumerate(locs):
         if i % 3:
-            store.put(loc, str(i).encode())
-    got = store.get_many(locs)
+            any_store.put(loc, str(i).encode())
+    got = any_store.get_many(locs)
     assert got == [None if i % 3 == 0 else str(i).encode() for i in range(40)]
-    assert store.get_many([]) == []
+    assert any_store.get_many([]) == []
 
 
 def test_update_record_loses_no_concurrent_change(store: ObjectStore) -> None:
@@ -119,35 +137,86 @@ def test_concurrent_if_absent_has_one_winner(store: ObjectStore) -> None:
     assert store.get(loc) == f"writer {wins[0]}".encode()
 
 
-def test_upload_download_delete(store: ObjectStore, tmp_path: Path) -> None:
+def test_upload_download_delete(any_store: ObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "model.bin"
     src.write_bytes(b"\x00weights" * 1000)
     loc = Loc(ART, "ml-artifacts/job-1/model.bin")
-    store.upload(loc, src)
+    any_store.upload(loc, src)
     dst = tmp_path / "back.bin"
-    store.download(loc, dst)
+    any_store.download(loc, dst)
     assert dst.read_bytes() == src.read_bytes()
-    store.delete(loc)
-    store.delete(loc)  # deleting twice is fine
-    assert store.head(loc) is None
+    any_store.delete(loc)
+    any_store.delete(loc)  # deleting twice is fine
+    assert any_store.head(loc) is None
 
 
-def test_raw_bucket_is_read_only(store: ObjectStore) -> None:
+def test_raw_bucket_is_read_only(any_store: ObjectStore) -> None:
     with pytest.raises(StorageError, match="read-only"):
-        store.put(Loc("quantlab-raw", "ticks/x.csv"), b"no")
+        any_store.put(Loc("quantlab-raw", "ticks/x.csv"), b"no")
 
 
-def test_arrow_reads_what_the_store_wrote(store: ObjectStore, tmp_path: Path) -> None:
+def test_arrow_reads_what_the_store_wrote(any_store: ObjectStore, tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"a": [1, 2, 3]}), path)
     loc = Loc("quantlab-compact", "features/featureset=v1/x/data.parquet")
-    store.upload(loc, path)
-    with store.arrow_fs().open_input_file(store.arrow_path(loc)) as f:
+    any_store.upload(loc, path)
+    with any_store.arrow_fs().open_input_file(any_store.arrow_path(loc)) as f:
         assert pq.read_table(f).column("a").to_pylist() == [1, 2, 3]
 
 
-def test_uri_names_the_real_place(store: ObjectStore) -> None:
+def test_uri_names_the_real_place(any_store: ObjectStore) -> None:
     loc = Loc(ART, "ml-artifacts/j/model.bin")
-    uri = store.uri(loc)
+    uri = any_store.uri(loc)
     assert uri.endswith("quantlab-artifacts/ml-artifacts/j/model.bin")
     assert uri.startswith(("s3://", "file://"))
+
+
+def test_the_probe_finds_conditional_writes_honoured_and_leaves_nothing(
+    store: ObjectStore,
+) -> None:
+    store.require_conditional_writes(ART)
+    assert store.list(Loc(ART, PROBE_ROOT)) == []
+
+
+def test_an_endpoint_is_probed_once_per_process(
+    s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3, "_probed", {})
+    probes: list[str] = []
+    real = s3.S3Store._probe
+
+    def counted(self: s3.S3Store, bucket: str) -> str | None:
+        probes.append(bucket)
+        return real(self, bucket)
+
+    monkeypatch.setattr(s3.S3Store, "_probe", counted)
+    for i in range(3):
+        s3_store.put(Loc(ART, f"ml-artifacts/p{i}/manifest.json"), b"m", if_absent=True)
+    s3.S3Store().put(Loc(ART, "ml-artifacts/p9/manifest.json"), b"m", if_absent=True)
+    s3_store.put(Loc("quantlab-compact", "features/x"), b"plain")  # unconditional: no probe
+    assert probes == [ART]
+
+
+@pytest.mark.slow
+def test_a_store_that_ignores_conditional_writes_refuses_them_and_writes_nothing(
+    s3rver_store: ObjectStore, s3rver_endpoint: str
+) -> None:
+    """s3rver takes a second write-if-absent of one object as if the first did not exist:
+    every conditional write is refused, naming the endpoint and what to use instead."""
+    loc = Loc(ART, "ml-artifacts/job-1/manifest.json")
+    writes = [
+        lambda: s3rver_store.put(loc, b"first", if_absent=True),
+        lambda: s3rver_store.put(loc, b"second", if_match='"0123456789abcdef"'),
+        lambda: update_record(s3rver_store, loc, JobSummary, lambda _: JobSummary(job_id="j")),
+    ]
+    for write in writes:
+        with pytest.raises(ConditionalWritesIgnored) as caught:
+            write()
+        message = str(caught.value)
+        assert f"the S3 endpoint {s3rver_endpoint} ignores If-None-Match: *" in message
+        assert "on bucket quantlab-artifacts" in message
+        assert "nothing is committed or promoted" in message
+        assert "(AWS S3, MinIO, Cloudflare R2), or use a local folder" in message
+        assert exit_code_of(caught.value) == EXIT_INFRA
+        assert s3rver_store.head(loc) is None
+    assert s3rver_store.list(Loc(ART, PROBE_ROOT)) == []

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch import nn
 
 from tests.helpers import write_day
 from trainer.data.blocks import BlockSpec, Unit
@@ -23,9 +24,10 @@ from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.synth import SynthConfig, generate
 from trainer.data.windows import Windows, window_ends
 from trainer.errors import DataError
-from trainer.spec.sections import DataSpec
+from trainer.spec.sections import DataSpec, TrainSpec
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
+from trainer.train.loop import Validation, fit, step_budget
 
 SYMBOLS = ("btcusdt", "ethusdt")
 DATES = ("20250101", "20250102", "20250103")
@@ -209,7 +211,32 @@ def test_validation_windows_reach_back_before_the_validation_start(
     assert torch.equal(device_side[5:9], torch.from_numpy(windows[5:9]))
 
 
-def test_a_partition_feature_never_mixes_in_a_window_of_64(
+class PartitionGuard(nn.Module):
+    """A sequence model that fails whenever its input mixes two partitions: feature `code`
+    holds a number unique to each partition, so every row of a window must share it."""
+
+    def __init__(self, n_features: int, code: int) -> None:
+        super().__init__()
+        self.code, self.head = code, nn.Linear(n_features, 1)
+        self.windows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = x[:, :, self.code]
+        if not torch.equal(codes, codes[:, -1:].expand_as(codes)):
+            raise AssertionError("a window mixed two partitions")
+        self.windows += len(x)
+        return self.head(x.mean(dim=1)).squeeze(-1)
+
+
+class Quiet:
+    def on_step(self, record: dict[str, float]) -> None:
+        pass
+
+    def on_eval(self, record: dict[str, float]) -> None:
+        pass
+
+
+def test_a_model_that_fails_on_a_mixed_window_trains_to_the_end_with_windows_of_64(
     local_store: ObjectStore, layout: Layout
 ) -> None:
     cfg = dataclasses.replace(CFG, rows_per_day=2000, row_group_size=150)
@@ -221,15 +248,29 @@ def test_a_partition_feature_never_mixes_in_a_window_of_64(
                 return {"ret_1s": np.full(table.num_rows, code, np.float32)}
 
             write_day(local_store, layout, Partition("binance", "bbo", symbol, date), cfg, encode)
-    plan = preflight(_spec().model_copy(update={"window": 64}), local_store, layout)
-    j = plan.features.index("ret_1s")
-    loader = _train(plan, local_store, window=64, shuffle_buffer_row_groups=4, seed=9)
-    seen = 0
-    for epoch in range(2):
-        for x, _y, _ts in loader.epoch_with_ts(epoch):
-            assert torch.all(x[:, :, j] == x[:, -1:, j]), "a window mixed two partitions"
-            seen += len(x)
-    assert seen > 0
+    window = 64
+    plan = preflight(_spec().model_copy(update={"window": window}), local_store, layout)
+    j, nf = plan.features.index("ret_1s"), len(plan.features)
+    guard = PartitionGuard(nf, j)
+    # the guard is not blind: a window across the seam of two partitions fails it
+    mixed = torch.zeros(1, window, nf)
+    mixed[0, window // 2 :, j] = 1.0
+    with pytest.raises(AssertionError, match="mixed two partitions"):
+        guard(mixed)
+
+    loader = _train(plan, local_store, window=window, shuffle_buffer_row_groups=4, seed=9)
+    split = read_split(plan, local_store, "val", window=window)
+    assert split.ends is not None
+    val = Validation(
+        Windows(torch.from_numpy(split.x), torch.from_numpy(split.ends), window), split.y
+    )
+    train = TrainSpec(epochs=2, batch_size=BATCH, eval_every_steps=10, warmup_steps=1)
+    samples = sum(len(y) for _x, y, _ts in loader.epoch_with_ts(0))
+    steps = step_budget(train, -(-samples // BATCH))
+    result = fit(guard, loader, val, train, torch.device("cpu"), steps, Quiet())
+    # every step and every evaluation ran: two whole epochs of shuffled row groups
+    assert result.state.step == steps and result.state.rows_seen == 2 * samples
+    assert guard.windows >= 2 * samples + len(split)  # and validation, whole, at the end
 
 
 def test_rows_out_of_time_order_are_refused_naming_the_partition(
@@ -282,3 +323,22 @@ def test_a_seam_goes_to_the_buffer_of_its_last_row_group(plan: DatasetPlan) -> N
     owners = [[(s.owner.group, [u.group for u in s.earlier]) for s in b] for b in placed]
     # 2|3 and 1|2 go with group 2 (visited last), 0|1 with group 1
     assert owners == [[], [], [(1, [0])], [(3, [2]), (2, [1])]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_windows_are_gathered_on_cuda_as_on_the_cpu(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    cpu = list(_train(plan, local_store, seed=2).epoch_with_ts(0))
+    cache = BlockCache(64 << 20, device="cuda")
+    gpu = _train(plan, local_store, seed=2, device="cuda", cache=cache)
+    for epoch in (0, 0):
+        got = list(gpu.epoch_with_ts(epoch))
+        torch.cuda.synchronize()
+        assert len(got) == len(cpu)
+        for (x, y, ts), (cx, cy, cts) in zip(got, cpu, strict=True):
+            assert x.is_cuda and x.shape == (len(y), L, cx.shape[2])
+            assert torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
+            assert torch.equal(ts.cpu(), cts)
+    assert gpu.stats.cache_hits == len(gpu.units)

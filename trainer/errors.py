@@ -77,6 +77,11 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the object exists, or changed since it was read."""
 
 
+class ConditionalWritesIgnored(StorageError):
+    """The S3 endpoint accepts `If-None-Match: *` / `If-Match` and ignores them: committing or
+    promoting there could silently lose a write."""
+
+
 class DatasetChanged(ProblemsError):
     """The data under a job's id is not the data the job was resolved or committed with; each
     problem names a partition and what changed."""

@@ -48,7 +48,8 @@ class InstanceView:
 
     `env` is the create env plus CONTAINER_ID and CONTAINER_API_KEY, as Vast.ai injects them;
     `api_url` is the fake server's base URL; `killed` is set once the container is stopped,
-    destroyed, outbid or cut off, after which `log` is ignored.
+    destroyed, outbid or cut off, after which `log` is ignored. With the `args` runtype,
+    `onstart` is the entrypoint executable and `args` its arguments, as Vast.ai runs them.
     """
 
     id: int
@@ -56,6 +57,7 @@ class InstanceView:
     env: dict[str, str]
     args: list[str]
     onstart: str | None
+    runtype: str
     image: str
     label: str | None
     log: Callable[[str], None]
@@ -206,6 +208,7 @@ class Instance:
             env={**self.env, "CONTAINER_ID": str(self.id), "CONTAINER_API_KEY": self.api_key},
             args=list(self.args),
             onstart=self.onstart,
+            runtype=self.runtype,
             image=self.image,
             label=self.label,
             log=self._logger(self.generation),

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from trainer import __version__
-from trainer.cli import job, launch, production, report
+from trainer.cli import job, launch, production, report, sweep
 from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, TrainerError, exit_code_of
 
 Handler = Callable[[argparse.Namespace], int]
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     production.register(sub)
     launch.register(sub)
     report.register(sub)
+    sweep.register(sub)
     return parser
 
 

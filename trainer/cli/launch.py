@@ -25,7 +25,7 @@ from trainer.redact import Secrets, install
 from trainer.spec import load_spec
 
 if TYPE_CHECKING:
-    from trainer.launcher.result import LaunchResult
+    from trainer.launcher.result import LaunchOptions, LaunchResult
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +39,49 @@ def register(subparsers: Any) -> None:
         metavar="USD",
         help="stop every job once all of them together have spent this much",
     )
+    add_launch_args(p)
+    _common(p, with_bucket=False, json_help="NDJSON events, then the result, on stdout")
+    p.set_defaults(handler=_launch)
+
+    p = subparsers.add_parser(
+        "status",
+        help="a job's outcome, metrics, cost and attempts (a finished job needs no Vast.ai key)",
+    )
+    p.add_argument("job_id")
+    _common(p)
+    p.set_defaults(handler=_status)
+
+    p = subparsers.add_parser("logs", help="a job's container log (live, else the shipped one)")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    p.add_argument("--tail", type=int, default=200, help="lines (200)")
+    _common(p, with_json=False)
+    p.set_defaults(handler=_logs)
+
+    p = subparsers.add_parser("stop", help="destroy every instance of a job now")
+    p.add_argument("job_id")
+    _common(p)
+    p.set_defaults(handler=_stop)
+
+    p = subparsers.add_parser("list", help="jobs with live instances (labels quantlab:<jobId>)")
+    _common(p)
+    p.set_defaults(handler=_list)
+
+    p = subparsers.add_parser("reap", help="destroy labelled instances no live job needs")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be destroyed")
+    p.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=None,
+        help="launcher heartbeat age that means the launcher is gone "
+        "(default: each job's limits.heartbeat_timeout_minutes)",
+    )
+    _common(p)
+    p.set_defaults(handler=_reap)
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    """How to launch: wait or detach, dry runs, polling, container settings, credentials."""
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--wait",
@@ -84,44 +127,6 @@ def register(subparsers: Any) -> None:
         default=None,
         help=f"hosts to skip, remembered across launches (default {default_bad_hosts_file()})",
     )
-    _common(p, with_bucket=False, json_help="NDJSON events, then the result, on stdout")
-    p.set_defaults(handler=_launch)
-
-    p = subparsers.add_parser(
-        "status",
-        help="a job's outcome, metrics, cost and attempts (a finished job needs no Vast.ai key)",
-    )
-    p.add_argument("job_id")
-    _common(p)
-    p.set_defaults(handler=_status)
-
-    p = subparsers.add_parser("logs", help="a job's container log (live, else the shipped one)")
-    p.add_argument("job_id")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    p.add_argument("--tail", type=int, default=200, help="lines (200)")
-    _common(p, with_json=False)
-    p.set_defaults(handler=_logs)
-
-    p = subparsers.add_parser("stop", help="destroy every instance of a job now")
-    p.add_argument("job_id")
-    _common(p)
-    p.set_defaults(handler=_stop)
-
-    p = subparsers.add_parser("list", help="jobs with live instances (labels quantlab:<jobId>)")
-    _common(p)
-    p.set_defaults(handler=_list)
-
-    p = subparsers.add_parser("reap", help="destroy labelled instances no live job needs")
-    p.add_argument("--dry-run", action="store_true", help="only say what would be destroyed")
-    p.add_argument(
-        "--stale-after-s",
-        type=float,
-        default=None,
-        help="launcher heartbeat age that means the launcher is gone "
-        "(default: each job's limits.heartbeat_timeout_minutes)",
-    )
-    _common(p)
-    p.set_defaults(handler=_reap)
 
 
 def _common(
@@ -139,7 +144,7 @@ def _common(
         add_json(p, json_help)
 
 
-def _reporter(args: argparse.Namespace, events: bool = False) -> Reporter:
+def reporter_for(args: argparse.Namespace, events: bool = False) -> Reporter:
     """Human lines on stderr; NDJSON events on stdout only for `launch --json`. Every log
     handler masks the secrets this command learns (keys, minted credentials)."""
     secrets = Secrets()
@@ -166,11 +171,11 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return found
 
 
-def _launch(args: argparse.Namespace) -> int:
-    from trainer.launcher.launch import LaunchOptions, launch
+def launch_options(args: argparse.Namespace) -> LaunchOptions:
+    """The options `add_launch_args` parsed."""
+    from trainer.launcher.result import LaunchOptions
 
-    reporter = _reporter(args, events=True)
-    options = LaunchOptions(
+    return LaunchOptions(
         dry_run=args.dry_run,
         local_dry_run=args.local_dry_run,
         detach=args.detach,
@@ -180,6 +185,13 @@ def _launch(args: argparse.Namespace) -> int:
         credentials=args.credentials,
         bad_hosts_file=args.bad_hosts_file or default_bad_hosts_file(),
     )
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from trainer.launcher.launch import launch
+
+    reporter = reporter_for(args, events=True)
+    options = launch_options(args)
     session = {"store": args.store, "vast_url": args.vast_url, "vast_key_file": args.vast_key_file}
     try:
         if len(args.spec) > 1 or args.total_budget:
@@ -190,10 +202,7 @@ def _launch(args: argparse.Namespace) -> int:
             reporter.job_id = spec.job.id or ""  # a derived id is known once the data is read
             result = launch(spec, options=options, reporter=reporter, **session).wait()
     except TrainerError as exc:
-        if not any(e["event"] == "result" for e in reporter.events):
-            reporter.emit(
-                "result", exc.headline, outcome=outcome_of(exc), exit_code=exit_code_of(exc)
-            )
+        result_on_error(reporter, exc)
         raise
     finally:
         reporter.close()  # the live table's last drawing stays; the summary goes below it
@@ -201,20 +210,29 @@ def _launch(args: argparse.Namespace) -> int:
     if results is not None:
         _print_many(results, out)
         return next((int(r["exit_code"]) for r in results if r.get("exit_code")), 0)
-    _print_summary(result, out)
+    print_summary(result, out)
     return result.exit_code
 
 
-def _print_summary(result: LaunchResult, out: TextIO) -> None:
+def result_on_error(reporter: Reporter, exc: TrainerError) -> None:
+    """The `result` event of a launch that failed before it could emit its own."""
+    if not any(e["event"] == "result" for e in reporter.events):
+        reporter.emit("result", exc.headline, outcome=outcome_of(exc), exit_code=exit_code_of(exc))
+
+
+def print_summary(result: LaunchResult, out: TextIO) -> None:
     """The launch's last words, once: what the job produced and what it cost. On stdout, or
     on stderr with `--json`, where stdout carries the `result` event instead."""
     lines = [f"job {result.job_id}: {result.outcome} ({result.reason})"]
+    if "sweep.json" in result.artifacts:
+        lines[0] = f"sweep {result.job_id}: {result.outcome} ({result.reason})"
     if result.metrics is not None:
         lines.append(metrics_line(result.metrics))
     if result.rows is not None:
         lines.append(rows_line(result.rows))
     if result.artifacts:
-        lines.append(f"artifacts: {result.artifacts.get('manifest.json', '')}")
+        main = result.artifacts.get("manifest.json") or result.artifacts.get("sweep.json", "")
+        lines.append(f"artifacts: {main}")
     lines.append(f"cost: ${result.cost_usd:.4f} over {len(result.attempts)} instance(s)")
     if result.report:
         lines.append(f"report: {result.report}")
@@ -251,7 +269,7 @@ def _status(args: argparse.Namespace) -> int:
     """From the store first: a finished job needs no Vast.ai key."""
     from trainer.launcher.ops import job_status
 
-    reporter = _reporter(args)
+    reporter = reporter_for(args)
     found = job_status(_session(args, reporter), args.bucket, args.job_id)
     if found.note:
         print(f"note: {found.note}", file=sys.stderr)
@@ -293,7 +311,7 @@ def _status(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from trainer.launcher.ops import follow_logs, job_logs
 
-    reporter = _reporter(args)
+    reporter = reporter_for(args)
     session = _session(args, reporter)
 
     def emit(line: str) -> None:
@@ -309,7 +327,7 @@ def _logs(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from trainer.launcher.ops import stop_job
 
-    reporter = _reporter(args)
+    reporter = reporter_for(args)
     reporter.job_id = args.job_id
     destroyed = stop_job(_session(args, reporter), args.bucket, args.job_id, reporter)
     if args.json:
@@ -322,7 +340,7 @@ def _stop(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from trainer.launcher.ops import list_jobs
 
-    reporter = _reporter(args)
+    reporter = reporter_for(args)
     jobs = list_jobs(_session(args, reporter), args.bucket)
     if args.json:
         print(json.dumps(jobs, indent=2))
@@ -338,7 +356,7 @@ def _list(args: argparse.Namespace) -> int:
 def _reap(args: argparse.Namespace) -> int:
     from trainer.launcher.ops import reap
 
-    reporter = _reporter(args)
+    reporter = reporter_for(args)
     records = reap(
         _session(args, reporter),
         args.bucket,

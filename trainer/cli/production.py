@@ -55,7 +55,7 @@ def _promote(args: argparse.Namespace) -> int:
         force=args.force,
         promoted_by=args.by or default_promoter(),
     )
-    _print_change(result, args.json)
+    print_change(result, args.json)
     return 0
 
 
@@ -64,7 +64,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
     store, layout = bucket_layout(args)
     result = rollback(store, layout, args.symbol, promoted_by=args.by or default_promoter())
-    _print_change(result, args.json)
+    print_change(result, args.json)
     return 0
 
 
@@ -83,7 +83,7 @@ def _production(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_change(result: PromotionResult, as_json: bool) -> None:
+def print_change(result: PromotionResult, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return

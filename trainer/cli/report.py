@@ -35,11 +35,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--reverse", action="store_true", help="the other way round")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N jobs")
+    p.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="the sweeps instead: trials by state, the best trial, steps saved, cost "
+        "(a sweep's trials: --tag sweep:SWEEP)",
+    )
     _common(p)
     p.set_defaults(handler=_jobs)
 
-    p = sub.add_parser("report", help="write a job's report page (one self-contained HTML file)")
-    p.add_argument("job_id", metavar="JOB")
+    p = sub.add_parser(
+        "report", help="write a job's (or a sweep's) report page (one self-contained HTML file)"
+    )
+    p.add_argument("job_id", metavar="JOB", help="a job id, or a sweep id for its leaderboard")
     p.add_argument(
         "--vs",
         metavar="JOB|production",
@@ -70,6 +78,8 @@ def _jobs(args: argparse.Namespace) -> int:
     from trainer.report.history import Filters, list_history, parse_since
     from trainer.store.layout import Layout
 
+    if args.sweeps:
+        return _sweeps(args)
     filters = Filters(
         symbols=args.symbol,
         tags=args.tag,
@@ -105,6 +115,41 @@ def _jobs(args: argparse.Namespace) -> int:
             [_row(r) for r in rows],
         )
     )
+    return 0
+
+
+def _sweeps(args: argparse.Namespace) -> int:
+    from trainer.report.history import list_sweeps
+    from trainer.store.layout import Layout
+
+    found = list_sweeps(store_for(args.store), Layout(artifacts_bucket=args.bucket))
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
+        return 0
+    if not found:
+        print("no sweep in the store")
+        return 0
+    rows = []
+    for r in found:
+        best = r.best_trial
+        counts = r.counts()
+        trials = " ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        rows.append(
+            [
+                r.sweep_id,
+                r.state,
+                r.started_at.replace("T", " ").removesuffix("Z")[:16],
+                f"{trials} of {r.trials_planned}",
+                f"{r.sampler}/{r.pruning}",
+                best.job_id if best else "–",
+                f"{r.metric} {best.value:+.4f}" if best and best.value is not None else "–",
+                str(r.steps_saved),
+                f"${r.cost_usd:.4f}" if r.attempts else "local",
+                r.name or "–",
+            ]
+        )
+    header = ["SWEEP", "STATE", "STARTED", "TRIALS", "SEARCH", "BEST", "OBJECTIVE"]
+    print(_table([*header, "STEPS SAVED", "COST", "NAME"], rows))
     return 0
 
 
@@ -154,10 +199,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainer.report.build import default_out, gather, write_report
+    from trainer.report.build import default_out, gather, write_page, write_report
+    from trainer.store.layout import Layout
+    from trainer.store.records import SweepRecord, read_record
 
-    jobs = gather(store_for(args.store), args.bucket, args.job_id, args.vs, args.symbol)
-    out = write_report(jobs, args.out or default_out(jobs))
+    store = store_for(args.store)
+    sweep = read_record(
+        store, Layout(artifacts_bucket=args.bucket).job(args.job_id).sweep, SweepRecord
+    )
+    if sweep is not None and args.vs is None:
+        from trainer.report.sweep import render_sweep
+
+        out = write_page(render_sweep(sweep), args.out or Path("reports") / f"{args.job_id}.html")
+    else:
+        jobs = gather(store, args.bucket, args.job_id, args.vs, args.symbol)
+        out = write_report(jobs, args.out or default_out(jobs))
     print(f"report: {out}")
     if args.open and not webbrowser.open(out.as_uri()):
         print(f"no browser to open it here; open {out.as_uri()}", file=sys.stderr)

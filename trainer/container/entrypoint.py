@@ -35,6 +35,7 @@ from trainer.errors import (
 from trainer.job.artifacts import write_failure
 from trainer.redact import Secrets, install
 from trainer.spec import JobSpec, parse_spec
+from trainer.spec.sweep import parse_sweep
 from trainer.store import ObjectStore, open_store
 from trainer.store.base import Loc
 from trainer.store.layout import Layout
@@ -121,6 +122,8 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
     ticker.start()
     result = ResultSentinel(job_id=job_id, outcome="failed", exit_code=EXIT_INTERNAL)
     try:
+        if env.sweep_uri is not None:
+            return _run_sweep(env, store, status, workdir, job_id)
         from trainer.job.run import run_job  # torch loads after the environment checked out
 
         job = run_job(
@@ -179,6 +182,28 @@ def _not_ours(job_id: str, exc: LeaseHeld) -> ResultSentinel:
     )
 
 
+def _run_sweep(
+    env: ContainerEnv, store: ObjectStore, status: StatusWriter, workdir: Path, sweep_id: str
+) -> ResultSentinel:
+    """The sweep's trials on this instance, one after another or several at once; the
+    instance's limits are the sweep's (the JobSpec this container was given)."""
+    from trainer.sweep.run import run_sweep  # torch and optuna load after the env checked out
+
+    sweep = parse_sweep(
+        _read_text(env.sweep_uri or "", store, "QUANTLAB_SWEEP"), env.sweep_uri or ""
+    )
+    if sweep.sweep_id != sweep_id:
+        raise SpecError(
+            "the sweep does not belong to this instance",
+            [f"QUANTLAB_SWEEP names sweep {sweep.sweep_id}, QUANTLAB_JOBSPEC job {sweep_id}"],
+        )
+    done = run_sweep(
+        sweep, store, device=env.device, workdir=workdir / "sweep", listener=status.on_progress
+    )
+    status.set_state(done.outcome, artifacts=done.uri)  # type: ignore[arg-type]
+    return ResultSentinel(job_id=sweep_id, outcome=done.outcome, exit_code=0, artifacts=done.uri)
+
+
 def _tick(
     status: StatusWriter,
     watchdog: Watchdog,
@@ -231,18 +256,21 @@ def _disarm_signal_handlers() -> None:
 
 
 def _load_spec(uri: str, store: ObjectStore) -> JobSpec:
+    return parse_spec(_read_text(uri, store, "QUANTLAB_JOBSPEC"), source=uri)
+
+
+def _read_text(uri: str, store: ObjectStore, variable: str) -> str:
+    """The document an environment variable points at: an object URI or a local file."""
     if uri.startswith("s3://"):
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         if not bucket or not key:
-            raise SpecError("QUANTLAB_JOBSPEC is not an object URI", [uri])
-        text = store.get(Loc(bucket, key)).decode("utf-8")
-    else:
-        path = Path(uri.removeprefix("file://"))
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SpecError(f"cannot read the JobSpec at {uri}", [str(exc)]) from None
-    return parse_spec(text, source=uri)
+            raise SpecError(f"{variable} is not an object URI", [uri])
+        return store.get(Loc(bucket, key)).decode("utf-8")
+    path = Path(uri.removeprefix("file://"))
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read {variable} at {uri}", [str(exc)]) from None
 
 
 def _setup_logging(log_path: Path) -> None:

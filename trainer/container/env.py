@@ -30,6 +30,9 @@ class ContainerEnv:
     """`QUANTLAB_STATUS_EVERY_SEC`: heartbeat period of `status.json` and the log. Default 30."""
     device: str
     """`QUANTLAB_DEVICE`: auto (default), cpu or cuda."""
+    sweep_uri: str | None = None
+    """`QUANTLAB_SWEEP`: a sweep's resolved `sweep.yaml`; the container then runs its trials
+    (the JobSpec at QUANTLAB_JOBSPEC gives the instance's limits and buckets)."""
 
     @property
     def can_self_destroy(self) -> bool:
@@ -66,4 +69,5 @@ def read_env(environ: Mapping[str, str] | None = None) -> ContainerEnv:
         vast_url=(env.get("QUANTLAB_VAST_URL") or DEFAULT_VAST_URL).rstrip("/"),
         status_every_s=every,
         device=device,
+        sweep_uri=env.get("QUANTLAB_SWEEP") or None,
     )

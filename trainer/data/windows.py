@@ -162,7 +162,8 @@ class Windows:
     def __len__(self) -> int:
         return len(self.rows) if self.ends is None else len(self.ends)
 
-    def __getitem__(self, at: slice) -> torch.Tensor:
+    def __getitem__(self, at: slice | torch.Tensor) -> torch.Tensor:
+        """The samples `at` (a slice, or a tensor of sample numbers), gathered."""
         if self.ends is None:
             return self.rows[at]
         ends = self.ends[at]

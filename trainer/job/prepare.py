@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
-from trainer.data.passes import SplitRows, compute_feature_stats, read_split
+from trainer.data.passes import FeatureStats, SplitRows, compute_feature_stats, read_split
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
 from trainer.errors import DataError
+from trainer.job.identity import Resolved
 from trainer.model.code import StagedCode
 from trainer.model.normalized import Normalized
 from trainer.model.registry import build_loss, build_model
@@ -34,6 +36,28 @@ log = logging.getLogger("quantlab.job")
 
 DRY_RUN_ROWS = 4_096
 DRY_RUN_STEPS = 5
+
+
+@dataclass(frozen=True)
+class DataPart:
+    """What a job reads before its first step, all of it shareable by jobs with the same
+    data section."""
+
+    files: PartitionFiles
+    cache: BlockCache | None
+    stats: FeatureStats
+    val: SplitRows
+    """The validation samples, in time order."""
+
+
+class SharedData(Protocol):
+    """Data read once for several jobs (see `trainer.sweep.shared`)."""
+
+    def resolve(self, spec: JobSpec) -> Resolved: ...
+
+    def data(
+        self, spec: JobSpec, plan: DatasetPlan, device: torch.device, ranks: Ranks, dry_run: bool
+    ) -> DataPart: ...
 
 
 @dataclass(frozen=True)
@@ -65,8 +89,11 @@ def prepare(
     ranks: Ranks,
     dry_run: bool,
     code: StagedCode | None = None,
+    shared: SharedData | None = None,
 ) -> Prepared:
-    """`plan` is the pre-flight the spec was resolved with (`job.identity.resolve`)."""
+    """`plan` is the pre-flight the spec was resolved with (`job.identity.resolve`);
+    `shared` holds the data read for earlier jobs with the same data section (a sweep's
+    trials), which this one then reads no byte of again."""
     train = spec.train
     if dry_run:
         # a few steps over one row group at a time: each step's epoch reads one, not a buffer
@@ -76,53 +103,11 @@ def prepare(
     window = spec.data.window
     layout = Layout.of(spec.storage)
 
-    log.info(
-        "dataset: %d partitions, %d rows, %.1f MB, %d features",
-        len(plan.partitions),
-        plan.rows,
-        plan.bytes / 1e6,
-        len(plan.features),
-    )
-    files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
-    cache = _cache(spec, plan, device, ranks, dry_run)
-    # With several ranks the sample's blocks are mostly other ranks' to serve: not cached.
-    stats = compute_feature_stats(
-        plan,
-        store,
-        cache=cache if not ranks.distributed else None,
-        non_finite=spec.data.non_finite,
-        max_rows=limit,
-        files=files,
-        window=window,
-    )
-    val = read_split(
-        plan,
-        store,
-        "val",
-        window=window,
-        non_finite=spec.data.non_finite,
-        max_rows=limit,
-        files=files,
-    )
-    if stats.rows == 0 or len(val) == 0:
-        raise DataError(
-            "nothing to train on",
-            [
-                f"{stats.rows} training rows (in {stats.row_groups} of {stats.of_row_groups} "
-                f"row groups read) and {len(val)} validation samples after the split, the "
-                "purge, non-finite filtering"
-                + (f" and windows of {window} rows" if window > 1 else "")
-            ],
-        )
-    log.info(
-        "feature statistics from %d rows in %d of %d row groups; standard error at most "
-        "%.4f std for a mean, %.2f%% for a std",
-        stats.rows,
-        stats.row_groups,
-        stats.of_row_groups,
-        stats.mean_error,
-        100 * stats.std_error,
-    )
+    if shared is not None:
+        data = shared.data(spec, plan, device, ranks, dry_run)
+    else:
+        data = read_data(spec, store, plan, device, ranks, dry_run)
+    files, cache, stats, val = data.files, data.cache, data.stats, data.val
     # Every row group read: the count is exact; sampled: the footers' (pro rata at the cut).
     whole = stats.row_groups == stats.of_row_groups and limit is None
     n_train = stats.rows if whole else plan.estimates["train_rows"]
@@ -179,6 +164,68 @@ def prepare(
         restored=restored,
         max_steps=step_budget(train, steps_per_epoch),
     )
+
+
+def read_data(
+    spec: JobSpec,
+    store: ObjectStore,
+    plan: DatasetPlan,
+    device: torch.device,
+    ranks: Ranks,
+    dry_run: bool,
+) -> DataPart:
+    """The reads before the first step: the open files, the block cache, the feature
+    statistics of the training rows (warming the cache) and the validation samples."""
+    limit = DRY_RUN_ROWS if dry_run else None
+    window = spec.data.window
+    log.info(
+        "dataset: %d partitions, %d rows, %.1f MB, %d features",
+        len(plan.partitions),
+        plan.rows,
+        plan.bytes / 1e6,
+        len(plan.features),
+    )
+    files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
+    cache = _cache(spec, plan, device, ranks, dry_run)
+    # With several ranks the sample's blocks are mostly other ranks' to serve: not cached.
+    stats = compute_feature_stats(
+        plan,
+        store,
+        cache=cache if not ranks.distributed else None,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        files=files,
+        window=window,
+    )
+    val = read_split(
+        plan,
+        store,
+        "val",
+        window=window,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        files=files,
+    )
+    if stats.rows == 0 or len(val) == 0:
+        raise DataError(
+            "nothing to train on",
+            [
+                f"{stats.rows} training rows (in {stats.row_groups} of {stats.of_row_groups} "
+                f"row groups read) and {len(val)} validation samples after the split, the "
+                "purge, non-finite filtering"
+                + (f" and windows of {window} rows" if window > 1 else "")
+            ],
+        )
+    log.info(
+        "feature statistics from %d rows in %d of %d row groups; standard error at most "
+        "%.4f std for a mean, %.2f%% for a std",
+        stats.rows,
+        stats.row_groups,
+        stats.of_row_groups,
+        stats.mean_error,
+        100 * stats.std_error,
+    )
+    return DataPart(files, cache, stats, val)
 
 
 def _train_partitions(plan: DatasetPlan) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from trainer.job.artifacts import (
     write_failure,
 )
 from trainer.job.identity import Resolved, check_committed, resolve
-from trainer.job.prepare import Prepared, prepare
+from trainer.job.prepare import Prepared, SharedData, prepare
 from trainer.job.summary import record_commit
 from trainer.model.code import StagedCode, stage
 from trainer.model.entry import where
@@ -46,7 +47,7 @@ from trainer.store.records import (
     utc_now,
 )
 from trainer.train.distributed import Ranks, all_sum, from_env, setup, teardown
-from trainer.train.loop import FitResult, Validation, fit, predict
+from trainer.train.loop import FitResult, Prune, Validation, fit, predict
 from trainer.train.losses import validation_scores
 from trainer.train.report import RunLog
 
@@ -70,6 +71,27 @@ class JobResult:
         return self.metrics.final if self.metrics is not None else None
 
 
+class _ThisJob(logging.Filter):
+    """Keeps the records of the thread that runs this job, and of threads no job runs on
+    (the loader's): with several jobs in one process, each `train.log` has only its own."""
+
+    _running: set[int] = set()  # noqa: RUF012 - shared on purpose: every job's thread
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        with self._lock:
+            self._running.add(self.thread)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread or record.thread not in self._running
+
+    def close(self) -> None:
+        with self._lock:
+            self._running.discard(self.thread)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,6 +109,8 @@ def run_job(
     workdir: Path | None = None,
     listener: Listener | None = None,
     code_from_store: bool = False,
+    shared: SharedData | None = None,
+    prune: Prune | None = None,
 ) -> JobResult:
     """Run the whole job. The spec is resolved against its dataset and its code first (the
     pre-flight, the code's hash), which fixes the job id. A job committed on the same data is
@@ -94,9 +118,13 @@ def run_job(
     leaves a failure record and no manifest. `listener(kind, record)` sees progress (the
     heartbeat uses it). The spec's `code` is packed from `code.path` here, or with
     `code_from_store` (the container) downloaded from the job's prefix, where the launcher
-    put it."""
+    put it.
+
+    A sweep runs its trials through here too: `shared` gives the pre-flight and the data
+    read for earlier trials with the same data section, and `prune` judges each
+    evaluation (see `fit`)."""
     started = utc_now()
-    resolved = _resolve(spec, store, dry_run, started)
+    resolved = _resolve(spec, store, dry_run, started, shared)
     spec, plan = resolved.spec, resolved.plan
     paths = Layout.of(spec.storage).job(spec.job_id)
     job_id = paths.job_id
@@ -104,12 +132,16 @@ def run_job(
         check_committed(store, paths, manifest, plan)
         log.info("job %s is already committed on this data; nothing to do", job_id)
         return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
+    if not dry_run:  # the commit is written only if absent: refuse before training, not after
+        store.require_conditional_writes(paths.bucket)
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     secrets = Secrets()
     handler.addFilter(RedactingFilter(secrets))  # train.log is uploaded: no secret in it
+    own = _ThisJob()
+    handler.addFilter(own)  # jobs running side by side (a sweep) keep their own logs
     logging.getLogger("quantlab").addHandler(handler)
     ranks = from_env()
     scope = contextlib.ExitStack()  # the researcher's code: its prints, its import path
@@ -120,9 +152,12 @@ def run_job(
         scope.enter_context(prints_to_log(logging.getLogger("quantlab.user"), secrets))
         fetch_from = store if code_from_store else None
         code = scope.enter_context(stage(spec.code, workdir, store=fetch_from, loc=paths.code))
-        job = prepare(spec, store, plan, torch_device, ranks, dry_run, code)
+        job = prepare(spec, store, plan, torch_device, ranks, dry_run, code=code, shared=shared)
         val = Validation(_on_device(job.val, torch_device), job.val.y.astype(np.float64))
-        result = _fit(job, val, torch_device, ranks, workdir, listener)
+        try:
+            result = _fit(job, val, torch_device, ranks, workdir, listener, prune)
+        finally:
+            job.loader.close()
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
         if not ranks.is_main:
             return JobResult(job_id, "worker", str(workdir))
@@ -169,13 +204,19 @@ def run_job(
         scope.close()
         logging.getLogger("quantlab").removeHandler(handler)
         handler.close()
+        own.close()
         teardown(ranks)
 
 
-def _resolve(spec: JobSpec, store: ObjectStore, dry_run: bool, started: str) -> Resolved:
-    """The spec resolved against its dataset. A spec that names its job (the container's)
-    records why it cannot be; a derived id has no prefix before the data is known."""
+def _resolve(
+    spec: JobSpec, store: ObjectStore, dry_run: bool, started: str, shared: SharedData | None
+) -> Resolved:
+    """The spec resolved against its dataset (the pre-flight `shared` already made of this
+    data section, if any). A spec that names its job (the container's) records why it cannot
+    be; a derived id has no prefix before the data is known."""
     try:
+        if shared is not None:
+            return shared.resolve(spec)
         return resolve(spec, store)
     except TrainerError as exc:
         log.error("job %s failed: %s", spec.job_id if spec.resolved else "(unresolved)", exc)
@@ -207,6 +248,7 @@ def _fit(
     ranks: Ranks,
     workdir: Path,
     listener: Listener | None,
+    prune: Prune | None,
 ) -> FitResult:
     """The second step: the loop, with the model wrapped for DDP when there are ranks."""
     model: torch.nn.Module = job.model
@@ -230,6 +272,7 @@ def _fit(
             resume=job.restored,
             checkpoint=job.checkpointer if ranks.is_main else None,
             loss_fn=job.loss,
+            prune=prune,
         )
     finally:
         progress.close()
@@ -256,6 +299,8 @@ def _metrics(
         world_size=ranks.world_size,
         resumed_from_step=job.restored.step if job.restored else None,
         checkpoints=tuple(job.checkpointer.saved if job.checkpointer else ()),
+        max_steps=job.max_steps,
+        pruned_at_step=s.step if result.pruned else None,
     )
 
 

@@ -112,13 +112,17 @@ def job_credentials(
     mode: Mode = "auto",
     role_arn: str | None = None,
     environ: Mapping[str, str] | None = None,
+    any_job: bool = False,
 ) -> JobCredentials:
-    """Credentials for `spec`'s container, per `mode` (see the module docstring)."""
+    """Credentials for `spec`'s container, per `mode` (see the module docstring). With
+    `any_job` (a sweep's instance, whose trials' ids are derived as they are sampled) the
+    scoped policy writes any folder under `ml-artifacts/`, still only in the artifacts
+    bucket and reading only the spec's partitions."""
     env = os.environ if environ is None else environ
     role = role_arn or env.get(ROLE_ENV) or None
     if mode != "passthrough":
         try:
-            return _scoped(spec, role)
+            return _scoped(spec, role, any_job)
         except InfraError as exc:
             if mode == "scoped":
                 raise
@@ -126,13 +130,13 @@ def job_credentials(
     return _passthrough()
 
 
-def _scoped(spec: JobSpec, role: str | None) -> JobCredentials:
+def _scoped(spec: JobSpec, role: str | None, any_job: bool = False) -> JobCredentials:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     job_id = spec.job_id
-    policy = json.dumps(scope_policy(spec, job_id), separators=(",", ":"))
+    policy = json.dumps(scope_policy(spec, "*" if any_job else job_id), separators=(",", ":"))
     name = re.sub(r"[^\w+=,.@-]", "-", f"quantlab-{job_id}")
     config = Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2})
     sts = boto3.client("sts", config=config)
@@ -168,8 +172,8 @@ def _scoped(spec: JobSpec, role: str | None) -> JobCredentials:
         },
         mode="scoped",
         expires_at=time.time() + seconds,
-        note=f"scoped to ml-artifacts/{job_id}/ and the job's partitions via {how}, "
-        f"valid {seconds / 3600:.1f} h",
+        note=f"scoped to ml-artifacts/{'*' if any_job else job_id}/ and the job's partitions "
+        f"via {how}, valid {seconds / 3600:.1f} h",
     )
 
 

@@ -30,9 +30,10 @@ from trainer.launcher.session import open_session
 from trainer.launcher.vast import VastClient
 from trainer.redact import Secrets
 from trainer.spec import JobSpec, load_spec
+from trainer.spec.sweep import SweepSpec, instance_spec, load_sweep
 from trainer.store.base import ObjectStore
 
-__all__ = ["JobConflict", "JobHandle", "LaunchOptions", "LaunchResult", "launch"]
+__all__ = ["JobConflict", "JobHandle", "LaunchOptions", "LaunchResult", "launch", "launch_sweep"]
 
 
 def launch(
@@ -46,6 +47,7 @@ def launch(
     reporter: Reporter | None = None,
     client_options: Mapping[str, Any] | None = None,
     budget: SharedBudget | None = None,
+    sweep: SweepSpec | None = None,
 ) -> JobHandle:
     """Check, price and start a job (see the module docstring) and return its handle; the
     typed error (SpecError, DataError, DatasetChanged, NoOfferError, JobConflict, InfraError,
@@ -54,7 +56,11 @@ def launch(
     (default $QUANTLAB_STORE, else s3://). `vast`: a ready VastClient, else one from
     `vast_key_file` or $VAST_API_KEY and `vast_url` or $VAST_URL (pass `vast_url` with a
     custom client too: the container gets it). `reporter`: where events and human lines go
-    (default: kept in `handle.events` only). `budget`: shared with other launches."""
+    (default: kept in `handle.events` only). `budget`: shared with other launches.
+
+    `sweep`: launch that sweep on one instance instead (`spec` is its base): the instance
+    runs every trial, the sweep's `limits` bound the whole of it, and the launch succeeds
+    when its `sweep.json` is committed (see `launch_sweep`)."""
     options = options or LaunchOptions()
     secrets = reporter.secrets if reporter else Secrets()
     if isinstance(spec, Resolved):
@@ -73,14 +79,25 @@ def launch(
         read_only_buckets=(spec.storage.raw_bucket,),
     )
     resolved = resolved or resolve(spec, session.store)  # the pre-flight: DataError here
+    if sweep is not None:  # the base resolved fixes the sweep's id, the instance's job id
+        sweep = sweep.model_copy(update={"base": resolved.spec})
+        resolved = Resolved(instance_spec(sweep), resolved.plan)
     job_id = resolved.job_id
     reporter = reporter.for_job(job_id) if reporter else Reporter(job_id, secrets=secrets)
-    run = Run(resolved, session, options, reporter)
+    run = Run(resolved, session, options, reporter, sweep=sweep)
     if budget is not None:
         budget.add(run.spent_so_far)
         run.shared_budget = budget.check
     run.prepare()
     return JobHandle(run)
+
+
+def launch_sweep(sweep: SweepSpec | str | Path, **kwargs: Any) -> JobHandle:
+    """Check, price and start a sweep on one rented instance; its handle's `wait()` ends
+    when `sweep.json` is committed (or the sweep's limits end it). `sweep`: a SweepSpec or
+    a sweep file; `kwargs` as for `launch`."""
+    sweep = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
+    return launch(sweep.base, sweep=sweep, **kwargs)
 
 
 class JobHandle:

@@ -187,12 +187,15 @@ def _ended(files: JobFiles) -> str | None:
 
 def job_logs(session: Session, bucket: str, job_id: str, tail: int = 200) -> list[str]:
     """The live container's log tail, else the newest log a container shipped to the store."""
+    paths = _paths(bucket, job_id)
     live = live_instances(session.vast, job_id)
     if live:
         text = session.vast.logs(max(i.id for i in live), tail=tail)
         if text:
             return [line for line in text.splitlines() if line.strip()][-tail:]
-    shipped = session.store.list(_paths(bucket, job_id).logs)
+    else:
+        require_job(session.store, paths)  # no instance and nothing stored: UnknownJob
+    shipped = session.store.list(paths.logs)
     if not shipped:
         return []
     newest = max(shipped, key=lambda o: o.loc.key)
@@ -217,11 +220,14 @@ def stop_job(
     session: Session, bucket: str, job_id: str, reporter: Reporter | None = None
 ) -> list[int]:
     """Destroy every instance of the job. Unless the job is committed, first a stop request
-    (so a launcher watching it ends instead of renting again) and a failure record."""
+    (so a launcher watching it ends instead of renting again) and a failure record. A job
+    with no instance and nothing in the store is UnknownJob, and nothing is written."""
     reporter = reporter or Reporter(job_id)
     paths = _paths(bucket, job_id)
     instances = live_instances(session.vast, job_id)
     ids = [i.id for i in instances]
+    if not ids:
+        require_job(session.store, paths)  # a job that never existed gets nothing written
     if not session.store.exists(paths.manifest):
         request_stop(session.store, paths, "quantlab-train stop")
         write_failure(

@@ -61,11 +61,13 @@ def container_env(
     store_root: str = "s3://",
     vast_url: str | None = None,
     extra: Mapping[str, str] | None = None,
+    sweep_uri: str | None = None,
 ) -> dict[str, str]:
     """The container's environment: the job's spec URI and GPU count, the AWS credentials
     minted for the job (`aws`), the S3 endpoint and region copied from `launcher_env` when
     set, the store root and Vast.ai URL only when they differ from the container's defaults,
-    and any of OPTIONAL_ENV from `extra`. Vast.ai adds CONTAINER_ID and CONTAINER_API_KEY."""
+    and any of OPTIONAL_ENV from `extra`; for a sweep, its `sweep.yaml` as QUANTLAB_SWEEP.
+    Vast.ai adds CONTAINER_ID and CONTAINER_API_KEY."""
     unknown = sorted(set(extra or {}) - OPTIONAL_ENV)
     if unknown:
         raise SpecError(
@@ -73,6 +75,8 @@ def container_env(
             [f"{name}: --env accepts only {', '.join(sorted(OPTIONAL_ENV))}" for name in unknown],
         )
     env = {"QUANTLAB_JOBSPEC": jobspec_uri, "QUANTLAB_NUM_GPUS": str(num_gpus)}
+    if sweep_uri is not None:
+        env["QUANTLAB_SWEEP"] = sweep_uri
     if store_root.rstrip("/") != "s3:":
         env["QUANTLAB_STORE"] = store_root
     if vast_url and vast_url.rstrip("/") != DEFAULT_VAST_URL:

@@ -65,9 +65,13 @@ class Renter:
         credentials: Mode = "auto",
         role_arn: str | None = None,
         extra_env: dict[str, str] | None = None,
+        sweep: bool = False,
     ) -> None:
         self.spec, self.session, self.reporter, self.bad = spec, session, reporter, bad
         self.credentials, self.role_arn, self.extra_env = credentials, role_arn, extra_env or {}
+        self.sweep = sweep
+        """The job is a sweep's instance: it runs `sweep.yaml`, its trials write their own
+        job folders."""
         self.tried: set[int] = set()
         self.queue: list[Candidate] = []
         self.env: dict[str, str] | None = None
@@ -282,11 +286,15 @@ class Renter:
     def _env(self) -> dict[str, str]:
         """The container env, with job credentials minted on first use."""
         if self.env is None:
-            creds = job_credentials(self.spec, mode=self.credentials, role_arn=self.role_arn)
+            creds = job_credentials(
+                self.spec, mode=self.credentials, role_arn=self.role_arn, any_job=self.sweep
+            )
             self.session.secrets.add(*creds.secrets())
             self.reporter.emit("credentials", creds.note, mode=creds.mode)
+            paths = Layout.of(self.spec.storage).job(self.spec.job_id)
             self.env = container_env(
-                jobspec_uri=str(Layout.of(self.spec.storage).job(self.spec.job_id).jobspec),
+                jobspec_uri=str(paths.jobspec),
+                sweep_uri=str(paths.sweep_spec) if self.sweep else None,
                 num_gpus=self.spec.resources.num_gpus,
                 aws=creds.env,
                 launcher_env=os.environ,

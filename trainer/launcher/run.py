@@ -8,6 +8,7 @@ Ctrl-C ignored meanwhile) destroys each recorded instance that is not deliberate
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import signal
@@ -42,14 +43,16 @@ from trainer.launcher.prefix import check_spec_matches, write_heartbeat
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
 from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
-from trainer.launcher.vast import VastApiError, VastClient
+from trainer.launcher.vast import VastApiError, VastAuthError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.model.code import ship
 from trainer.model.proof import prove
 from trainer.spec import JobSpec, dump_spec
+from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
-from trainer.store.records import AttemptRecord, JobManifest
+from trainer.store.records import AttemptRecord, JobManifest, SweepRecord, update_record
+from trainer.sweep.book import keep_spec, read_sweep
 
 log = logging.getLogger("quantlab.launcher")
 
@@ -68,9 +71,16 @@ def shielded() -> Iterator[None]:
 
 class Run:
     def __init__(
-        self, resolved: Resolved, session: Session, options: LaunchOptions, reporter: Reporter
+        self,
+        resolved: Resolved,
+        session: Session,
+        options: LaunchOptions,
+        reporter: Reporter,
+        sweep: SweepSpec | None = None,
     ) -> None:
         spec = resolved.spec
+        self.sweep = sweep
+        """A sweep's instance: the job id is the sweep's, the success its `sweep.json`."""
         self.spec, self.plan, self.job_id, self.session = spec, resolved.plan, spec.job_id, session
         self.store, self.layout = session.store, Layout.of(spec.storage)
         self.paths = self.layout.job(self.job_id)
@@ -84,6 +94,7 @@ class Run:
             credentials=options.credentials,
             role_arn=options.role_arn,
             extra_env=dict(options.container_env),
+            sweep=sweep is not None,
         )
         self.attempts: list[Attempt] = []
         self.created: set[int] = set()  # rented here, not destroyed yet
@@ -104,6 +115,7 @@ class Run:
             config=config,
             spent=self._spent,
             over_budget=self._over_budget,
+            sweep=sweep is not None,
         )
 
     @property
@@ -130,12 +142,18 @@ class Run:
         r, spec, store = self.reporter, self.spec, self.store
         r.emit("validated", say=f"spec ok: job {self.job_id}")
         plan = self.plan
+        swept = read_sweep(store, self.paths) if self.sweep is not None else None
+        if swept is not None and swept.state == "committed":
+            self._end_job()
+            self._finish("already_done", EXIT_OK, "the sweep is already committed")
+            return
         if (manifest := read_manifest(store, self.paths)) is not None:
             check_committed(store, self.paths, manifest, plan)
             check_spec_matches(spec, store, self.paths)
             self._end_job()
             self._finish("already_done", EXIT_OK, "the job is already committed on this data")
             return
+        store.require_conditional_writes(self.paths.bucket)  # before anything is rented
         r.emit(
             "preflight",
             partitions=len(plan.partitions),
@@ -143,7 +161,14 @@ class Run:
             bytes=plan.bytes,
             say=f"data ok: {len(plan.partitions)} partitions, {plan.rows:,} rows",
         )
-        live = live_instances(self.vast, self.job_id)
+        try:
+            live = live_instances(self.vast, self.job_id)
+        except VastAuthError as exc:
+            if not self.options.dry_run:
+                raise
+            self._prove(plan)  # local work: a dry run without a key still proves the model
+            self._dry_run_without_vast(exc)
+            return
         if live and self.options.dry_run:
             ids = ", ".join(str(i.id) for i in live)
             self._finish("dry_run", EXIT_OK, f"the job is already running on instance(s) {ids}")
@@ -161,6 +186,8 @@ class Run:
         if self.options.dry_run:
             self._finish("dry_run", EXIT_OK, "dry run: nothing was rented")
             return
+        if self.sweep is not None:
+            keep_spec(self.sweep, store)  # what the instance runs: QUANTLAB_SWEEP
         if spec.code is not None:
             packed = ship(spec.code, store, self.paths.code)
             r.emit(
@@ -182,6 +209,22 @@ class Run:
             return
         fields = proof.model_dump(include={"rows", "parameters", "wall_s", "seconds"})
         self.reporter.emit("model_proof", say=proof.sentence(self.spec.model.type), **fields)
+
+    def _dry_run_without_vast(self, why: VastAuthError) -> None:
+        """A dry run with no Vast.ai key: the local checks and CPU steps still run, and the
+        result says what was skipped."""
+        ran = local_dry_run(self.spec, self.store)
+        self.reporter.emit("local_dry_run", skipped=ran is None, **(ran or {}))
+        skipped = "the live-instance check, the offer search and the cost estimate"
+        self.reporter.emit(
+            "vast_skipped",
+            why.headline,
+            skipped=skipped,
+            say=f"skipped {skipped}: {why.headline}",
+        )
+        self._finish(
+            "dry_run", EXIT_OK, f"dry run without Vast.ai: nothing was rented; skipped {skipped}"
+        )
 
     def _rent(self) -> None:
         while len(self.attempts) < self.spec.limits.max_attempts and self._in_retry_window():
@@ -427,16 +470,28 @@ class Run:
     ) -> LaunchResult:
         if self.result is not None:
             return self.result
-        promotion = self._auto_promote() if promote else None
+        # A sweep's best trial is promoted by `sweep --promote-best`, not by the instance's spec.
+        promotion = self._auto_promote() if promote and self.sweep is None else None
         artifacts: dict[str, str] = {}
-        if outcome in ("succeeded", "already_done"):
+        if self.sweep is not None and outcome in ("succeeded", "already_done"):
+            for name in (self.paths.SWEEP, self.paths.SWEEP_SPEC):
+                artifacts[name] = self.store.uri(self.paths.file(name))
+            manifest = self._best_trial_manifest()
+        elif outcome in ("succeeded", "already_done"):
             manifest = manifest or read_manifest(self.store, self.paths)
             names = [f.name for f in manifest.files] if manifest is not None else []
             for name in [self.paths.MANIFEST, *names]:
                 artifacts[name] = self.store.uri(self.paths.file(name))
         summaries = [a.summary() for a in self.attempts]
         cost = sum(a.cost() for a in self.attempts)
-        if self.attempts:  # something was rented or attached to: the history learns its cost
+        if self.sweep is not None and self.attempts:  # the sweep's record learns its cost
+            with contextlib.suppress(TrainerError):
+                if read_sweep(self.store, self.paths) is not None:
+                    records = [AttemptRecord.model_validate(s) for s in summaries]
+                    update_record(
+                        self.store, self.paths.sweep, SweepRecord, _sweep_launch(records, cost)
+                    )
+        elif self.attempts:  # something was rented or attached to: the history learns its cost
             record_launch(
                 self.store,
                 self.paths,
@@ -464,7 +519,7 @@ class Run:
             promotion=promotion,
             metrics=manifest.metrics.final if manifest else None,
             rows=rows_used(manifest.metrics) if manifest else None,
-            report=report_command(self.job_id, self.store.root, self.paths.bucket)
+            report=report_command(manifest.job_id, self.store.root, self.paths.bucket)
             if manifest
             else None,
         )
@@ -472,6 +527,30 @@ class Run:
         # No human line here: the caller prints the summary once (the CLI on stdout).
         self.reporter.emit("result", reason, **fields)
         return self.result
+
+    def _best_trial_manifest(self) -> JobManifest | None:
+        """For a sweep: the manifest of its best trial, whose metrics the result reports."""
+        record = read_sweep(self.store, self.paths)
+        best = record.best_trial if record is not None else None
+        if best is None:
+            return None
+        return read_manifest(self.store, self.layout.job(best.job_id))
+
+
+def _sweep_launch(
+    attempts: list[AttemptRecord], cost: float
+) -> Callable[[SweepRecord | None], SweepRecord]:
+    """Adds what one launch of a sweep spent to its record."""
+
+    def change(current: SweepRecord | None) -> SweepRecord:
+        if current is None:  # pragma: no cover - only called when the record exists
+            raise ValueError("no sweep record")
+        every = (*current.attempts, *attempts)
+        return current.model_copy(
+            update={"attempts": every, "cost_usd": round(current.cost_usd + cost, 6)}
+        )
+
+    return change
 
 
 def _recoveries(attempts: list[Attempt]) -> list[float]:

@@ -1,6 +1,7 @@
 """Who the launcher talks to: the Vast.ai client (key and URL), the object store, the secrets.
 
-The Vast.ai key comes from `--vast-key-file` / `key_file=`, else `VAST_API_KEY`; the API base
+The Vast.ai key comes from `--vast-key-file` / `key_file=`, else where the vastai CLI finds
+it: `VAST_API_KEY`, then `~/.config/vastai/vast_api_key`, then `~/.vast_api_key`; the API base
 from `--vast-url` / `url=`, else `VAST_URL`, else https://console.vast.ai. The store root from
 `--store`, else `QUANTLAB_STORE`, else `s3://`.
 """
@@ -60,11 +61,30 @@ def read_vast_key(
             return key
         raise VastAuthError(f"the Vast.ai key file {key_file} is empty", op="connect")
     key = env.get("VAST_API_KEY", "").strip()
-    if not key:
-        raise VastAuthError(
-            "no Vast.ai API key: set VAST_API_KEY or pass --vast-key-file FILE", op="connect"
-        )
-    return key
+    if key:
+        return key
+    for path in vast_key_files():  # where the vastai CLI keeps it, newest place first
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if key:
+            return key
+    raise VastAuthError(
+        "no Vast.ai API key: set VAST_API_KEY, run `vastai set api-key KEY` (it writes "
+        "~/.config/vastai/vast_api_key), or pass --vast-key-file FILE",
+        op="connect",
+    )
+
+
+def vast_key_files() -> tuple[Path, ...]:
+    """The files the vastai CLI reads its key from, in its order."""
+    return key_files_under(Path.home())
+
+
+def key_files_under(home: Path) -> tuple[Path, ...]:
+    """The vastai CLI's key files in `home`: its config folder, then the legacy file."""
+    return (home / ".config" / "vastai" / "vast_api_key", home / ".vast_api_key")
 
 
 def vast_url(url: str | None = None, environ: Mapping[str, str] | None = None) -> str:

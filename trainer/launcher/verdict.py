@@ -2,7 +2,8 @@
 
 `decide` applies the rules in this order and stops at the first that holds:
 
-1. the manifest is committed: its hashes verify → SUCCEEDED, else JOB_FAILED;
+1. the manifest is committed: its hashes verify → SUCCEEDED, else JOB_FAILED; for a sweep's
+   instance, `sweep.json` says committed → SUCCEEDED;
 2. the host is broken: the price or rental type read back unlike the offer → RETRY; a pull or
    OCI failure (FAILED) or a host offline (LOST) → RETRY, the host marked bad; outbid
    (STOPPED_OUTBID) → RETRY;
@@ -61,6 +62,8 @@ class Observation:
     """The committed manifest, when there is one."""
     manifest_problem: str | None = None
     """Why the committed artifacts do not verify; None when they do (or there are none)."""
+    sweep_committed: bool = False
+    """A sweep's instance: its `sweep.json` is committed, every trial accounted for."""
     check_price: bool = False
     """The first poll with a row: compare what was rented with the offer."""
     spent_usd: float = 0.0
@@ -96,6 +99,8 @@ def _where(a: Attempt) -> str:
 
 
 def _committed(obs: Observation) -> Verdict | None:
+    if obs.sweep_committed:
+        return Verdict(Ending.SUCCEEDED, "sweep committed: every trial accounted for")
     if obs.manifest is None:
         return None
     if obs.manifest_problem is not None:

@@ -39,6 +39,7 @@ from trainer.store.records import (
     JobManifest,
     StatusDoc,
     StopRequest,
+    SweepRecord,
     epoch_of,
     read_record,
 )
@@ -76,11 +77,14 @@ class Watcher:
         config: WatchConfig,
         spent: Callable[[Attempt], float],
         over_budget: Callable[[float], str | None],
+        sweep: bool = False,
     ) -> None:
         self.paths, self.session, self.store = paths, session, session.store
         self.rules = Rules(job_id=paths.job_id, limits=limits, detach=config.detach)
         self.reporter, self.config = reporter, config
         self.spent, self.over_budget = spent, over_budget
+        self.sweep = sweep
+        """The instance runs a sweep: `sweep.json` committed is the success, not a manifest."""
         self.stop = threading.Event()
         self._last_logs = 0.0
         self._step: int | None = None
@@ -136,7 +140,7 @@ class Watcher:
         if gone or now - self._last_logs >= self.config.logs_every_s:
             self._follow_logs(a, now)
         stop = read_record(self.store, self.paths.stop_request, StopRequest)
-        manifest, problem = self._manifest()
+        manifest, problem = (None, None) if self.sweep else self._manifest()
         spent = self.spent(a)
         return Observation(
             now=now,
@@ -147,6 +151,7 @@ class Watcher:
             stop_requested=stop is not None and stop.requested_at >= a.created_wall - 1,
             manifest=manifest,
             manifest_problem=problem,
+            sweep_committed=self.sweep and self._sweep_committed(),
             check_price=check_price,
             spent_usd=spent,
             over_budget=self.over_budget(spent),
@@ -230,6 +235,10 @@ class Watcher:
             except VerificationError as exc:
                 return manifest, str(exc)
         return manifest, None
+
+    def _sweep_committed(self) -> bool:
+        record = read_record(self.store, self.paths.sweep, SweepRecord)
+        return record is not None and record.state == "committed"
 
     def _own_failure(self, status: StatusDoc | None) -> FailureRecord | None:
         """`failure.json` when written after this container started (a container of an

@@ -202,8 +202,10 @@ def publish(
     manifest: ProductionManifest,
     data: bytes,
 ) -> Published:
-    """Keep `base` in history, store the new bytes, then commit `manifest` against `base`."""
+    """Keep `base` in history, store the new bytes, then commit `manifest` against `base`.
+    Nothing is written on a store that would not honour the compare-and-swap."""
     symbol = paths.symbol
+    store.require_conditional_writes(paths.manifest.bucket)
     if base is not None:
         _keep_in_history(store, paths, base)
     store.put(paths.object(manifest.model.sha256), data)

@@ -56,7 +56,11 @@ def production_evidence(
 
 def write_report(jobs: list[Evidence], out: Path) -> Path:
     """The page for `jobs`, written atomically to `out` (a half-written page never shows)."""
-    page = render(jobs)
+    return write_page(render(jobs), out)
+
+
+def write_page(page: str, out: Path) -> Path:
+    """An HTML page written atomically to `out`, readable by anyone as any file here."""
     out = out.expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)

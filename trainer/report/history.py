@@ -19,7 +19,7 @@ from trainer.job.state import STATES, JobFiles, State, files_from, phase_of, rec
 from trainer.job.summary import summary_of, with_launches
 from trainer.store.base import ObjectStore
 from trainer.store.layout import JOB_ID_PATTERN, Layout
-from trainer.store.records import JobSummary, epoch_of, parse_record
+from trainer.store.records import JobSummary, SweepRecord, epoch_of, parse_record
 
 SORT_KEYS: dict[str, bool] = {
     "started": True,
@@ -146,6 +146,18 @@ def list_history(
     return _sorted(kept, filters)[: filters.limit]
 
 
+def list_sweeps(store: ObjectStore, layout: Layout) -> list[SweepRecord]:
+    """Every sweep under `ml-artifacts/` (each folder with a `sweep.json`), newest first."""
+    ids = [i for i in store.children(layout.jobs_root) if re.fullmatch(JOB_ID_PATTERN, i)]
+    locs = [layout.job(i).sweep for i in ids]
+    found = [
+        parse_record(SweepRecord, raw, store.uri(loc))
+        for loc, raw in zip(locs, store.get_many(locs), strict=True)
+        if raw is not None
+    ]
+    return sorted(found, key=lambda r: r.started_at, reverse=True)
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """`--since`: a day (`2026-05-01`, `20260501`), an ISO time, or an age (`90m`, `12h`,
     `7d`); epoch seconds."""
@@ -178,13 +190,16 @@ def _summary(raw: bytes | None, where: str) -> JobSummary | None:
 
 
 def _rebuild(store: ObjectStore, layout: Layout, job_ids: list[str]) -> dict[str, JobRow]:
-    """Rows for jobs without a committed summary, from their other records, read at once."""
+    """Rows for jobs without a committed summary, from their other records, read at once. A
+    sweep's folder (it holds `sweep.json`) is not a job: `list_sweeps` lists those."""
     paths = [layout.job(i) for i in job_ids]
-    locs = [loc for p in paths for loc in record_locs(p)]
+    locs = [loc for p in paths for loc in (*record_locs(p), p.sweep)]
     raw = dict(zip(locs, store.get_many(locs), strict=True))
     now = time.time()
     rows = {}
     for p in paths:
+        if raw[p.sweep] is not None:
+            continue
         files = files_from(store, p, raw)
         if files.empty:
             continue  # a folder with nothing of a job in it (only a shipped log, say)
@@ -223,4 +238,12 @@ def _sorted(rows: list[JobRow], filters: Filters) -> list[JobRow]:
     return have + lack
 
 
-__all__ = ["SORT_KEYS", "STATES", "Filters", "JobRow", "list_history", "parse_since"]
+__all__ = [
+    "SORT_KEYS",
+    "STATES",
+    "Filters",
+    "JobRow",
+    "list_history",
+    "list_sweeps",
+    "parse_since",
+]

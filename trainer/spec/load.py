@@ -26,15 +26,21 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: Sequence[str] = ()) -> JobSpec:
+    raw = yaml_mapping(text, source, "a JobSpec")
+    for item in overrides:
+        _apply_override(raw, item, source)
+    return spec_from_dict(raw, source)
+
+
+def yaml_mapping(text: str, source: str, what: str) -> dict[str, Any]:
+    """The YAML document `text` as a mapping; SpecError naming `source` otherwise."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{source} is not valid YAML", [str(exc)]) from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{source} is not a JobSpec", ["the top level must be a mapping"])
-    for item in overrides:
-        _apply_override(raw, item, source)
-    return spec_from_dict(raw, source)
+        raise SpecError(f"{source} is not {what}", ["the top level must be a mapping"])
+    return raw
 
 
 def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> JobSpec:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainer.errors import SpecError
-from trainer.spec.load import describe, load_spec, set_path, spec_from_dict
+from trainer.spec.load import describe, load_spec, set_path, spec_from_dict, yaml_mapping
 from trainer.spec.sections import JOB_ID_RE, JobSpec, Section, UnresolvedSpec
 
 FIXED_SECTIONS = ("job", "resources", "limits", "storage")
@@ -136,8 +136,9 @@ class SweepSpec(Section):
     """Field path (as `--set` takes it, e.g. `train.lr`) → its range. Any field but those of
     `job`, `resources`, `limits` and `storage`."""
     sampler: Literal["grid", "random", "tpe"] = "tpe"
-    """How trials are chosen: every combination (`grid`: choices and integers only), at
-    `random`, or by Optuna's Tree-structured Parzen Estimator (`tpe`). Default: `tpe`."""
+    """How trials are chosen: every combination in the order the space is written (`grid`:
+    choices and integers only, the last path varying fastest), at `random`, or by Optuna's
+    Tree-structured Parzen Estimator (`tpe`). Default: `tpe`."""
     seed: int = Field(default=0, ge=0)
     """Seed of the sampler. Default: 0."""
     trials: int | None = Field(default=None, ge=1, le=10_000)
@@ -202,6 +203,23 @@ class SweepSpec(Section):
         return spec_from_dict(raw, f"trial {number}")
 
 
+def instance_spec(sweep: SweepSpec) -> JobSpec:
+    """The JobSpec the launcher rents and watches the sweep's instance by: the base's data,
+    resources and storage, the sweep's id, and the sweep's money and runtime limits for the
+    whole sweep (the base's other limits: provisioning, heartbeat, attempts, retry window)."""
+    base = sweep.base
+    job = base.job.model_copy(
+        update={"id": sweep.sweep_id, "name": sweep.sweep.name or sweep.sweep_id}
+    )
+    limits = base.limits.model_copy(
+        update={
+            "max_cost_usd": sweep.limits.max_cost_usd,
+            "max_runtime_minutes": sweep.limits.max_runtime_minutes,
+        }
+    )
+    return base.model_copy(update={"job": job, "limits": limits})
+
+
 def derived_sweep_id(sweep: SweepSpec) -> str:
     """`sweep-` + 12 hex digits of what makes the sweep what it is: the resolved base (its
     data's fingerprint included), the space, the sampler and its seed, the trial count, the
@@ -239,12 +257,7 @@ def parse_sweep(
     here: Path | None = None,
     overrides: tuple[str, ...] | list[str] = (),
 ) -> SweepSpec:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source} is not valid YAML", [str(exc)]) from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source} is not a sweep", ["the top level must be a mapping"])
+    raw = yaml_mapping(text, source, "a sweep")
     base = raw.get("base")
     if isinstance(base, str):
         base_path = (here or Path(".")) / base

@@ -116,9 +116,18 @@ class ObjectStore(abc.ABC):
         self, loc: Loc, data: bytes, *, if_absent: bool = False, if_match: str | None = None
     ) -> ObjectInfo:
         """Write an object atomically. `if_absent`: fail with PreconditionFailed when it
-        exists. `if_match`: fail unless its etag is still this one."""
+        exists. `if_match`: fail unless its etag is still this one. A conditional write is
+        refused (ConditionalWritesIgnored) on a store that would not honour the condition."""
         self._guard(loc)
+        if if_absent or if_match is not None:
+            self.require_conditional_writes(loc.bucket)
         return self._put(loc, data, if_absent, if_match)
+
+    @abc.abstractmethod
+    def require_conditional_writes(self, bucket: str) -> None:
+        """Raise ConditionalWritesIgnored unless writes to `bucket` honour `if_absent` and
+        `if_match`. Call it before work whose result must be committed or promoted there, so
+        a store that would lose a write is refused before anything is spent."""
 
     def upload(self, loc: Loc, path: Path) -> None:
         """Copy a local file to an object (streamed, multipart when large)."""

@@ -21,6 +21,9 @@ RAW_BUCKET = "quantlab-raw"
 COMPACT_BUCKET = "quantlab-compact"
 ARTIFACTS_BUCKET = "quantlab-artifacts"
 
+PROBE_ROOT = "quantlab-probes"
+"""Short-lived objects written to check what an endpoint honours, then deleted."""
+
 JOB_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 """A job id is one path segment: lower case letters, digits, `.`, `_` and `-`, at most 63."""
 SYMBOL_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -318,3 +321,9 @@ class Layout:
     @property
     def production_root(self) -> Loc:
         return Loc(self.artifacts_bucket, f"{PRODUCTION_ROOT}/")
+
+
+def conditional_write_probe(bucket: str, token: str) -> Loc:
+    """The object the S3 store writes, conditionally and then deletes, to learn whether an
+    endpoint honours `If-None-Match: *` and `If-Match` (`store.s3`)."""
+    return Loc(bucket, f"{PROBE_ROOT}/conditional-writes-{token}")

@@ -205,6 +205,11 @@ class JobMetrics(Record):
     world_size: int
     resumed_from_step: int | None
     checkpoints: tuple[int, ...]
+    max_steps: int | None = None
+    """The step budget: the epochs' steps, capped by `train.max_steps`."""
+    pruned_at_step: int | None = None
+    """Set when a sweep's pruning rule stopped the run at this step (the model is the best
+    weights up to there)."""
 
 
 # -- the dataset ---------------------------------------------------------------------------
@@ -600,10 +605,9 @@ class SweepRecord(Record):
     updated_at: str | None = None
     committed_at: str | None = None
     code_version: str = ""
-    bytes_read: int = 0
-    """Compressed Parquet bytes the trials read from the store, all instances together."""
     data_reads: int = 0
-    """Times a data section was read (once per distinct section and instance)."""
+    """Times a data section was read from the store: once per distinct data section and
+    instance, whatever the number of trials that share it."""
     cost_usd: float = 0.0
     """What the launches of the sweep spent, every instance together (0 for a local run)."""
     attempts: tuple[AttemptRecord, ...] = ()

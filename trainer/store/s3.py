@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
@@ -12,11 +16,23 @@ import pyarrow.fs
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from trainer.errors import ObjectNotFound, PreconditionFailed, StorageError
+from trainer.errors import (
+    ConditionalWritesIgnored,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+)
 from trainer.store.base import Loc, ObjectInfo, ObjectStore
+from trainer.store.layout import conditional_write_probe
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
+_UNSUPPORTED = {"501", "NotImplemented"}
+
+_probed: dict[tuple[str | None, str], str | None] = {}
+"""(endpoint, bucket) → None when its conditional writes hold, else what it ignores. Each
+endpoint and bucket is probed once per process."""
+_probe_lock = threading.Lock()
 
 
 def endpoint_url() -> str | None:
@@ -72,6 +88,44 @@ class S3Store(ObjectStore):
                 raise PreconditionFailed(f"{loc} {why}") from None
             _raise(exc, "write", loc)
         return ObjectInfo(loc, len(data), str(r["ETag"]))
+
+    def require_conditional_writes(self, bucket: str) -> None:
+        with _probe_lock:
+            if (self._endpoint, bucket) not in _probed:
+                _probed[self._endpoint, bucket] = self._probe(bucket)
+        ignored = _probed[self._endpoint, bucket]
+        if ignored is not None:
+            where = f"the S3 endpoint {self._endpoint}" if self._endpoint else "AWS S3"
+            raise ConditionalWritesIgnored(
+                f"{where} ignores {ignored} on bucket {bucket}: a job's commit or a model's "
+                "promotion there could silently lose a write, so nothing is committed or "
+                "promoted. Point AWS_ENDPOINT_URL_S3 at a store that honours conditional "
+                "writes (AWS S3, MinIO, Cloudflare R2), or use a local folder "
+                "(--store file://DIR)"
+            )
+
+    def _probe(self, bucket: str) -> str | None:
+        """Write a probe object if absent twice, then with a stale ETag: None when both
+        second writes are refused, else what the endpoint ignored. The probe is deleted."""
+        loc = conditional_write_probe(bucket, secrets.token_hex(8))
+        put = self._client.put_object
+        try:
+            first = put(Bucket=bucket, Key=loc.key, Body=b"probe 1", IfNoneMatch="*")
+            if _accepted(lambda: put(Bucket=bucket, Key=loc.key, Body=b"2", IfNoneMatch="*")):
+                return "If-None-Match: * (a second write-if-absent of one object succeeded)"
+            put(Bucket=bucket, Key=loc.key, Body=b"probe 3")
+            stale = first["ETag"]
+            if _accepted(lambda: put(Bucket=bucket, Key=loc.key, Body=b"4", IfMatch=stale)):
+                return "If-Match (a write naming a stale ETag succeeded)"
+            return None
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _UNSUPPORTED:
+                return "conditional writes (it answers NotImplemented)"
+            _raise(exc, "check conditional writes with", loc)
+        finally:
+            # A probe left behind is harmless: the next one has another name.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._client.delete_object(Bucket=bucket, Key=loc.key)
 
     def _upload(self, loc: Loc, path: Path) -> None:
         try:
@@ -146,6 +200,17 @@ def arrow_s3(endpoint: str | None) -> pyarrow.fs.S3FileSystem:
         kwargs["endpoint_override"] = parsed.netloc or endpoint
         kwargs["scheme"] = parsed.scheme or "https"
     return pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def _accepted(write: Callable[[], object]) -> bool:
+    """Whether a conditional write that must be refused went through."""
+    try:
+        write()
+    except ClientError as exc:
+        if _code(exc) in _PRECONDITION:
+            return False
+        raise
+    return True
 
 
 def _code(exc: Exception) -> str:

@@ -70,6 +70,12 @@ class FitResult:
     state: TrainState
     stopped_early: bool
     wall_s: float
+    pruned: bool = False
+    """Stopped by `prune` (a sweep's pruning rule), not by early stopping."""
+
+
+Prune = Callable[[dict[str, float]], bool]
+"""Called with each evaluation record; True stops the run there (a sweep prunes the trial)."""
 
 
 class Samples(Protocol):
@@ -111,14 +117,16 @@ def fit(
     resume: Restored | None = None,
     checkpoint: Checkpoint | None = None,
     loss_fn: LossFn = mse,
+    prune: Prune | None = None,
 ) -> FitResult:
     """Train `model` on `loader` for at most `max_steps` (see `step_budget`); evaluate, stop
-    early, keep the best weights. `loss_fn` is the objective (`train.loss`, resolved by the
-    model stage). With `resume` (from a checkpoint) it continues that run exactly.
+        early, keep the best weights. `loss_fn` is the objective (`train.loss`, resolved by the
+        model stage). With `resume` (from a checkpoint) it continues that run exactly. `prune`
+    judges each evaluation (main rank) and may stop the run there.
 
-    Several ranks: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
-    epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens at
-    epoch ends, where no rank is inside the join."""
+        Several ranks: the model is DDP-wrapped and ranks may hold unequal batch counts, so the
+        epoch runs under DDP's `join()`, and evaluation (rank 0, the verdict broadcast) happens at
+        epoch ends, where no rank is inside the join."""
     started = time.monotonic()
     raw = cast(nn.Module, model.module) if ranks.distributed else model  # outside DDP
     state = resume.state if resume else TrainState()
@@ -129,11 +137,16 @@ def fit(
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     epochs = train.epochs if train.epochs is not None else 1 << 30  # max_steps ends it
-    stop_early = False
+    stop_early = pruned = False
     window_rows, window_start = 0, time.monotonic()
 
     def evaluate() -> bool:
-        return _evaluate(raw, val, train, state, progress, ranks.is_main, loss_fn)
+        nonlocal pruned
+        stop = _evaluate(raw, val, train, state, progress, ranks.is_main, loss_fn)
+        # Judged at every evaluation, the last one too; it stops only a run with steps left.
+        verdict = prune(state.history[-1]) if prune is not None else False
+        pruned = verdict and state.step < max_steps
+        return stop or pruned
 
     while state.epoch < epochs and state.step < max_steps and not stop_early:
         # Ranks may hold unequal batch counts: join() lets the short ones shadow the rest.
@@ -210,7 +223,7 @@ def fit(
         evaluate()
     if state.best_weights is not None:
         raw.load_state_dict(state.best_weights)
-    return FitResult(state, stop_early, time.monotonic() - started)
+    return FitResult(state, stop_early and not pruned, time.monotonic() - started, pruned)
 
 
 def _evaluate(

@@ -1,0 +1,121 @@
+"""Sweeps on one rented instance, against the Vast.ai fake with the real container
+entrypoint: one rental for every trial, every trial accounted for, nothing left running,
+and an outbid mid-sweep continued on the next instance without training a trial twice."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.vast_offers import make_offer
+from tests.launcher_env import FAST_CLIENT, Lab, lab, options, tiny_spec, wait_for, with_data
+from trainer.job.artifacts import read_manifest
+from trainer.launcher.launch import JobHandle, launch_sweep
+from trainer.spec.sweep import SweepSpec, sweep_from_dict
+from trainer.store import ObjectStore
+from trainer.store.layout import Layout
+from trainer.store.records import SweepRecord, read_record
+
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end launches: the slow tier
+
+MARKET = [make_offer(9_300_001 + i, "RTX 4090", dph_base=0.30 + i / 100) for i in range(4)]
+
+
+@pytest.fixture
+def market(s3_env: dict[str, str], s3_store: ObjectStore, tmp_path: Path) -> Iterator[Lab]:
+    with lab(s3_store, tmp_path, offers=MARKET) as found:
+        yield found
+
+
+def _sweep(store: ObjectStore, sweep_id: str, **fields: Any) -> SweepSpec:
+    base = with_data(store, tiny_spec("lt-sweep-base", **fields.pop("base", {})))
+    raw = {
+        "sweep": {"id": sweep_id, "name": "lr"},
+        "base": base.model_dump(mode="json"),
+        "space": {"train.lr": {"log_uniform": [1.0e-4, 0.05]}, "train.seed": {"integer": [0, 3]}},
+        "sampler": "random",
+        "trials": 8,
+        "limits": {"max_cost_usd": 4},
+        **fields,
+    }
+    return sweep_from_dict(raw)
+
+
+def _record(store: ObjectStore, sweep_id: str) -> SweepRecord | None:
+    return read_record(store, Layout().job(sweep_id).sweep, SweepRecord)
+
+
+def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(market: Lab) -> None:
+    sweep = _sweep(market.store, "lt-sweep-8")
+    handle = _launch(market, sweep)
+    result = handle.wait()
+
+    assert result.outcome == "succeeded", result.reason
+    assert market.creates() == 1 and len(result.attempts) == 1
+    record = _record(market.store, "lt-sweep-8")
+    assert record is not None and record.state == "committed"
+    assert len(record.trials) == 8 and {t.state for t in record.trials} <= {"complete", "pruned"}
+    for t in record.trials:
+        assert read_manifest(market.store, Layout().job(t.job_id)) is not None
+    assert record.data_reads == 1  # one instance, one data section: read once
+    assert record.cost_usd == pytest.approx(result.cost_usd, abs=1e-6) and record.attempts
+    assert result.artifacts["sweep.json"].endswith("ml-artifacts/lt-sweep-8/sweep.json")
+    assert result.metrics is not None and record.best_trial is not None
+    assert result.report is not None and record.best_trial.job_id in result.report
+    market.assert_clean()
+
+
+def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None:
+    sweep = _sweep(
+        market.store,
+        "lt-sweep-spot",
+        base={"resources": {"interruptible": True}, "limits": {"max_attempts": 3}},
+        trials=6,
+    )
+    handle = _launch(market, sweep)
+
+    def outbid_after_two_trials() -> None:
+        first = min(wait_for(lambda: market.fake.ledger().entries or None, timeout=300))
+
+        def two_done() -> bool:
+            record = _record(market.store, "lt-sweep-spot")
+            return record is not None and sum(t.state != "running" for t in record.trials) >= 2
+
+        wait_for(two_done, timeout=300, every=0.02)
+        market.fake.outbid(first)
+
+    thread = threading.Thread(target=outbid_after_two_trials, daemon=True)
+    thread.start()
+    result = handle.wait()
+    thread.join(10)
+
+    assert result.outcome == "succeeded", result.reason
+    assert len(result.attempts) == 2 and result.attempts[0]["outcome"] == "retry"
+    record = _record(market.store, "lt-sweep-spot")
+    assert record is not None and record.state == "committed"
+    assert [t.number for t in record.trials] == list(range(6))
+    assert all(t.state in ("complete", "pruned") for t in record.trials)
+    assert len({t.job_id for t in record.trials}) == 6
+    # nothing ran twice to completion: each trial committed exactly once, on either instance
+    committed = re.findall(
+        r"committed \d+ artifacts to \S+/ml-artifacts/(job-[0-9a-f]+)/",
+        market.containers.all_output(),
+    )
+    assert sorted(committed) == sorted(t.job_id for t in record.trials)
+    assert record.data_reads == 2  # each instance read the data once
+    market.assert_clean()
+
+
+def _launch(market: Lab, sweep: SweepSpec) -> JobHandle:
+    return launch_sweep(
+        sweep,
+        options=options(bad_hosts_file=market.tmp / "bad-hosts.json"),
+        store=market.store,
+        vast_url=market.fake.url,
+        client_options=dict(FAST_CLIENT),
+    )
