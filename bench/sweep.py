@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from jobs import AWS, start_moto  # noqa: E402
+from jobs import FAKE_AWS, start_moto  # noqa: E402
 from measure import load_average  # noqa: E402
 
 from tests.fakes.s3_counter import CountingS3  # noqa: E402
@@ -74,7 +74,12 @@ def main() -> None:
 
     proc, moto_url = start_moto()
     proxy = CountingS3(moto_url)
-    env = {**os.environ, **AWS, "AWS_ENDPOINT_URL_S3": proxy.url, "AWS_ENDPOINT_URL": proxy.url}
+    env = {
+        **os.environ,
+        **FAKE_AWS,
+        "AWS_ENDPOINT_URL_S3": proxy.url,
+        "AWS_ENDPOINT_URL": proxy.url,
+    }
     env.pop("AWS_PROFILE", None)
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS")})
     try:

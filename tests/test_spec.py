@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import SpecError
+from tests.launcher_env import run_cli
+from trainer.errors import EXIT_SPEC, SpecError
 from trainer.model.code import resolve_code
 from trainer.spec import JobSpec, dump_spec, load_spec, parse_spec
 from trainer.spec.docs import REFERENCE_BEGIN, REFERENCE_END, json_schema, markdown_reference
@@ -212,3 +213,14 @@ def test_a_linear_huber_spec_survives_its_own_dump() -> None:
     )
     again = parse_spec(dump_spec(spec))
     assert again == spec.model_copy(update={"job": spec.job.model_copy(update={"id": spec.job_id})})
+
+
+def test_validate_json_of_a_bad_spec_carries_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job:\n  name: x\ntrain:\n  lrr: 1\n")
+    ran = run_cli(["validate", str(bad), "--json"])
+    assert ran.code == EXIT_SPEC
+    verdict = json.loads(ran.stdout)
+    assert verdict["outcome"] == "invalid_spec" and verdict["exit_code"] == EXIT_SPEC
+    assert verdict["problems"] == ["data: required", "train.lrr: unknown key (did you mean 'lr'?)"]
+    assert "2 problem(s) in the JobSpec" in verdict["error"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.cli.options import add_json, add_spec, add_store, open_context
 from trainer.cli.output import metrics_line
 from trainer.data.synth import SynthConfig, generate_for_spec
+from trainer.errors import ProblemsError, exit_code_of, outcome_of
 from trainer.spec.docs import json_schema, markdown_reference, sweep_reference
 
 if TYPE_CHECKING:
@@ -70,16 +71,27 @@ def _validate(args: argparse.Namespace) -> int:
     from trainer.data.plan import summary
     from trainer.job.identity import resolve
 
-    ctx = open_context(args.spec, args.overrides, args.store)
-    job_id = ctx.spec.job.id
-    data = proof = None
-    if args.check_data or args.check_model:
-        resolved = resolve(ctx.spec, ctx.store)
-        job_id, data = resolved.job_id, summary(resolved.plan)
-    if args.check_model:
-        from trainer.model.proof import prove
+    try:
+        ctx = open_context(args.spec, args.overrides, args.store)
+        job_id = ctx.spec.job.id
+        data = proof = None
+        if args.check_data or args.check_model:
+            resolved = resolve(ctx.spec, ctx.store)
+            job_id, data = resolved.job_id, summary(resolved.plan)
+        if args.check_model:
+            from trainer.model.proof import prove
 
-        proof = prove(resolved.spec, resolved.plan, ctx.store)
+            proof = prove(resolved.spec, resolved.plan, ctx.store)
+    except ProblemsError as exc:
+        if args.json:  # the verdict on stdout carries every problem, as the message does
+            verdict = {
+                "outcome": outcome_of(exc),
+                "exit_code": exit_code_of(exc),
+                "error": exc.headline,
+                "problems": exc.problems,
+            }
+            print(json.dumps(verdict, indent=2))
+        raise
     result: dict[str, object] = {"job_id": job_id, "spec": "ok"}
     if data is not None:
         result["data"] = data
