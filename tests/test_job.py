@@ -34,6 +34,7 @@ from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
 from trainer.train.metrics import pearson
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED_FILES = {
     "model.bin",
     "jobspec.yaml",
@@ -84,8 +85,12 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
         ({}, {"loss": "huber", "huber_delta": 2.0}),
         ({}, {"loss": "ic", "early_stopping": {"metric": "ic", "patience": 3}}),
         ({"type": "linear", "hidden": [256, 128]}, {}),
+        (
+            {"type": "gated_residual:GatedResidual", "hidden": [256, 128], "params": {"width": 32}},
+            {"loss": "gated_residual:log_cosh"},
+        ),
     ],
-    ids=["mlp-mse", "mlp-huber", "mlp-ic", "linear-mse"],
+    ids=["mlp-mse", "mlp-huber", "mlp-ic", "linear-mse", "own-model-own-loss"],
 )
 def test_validation_ic_reaches_the_true_signal(
     local_store: ObjectStore, layout: Layout, model: dict[str, Any], train: dict[str, Any]
@@ -94,6 +99,8 @@ def test_validation_ic_reaches_the_true_signal(
         dates=("20251201", "20251204"), train={"epochs": 3, "eval_every_steps": 40, **train}
     )
     raw["model"] = model
+    if "params" in model:  # the researcher's own, from the shipped example
+        raw["code"] = {"path": str(EXAMPLES)}
     spec = spec_from_dict(raw)
     make_dataset(local_store, spec, SynthConfig(rows_per_day=20_000, row_group_size=5_000))
     result = run_job(spec, local_store, device="cpu")
