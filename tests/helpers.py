@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from trainer.data.plan import DatasetPlan
 from trainer.data.synth import SynthConfig, generate, make_day, meta_for, write_partition
 from trainer.job.summary import record_commit
 from trainer.spec import JobSpec, dump_spec, spec_from_dict
@@ -173,3 +174,30 @@ def job_predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """`(ts, prediction)` from a job's `val_predictions.parquet`."""
     table = pq.read_table(folder / "val_predictions.parquet")
     return table.column("ts").to_numpy(), table.column("prediction").to_numpy()
+
+
+def nan_rows(table: pa.Table, column: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """`column` of `table` with rows `[start, stop)` NaN (a `write_day` change): a row group
+    with no usable row."""
+    values = table.column(column).to_numpy(zero_copy_only=False).copy()
+    values[start:stop] = np.nan
+    return {column: values}
+
+
+def recount(store: ObjectStore, plan: DatasetPlan) -> dict[str, int]:
+    """The rows of each split, counted with plain pyarrow and numpy over every partition:
+    finite rows before the training end and from the validation start."""
+    fs = store.arrow_fs()
+    out = {"train": 0, "val": 0, "train_rows": 0, "val_rows": 0}
+    for info in plan.partitions:
+        table = pq.read_table(store.arrow_path(info.data), filesystem=fs)
+        ts = table.column(plan.timestamp).to_numpy()
+        cols = [*plan.features, plan.label]
+        values = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in cols])
+        finite = np.isfinite(values).all(axis=1)
+        train, val = ts < plan.bounds.train_end_ms, ts >= plan.bounds.val_start_ms
+        out["train"] += int((train & finite).sum())
+        out["val"] += int((val & finite).sum())
+        out["train_rows"] += int(train.sum())
+        out["val_rows"] += int(val.sum())
+    return out

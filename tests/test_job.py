@@ -17,8 +17,11 @@ from tests.helpers import (
     job_predictions,
     make_dataset,
     make_spec,
+    nan_rows,
     predict_in_bare_python,
+    recount,
     spec_dict,
+    write_day,
     write_spec,
 )
 from trainer.data.loader import read_split_arrays
@@ -32,6 +35,7 @@ from trainer.promotion.candidate import check_sample
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
+from trainer.store.records import JobMetrics, read_record
 from trainer.train.metrics import pearson
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -253,3 +257,33 @@ def test_a_window_reaches_a_signal_that_no_single_row_carries(
     assert sample.column("__prediction").null_count == 7 * SAMPLE_ROWS
     metrics = json.loads((tmp_path / "tcn" / "metrics.json").read_text())
     assert metrics["rows_dropped_short_window"] == 2 * 7  # two training days
+
+
+def test_row_groups_without_usable_rows_are_counted_and_every_pass_covers_the_rest(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(dates=("20251201", "20251204"), job={"id": "holes"})
+    cfg = make_dataset(local_store, spec)
+    rg = cfg.row_group_size
+    for date, group in (("20251201", 0), ("20251203", 3), ("20251204", 0)):
+        part = Partition("binance", "bbo", "btcusdt", date)
+        write_day(
+            local_store,
+            layout,
+            part,
+            cfg,
+            lambda t, g=group: nan_rows(t, "label", g * rg, (g + 1) * rg),
+        )
+    result = run_job(spec, local_store, device="cpu")
+    want = recount(local_store, preflight(spec.data, local_store, layout))
+    stored = read_record(local_store, layout.job("holes").metrics, JobMetrics)
+    assert stored is not None and stored.rows is not None and stored == result.metrics
+    rows = stored.rows
+    assert rows.validation.used == stored.final.rows == want["val"]
+    assert rows.train.used == rows.statistics.used == want["train"]
+    for counted in (rows.train, rows.validation, rows.statistics):
+        assert counted.read == counted.planned
+        assert counted.read == counted.outside + counted.dropped + counted.short + counted.used
+    assert rows.train.dropped >= 2 * rg and rows.validation.dropped >= rg
+    assert rows.epochs_read == spec.train.epochs
+    assert stored.rows_seen == spec.train.epochs * want["train"]

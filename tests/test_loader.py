@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import write_day
+from tests.helpers import nan_rows, recount, write_day
 from trainer.data.blocks import BlockSpec, to_block
 from trainer.data.cache import cache_budget, host_available_bytes
 from trainer.data.loader import (
@@ -27,6 +27,7 @@ from trainer.data.passes import _moments, split_spec
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.prefetch import PartitionFiles
 from trainer.data.synth import SynthConfig, generate
+from trainer.data.tally import Tally
 from trainer.errors import DataError
 from trainer.spec.sections import DataSpec
 from trainer.store import ObjectStore
@@ -469,3 +470,54 @@ def test_cache_budget_from_the_spec_or_free_memory() -> None:
     auto = cache_budget(cpu, None)
     assert abs(auto - available / 2) < 0.1 * available  # memory moves while we look
     assert abs(cache_budget(cpu, None, local_ranks=4) - auto / 4) < 0.1 * available
+
+
+@pytest.mark.parametrize(
+    ("date", "group"),
+    [(DATES[0], 0), (DATES[1], 5), (DATES[2], 0), (DATES[2], 3)],
+    ids=["first-train", "last-train", "first-val", "mid-val"],
+)
+def test_a_row_group_without_usable_rows_ends_no_pass(
+    local_store: ObjectStore, layout: Layout, date: str, group: int
+) -> None:
+    cfg = dataclasses.replace(CFG, feature_nan_rate=0.0)
+    generate(local_store, layout, "binance", "bbo", SYMBOLS, DATES, cfg)
+    rg = cfg.row_group_size
+    part = Partition("binance", "bbo", SYMBOLS[0], date)
+    write_day(
+        local_store, layout, part, cfg, lambda t: nan_rows(t, "label", group * rg, (group + 1) * rg)
+    )
+    plan = preflight(_spec(), local_store, layout)
+    want = recount(local_store, plan)
+    stats = compute_feature_stats(plan, local_store)
+    assert stats.rows == want["train"] and stats.counts is not None
+    assert stats.counts.used == want["train"] and stats.counts.read == stats.counts.planned
+    tally = Tally("validation")
+    _, y, _ = read_split_arrays(plan, local_store, "val", tally=tally)
+    assert len(y) == want["val"] == tally.used and tally.dropped == rg * (date == DATES[2])
+    assert (
+        tally.groups
+        == tally.planned_groups
+        == len(split_units(plan, split_spec(plan, "val"), True))
+    )
+    for buffer in (1, 4):
+        loader = _train(plan, local_store, shuffle_buffer_row_groups=buffer)
+        assert sum(len(b[1]) for b in loader.epoch(0)) == want["train"]
+        assert loader.first_epoch is not None and loader.first_epoch.used == want["train"]
+        assert loader.first_epoch.complete and loader.epochs_read == 1
+    # windows: the samples served are what the epoch counts, and every row read has a place
+    windowed = _train(plan, local_store, window=8)
+    served = sum(len(b[1]) for b in windowed.epoch(0))
+    counted = windowed.first_epoch
+    assert counted is not None and counted.complete and counted.used == served
+    assert counted.outside >= 0 and counted.short > 0
+    assert counted.dropped >= 0.8 * rg * (date == DATES[0])
+
+
+def test_a_pass_that_misses_a_planned_row_group_fails_naming_it(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    units = split_units(plan, split_spec(plan, "train"), time_order=False)
+    tally = Tally.of("training", units)
+    with pytest.raises(DataError, match=f"read 0 of its {len(units)} planned row groups"):
+        tally.check()

@@ -26,6 +26,7 @@ from trainer.data.order import (
 from trainer.data.passes import compute_feature_stats, read_split_arrays, split_spec
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader, PartitionFiles
+from trainer.data.tally import Tally
 from trainer.data.windows import Edges, seam_rows
 from trainer.errors import DataError
 from trainer.store.base import ObjectStore
@@ -165,6 +166,12 @@ class StreamingLoader:
             files=files,
         )
         self.stats = LoaderStats(rank=rank, world_size=world_size)
+        self.tally = Tally.of(split, [])
+        """The rows of the epoch being read (from where it resumed)."""
+        self.first_epoch: Tally | None = None
+        """The rows of the first epoch read here from its beginning to its end."""
+        self.epochs_read = 0
+        """Epochs whose every row group was read (their last batches may not all be used)."""
         self._pos = {"epoch": 0, "chunk": 0, "offset": 0, "rows": 0}
         self._resume: dict[str, int] | None = None
 
@@ -252,7 +259,10 @@ class StreamingLoader:
         if limit >= 0:  # read no buffer past the one whose footer rows reach `max_rows`
             need = np.cumsum([sum(u.rows for u in ch) for ch in chunks[chunk0:]])
             last = min(last, chunk0 + int(np.searchsorted(need, limit - done)) + 1)
-        stream = self.reader.stream([u for ch in chunks[chunk0:last] for u in ch])
+        planned = [u for ch in chunks[chunk0:last] for u in ch]
+        self.tally = Tally.of("training" if self.split == "train" else "validation", planned)
+        self.tally.resumed = chunk0 > 0 or offset0 > 0
+        stream = self.reader.stream(planned)
         carry: list[Batch] = []  # a batch begun in the previous buffer
         try:
             for c in range(chunk0, last):
@@ -260,6 +270,8 @@ class StreamingLoader:
                     break
                 blocks = [self._count(*next(stream)) for _ in chunks[c]]
                 pieces = blocks + [self._seam(seam) for seam in seams_at[c]]
+                if c == len(chunks) - 1 and limit < 0:
+                    self._read_through()
                 served = [b.served for b in pieces]
                 order = None
                 if self.split == "train":
@@ -314,7 +326,16 @@ class StreamingLoader:
             self.stats.first_batch_s = time.perf_counter() - t0
         yield batch
 
+    def _read_through(self) -> None:
+        """The epoch's last buffer is read: every planned row group must have been, whole,
+        before its last batches go out."""
+        self.tally.check()
+        self.epochs_read += 1
+        if self.first_epoch is None and not self.tally.resumed:
+            self.first_epoch = self.tally
+
     def _count(self, unit: Unit, block: Block, hit: bool) -> Block:
+        self.tally.add(unit, block, self.reader.files.uri(unit.part))
         stats = self.stats
         if hit:
             stats.cache_hits += 1
@@ -344,6 +365,7 @@ class StreamingLoader:
         self.reader.check(seam.owner, block)
         self.stats.dropped_non_finite += block.dropped
         self.stats.short_history += block.short
+        self.tally.place(len(block.served), block.dropped, block.short)  # rows of `owner`
         return block.to(self.device)
 
     def _edges_of(self, unit: Unit) -> Edges:

@@ -4,7 +4,7 @@ the training rows (warming the cache on the way) and a split as arrays for evalu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -15,9 +15,11 @@ from trainer.data.cache import BlockCache
 from trainer.data.order import partition_units, sample_units, split_units
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import BlockReader, PartitionFiles
+from trainer.data.tally import Tally
 from trainer.data.windows import check_time_order, window_ends
 from trainer.errors import DataError
 from trainer.store.base import ObjectStore
+from trainer.store.records import PassRows
 
 Split = Literal["train", "val"]
 
@@ -100,6 +102,8 @@ class FeatureStats:
     deviations: 0 when every row group was read."""
     std_error: float
     """The largest relative standard error of a feature's standard deviation."""
+    counts: PassRows | None = None
+    """The rows the sample planned, read, dropped and used."""
 
 
 def compute_feature_stats(
@@ -131,12 +135,16 @@ def compute_feature_stats(
     budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
     units = _enough(sample_units(plan, population, budget), max_rows)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
+    tally = Tally.of("feature statistics", units)
     counts: list[int] = []
     means: list[np.ndarray] = []
     m2s: list[np.ndarray] = []
     try:
-        for _, block, _ in reader.stream(units):
+        for unit, block, _ in reader.stream(units):
             take = block.rows if max_rows is None else min(block.rows, max_rows - sum(counts))
+            # rows, not samples; a window's dropped count is of windows: left in `outside`
+            tally.add(unit, block, reader.files.uri(unit.part), samples=False)
+            tally.place(max(take, 0), block.dropped if window == 1 else 0, 0)
             if take > 0:
                 b_mean, b_m2 = _moments(block.x[:take])
                 counts.append(take)
@@ -147,7 +155,10 @@ def compute_feature_stats(
                 break
     finally:
         reader.close()
-    return _merge(counts, means, m2s, len(units), len(population), min_std, len(plan.features))
+    if max_rows is None:
+        tally.check()
+    merged = _merge(counts, means, m2s, len(units), len(population), min_std, len(plan.features))
+    return replace(merged, counts=tally.record())
 
 
 def _merge(
@@ -258,14 +269,23 @@ def read_split(
     non_finite: Literal["drop", "fail"] = "drop",
     max_rows: int | None = None,
     files: PartitionFiles | None = None,
+    tally: Tally | None = None,
 ) -> SplitRows:
     """A whole (small) split, or its first `max_rows` samples in time, sorted by time
     (stable). With a window above 1 each partition's row groups are read in file order
     together with the rows before the split that its first windows reach back to (past
-    features, never labels). Reads no row group beyond what it returns."""
+    features, never labels). Reads no row group beyond what it returns. `tally` counts the
+    rows, and the pass checks that it covered every row group it planned."""
     if window == 1:
         x, y, ts = read_split_arrays(
-            plan, store, split, cache=cache, non_finite=non_finite, max_rows=max_rows, files=files
+            plan,
+            store,
+            split,
+            cache=cache,
+            non_finite=non_finite,
+            max_rows=max_rows,
+            files=files,
+            tally=tally,
         )
         return SplitRows(x, y, ts)
     spec = split_spec(plan, split, with_ts=True, window=window)
@@ -273,12 +293,16 @@ def read_split(
     runs = _with_history(plan, wanted, window)
     units = [u for run in runs for u in run]
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
+    tally = (tally if tally is not None else Tally(split)).plan(units)
     xs, ys, tss, ends = [], [], [], []
     dropped = short = base = 0
     try:
         stream = reader.stream(units)
         for run in runs:
-            blocks = [next(stream)[1] for _ in run]
+            blocks = []
+            for unit, block, _ in (next(stream) for _ in run):
+                tally.add(unit, block, reader.files.uri(unit.part), samples=False)
+                blocks.append(block)
             x = np.concatenate([b.x_stored.cpu().numpy() for b in blocks])
             y = np.concatenate([b.y_stored.cpu().numpy() for b in blocks])
             ts = np.concatenate([b.ts.numpy() for b in blocks if b.ts is not None])
@@ -300,9 +324,12 @@ def read_split(
             ys.append(y)
             tss.append(ts)
             ends.append(found.ends.astype(np.int64) + base)
+            tally.place(len(found.ends), found.dropped, found.short)
             dropped, short, base = dropped + found.dropped, short + found.short, base + len(y)
     finally:
         reader.close()
+    if max_rows is None:
+        tally.check()
     if dropped and non_finite == "fail":
         raise DataError(
             "non-finite values in the data (data.non_finite is 'fail'; 'drop' skips them)",
@@ -345,19 +372,24 @@ def read_split_arrays(
     non_finite: Literal["drop", "fail"] = "drop",
     max_rows: int | None = None,
     files: PartitionFiles | None = None,
+    tally: Tally | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A whole (small) split, or its first `max_rows` rows in time, as numpy
     `(X [N, F] float32, y [N] float32, ts [N] int64)`, sorted by time (stable), for
-    evaluation and for exporting predictions. Reads no row group beyond what it returns."""
+    evaluation and for exporting predictions. Reads no row group beyond what it returns,
+    and every one up to there, also after one without a usable row. `tally` (named for the
+    split) counts the rows; the pass checks it covered every row group it planned."""
     spec = split_spec(plan, split, with_ts=True)
     units = _enough(split_units(plan, spec, time_order=True), max_rows)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
+    tally = (tally if tally is not None else Tally(split)).plan(units)
     xs, ys, tss, rows = [], [], [], 0
     try:
-        for _, block, _ in reader.stream(units):
-            take = block.rows if max_rows is None else min(block.rows, max_rows - rows)
-            if take <= 0:
+        for unit, block, _ in reader.stream(units):
+            if max_rows is not None and rows >= max_rows:
                 break
+            tally.add(unit, block, reader.files.uri(unit.part))
+            take = block.rows if max_rows is None else min(block.rows, max_rows - rows)
             # copies: the blocks' memory may be reused once this pass lets go of them
             xs.append(block.x[:take].cpu().numpy().copy())
             ys.append(block.y[:take].cpu().numpy().copy())
@@ -367,6 +399,8 @@ def read_split_arrays(
             rows += take
     finally:
         reader.close()
+    if max_rows is None:
+        tally.check()
     if not xs:
         nf = len(plan.features)
         return np.empty((0, nf), np.float32), np.empty(0, np.float32), np.empty(0, np.int64)

@@ -18,6 +18,7 @@ from trainer.data.loader import StreamingLoader
 from trainer.data.passes import FeatureStats, SplitRows, compute_feature_stats, read_split
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
+from trainer.data.tally import Tally
 from trainer.errors import DataError
 from trainer.job.identity import Resolved
 from trainer.model.code import StagedCode
@@ -27,6 +28,7 @@ from trainer.spec import JobSpec
 from trainer.spec.sections import TrainSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
+from trainer.store.records import PassRows
 from trainer.train.checkpoint import Checkpointer
 from trainer.train.distributed import Ranks
 from trainer.train.loop import Restored, step_budget
@@ -48,6 +50,8 @@ class DataPart:
     stats: FeatureStats
     val: SplitRows
     """The validation samples, in time order."""
+    val_rows: PassRows
+    """What the validation pass read."""
 
 
 class SharedData(Protocol):
@@ -70,6 +74,12 @@ class Prepared:
     val: SplitRows
     """The validation samples, in time order."""
     n_train: int
+    stats_rows: PassRows | None
+    """What the feature statistics' sample read."""
+    val_rows: PassRows
+    """What the validation pass read."""
+    stats_whole: bool
+    """The statistics read every training row group: their counts are the training split's."""
     model: Normalized
     """On the device, behind the normalization, not yet wrapped for DDP."""
     loss: LossFn
@@ -108,6 +118,7 @@ def prepare(
     else:
         data = read_data(spec, store, plan, device, ranks, dry_run)
     files, cache, stats, val = data.files, data.cache, data.stats, data.val
+    val_rows = data.val_rows
     # Every row group read: the count is exact; sampled: the footers' (pro rata at the cut).
     whole = stats.row_groups == stats.of_row_groups and limit is None
     n_train = stats.rows if whole else plan.estimates["train_rows"]
@@ -157,6 +168,9 @@ def prepare(
         plan=plan,
         val=val,
         n_train=n_train,
+        stats_rows=stats.counts,
+        val_rows=val_rows,
+        stats_whole=whole,
         model=model,
         loss=build_loss(train, code),
         loader=loader,
@@ -197,6 +211,7 @@ def read_data(
         files=files,
         window=window,
     )
+    val_tally = Tally("validation")
     val = read_split(
         plan,
         store,
@@ -205,6 +220,7 @@ def read_data(
         non_finite=spec.data.non_finite,
         max_rows=limit,
         files=files,
+        tally=val_tally,
     )
     if stats.rows == 0 or len(val) == 0:
         raise DataError(
@@ -225,7 +241,7 @@ def read_data(
         stats.mean_error,
         100 * stats.std_error,
     )
-    return DataPart(files, cache, stats, val)
+    return DataPart(files, cache, stats, val, val_tally.record())
 
 
 def _train_partitions(plan: DatasetPlan) -> int:

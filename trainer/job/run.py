@@ -27,6 +27,7 @@ from trainer.job.artifacts import (
     write_artifacts,
     write_failure,
 )
+from trainer.job.counts import row_counts
 from trainer.job.identity import Resolved, check_committed, resolve
 from trainer.job.prepare import Prepared, SharedData, prepare
 from trainer.job.summary import record_commit
@@ -44,6 +45,7 @@ from trainer.store.records import (
     JobManifest,
     JobMetrics,
     ModelRef,
+    RowCounts,
     utc_now,
 )
 from trainer.train.distributed import Ranks, all_sum, from_env, setup, teardown
@@ -159,10 +161,11 @@ def run_job(
         finally:
             job.loader.close()
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
+        counts = row_counts(job, rows_all_ranks, job.restored is not None, ranks, torch_device)
         if not ranks.is_main:
             return JobResult(job_id, "worker", str(workdir))
         pred = predict(job.model, val.x)
-        metrics = _metrics(job, result, pred, rows_all_ranks, ranks)
+        metrics = _metrics(job, result, pred, rows_all_ranks, ranks, counts)
         write_artifacts(workdir, spec, job.plan, job.model, job.val, pred, metrics)
         if dry_run:
             log.info("dry run finished; artifacts kept locally in %s", workdir)
@@ -279,7 +282,12 @@ def _fit(
 
 
 def _metrics(
-    job: Prepared, result: FitResult, pred: np.ndarray, rows_all_ranks: int, ranks: Ranks
+    job: Prepared,
+    result: FitResult,
+    pred: np.ndarray,
+    rows_all_ranks: int,
+    ranks: Ranks,
+    counts: RowCounts,
 ) -> JobMetrics:
     s = result.state
     return JobMetrics(
@@ -301,6 +309,7 @@ def _metrics(
         checkpoints=tuple(job.checkpointer.saved if job.checkpointer else ()),
         max_steps=job.max_steps,
         pruned_at_step=s.step if result.pruned else None,
+        rows=counts,
     )
 
 

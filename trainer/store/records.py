@@ -185,6 +185,46 @@ def parse_metrics_log(raw: bytes, where: str) -> list[StepRecord | EvalLine]:
     return out
 
 
+class PassRows(Record):
+    """The rows of one pass over a split, counted block by block: what the footers planned,
+    what was read, and where every row read went. `read == outside + dropped + short +
+    used` always; `read == planned` for a pass that covered every planned row group."""
+
+    row_groups: int
+    """Row groups planned for the pass (each one is read)."""
+    planned: int
+    """Their rows, from the Parquet footers."""
+    read: int
+    """Rows decoded from the row groups read."""
+    outside: int
+    """Rows read outside the split's window: the purge gap, the other split, and the history
+    before the split that windows reach back to."""
+    dropped: int
+    """Rows inside the window with a NaN or infinite label or feature (in their window, with
+    `data.window` above 1)."""
+    short: int = 0
+    """Rows inside the window with too few earlier rows in their partition for a window."""
+    used: int
+    """Samples the pass served: what was trained on, evaluated or summed."""
+
+
+class RowCounts(Record):
+    """The rows each pass of a job covered (`metrics.json`, `rows`)."""
+
+    statistics: PassRows
+    """The feature statistics' sample of the training row groups (every one when the split
+    is small enough), in rows: with `data.window` above 1 its `used` are the rows summed and
+    the non-finite rows are counted in `outside`."""
+    validation: PassRows
+    """The validation split, every row group of it."""
+    train: PassRows
+    """The first training epoch this run read from its beginning, on every rank together;
+    when there was none (training stopped inside it, or resumed inside it), what the last
+    epoch read, from where it started."""
+    epochs_read: int
+    """Training epochs that read every row group of the split."""
+
+
 class JobMetrics(Record):
     """`metrics.json`, also carried by the manifest."""
 
@@ -210,6 +250,9 @@ class JobMetrics(Record):
     pruned_at_step: int | None = None
     """Set when a sweep's pruning rule stopped the run at this step (the model is the best
     weights up to there)."""
+    rows: RowCounts | None = None
+    """Rows planned, read, dropped and used by each pass (absent in documents written before
+    they were counted)."""
 
 
 # -- the dataset ---------------------------------------------------------------------------
