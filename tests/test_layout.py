@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import StorageError
-from trainer.store import ObjectStore
+from trainer.spec.sections import StorageSpec
+from trainer.store import ObjectStore, open_store
 from trainer.store.base import Loc
-from trainer.store.layout import Layout, Partition
+from trainer.store.layout import RAW_BUCKET, Layout, Partition
 
 PART = Partition("binance", "bbo", "btcusdt", "20251229")
 
@@ -66,3 +67,11 @@ def test_nothing_writes_to_the_raw_bucket(local_store: ObjectStore, tmp_path: Pa
         local_store.upload(Loc("quantlab-raw", "x"), tmp_path / "f")
     with pytest.raises(StorageError, match="read-only"):
         local_store.delete(Loc("quantlab-raw", "x"))
+
+
+def test_the_layouts_raw_bucket_is_read_only_whatever_the_caller_names(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}", read_only_buckets=["another-raw"])
+    for bucket in ("quantlab-raw", "another-raw"):
+        with pytest.raises(StorageError, match="read-only"):
+            store.put(Loc(bucket, "x"), b"")
+    assert StorageSpec().raw_bucket == RAW_BUCKET

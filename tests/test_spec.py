@@ -224,3 +224,89 @@ def test_validate_json_of_a_bad_spec_carries_every_problem(tmp_path: Path) -> No
     assert verdict["outcome"] == "invalid_spec" and verdict["exit_code"] == EXIT_SPEC
     assert verdict["problems"] == ["data: required", "train.lrr: unknown key (did you mean 'lr'?)"]
     assert "2 problem(s) in the JobSpec" in verdict["error"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        (
+            "{raw_bucket: other-raw, artifacts_bucket: quantlab-raw}",
+            "storage.artifacts_bucket: 'quantlab-raw' is the storage layout's raw bucket",
+        ),
+        (
+            "{raw_bucket: other-raw, compact_bucket: quantlab-raw}",
+            "storage.compact_bucket: 'quantlab-raw' is the storage layout's raw bucket",
+        ),
+        (
+            "{artifacts_bucket: quantlab-compact}",
+            "storage.artifacts_bucket: 'quantlab-compact' is already storage.compact_bucket",
+        ),
+        (
+            "{raw_bucket: team-data, compact_bucket: team-data}",
+            "storage.compact_bucket: 'team-data' is already storage.raw_bucket",
+        ),
+    ],
+)
+def test_two_roles_never_share_a_bucket_and_the_raw_bucket_is_never_written(
+    storage: str, expected: str
+) -> None:
+    problems = _problems(MINIMAL + f"storage: {storage}\n")
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+FULL = MINIMAL + "train: {}\nlimits: {}\npromotion: {}\n"
+
+
+def _with(section: str, body: str) -> str:
+    return FULL.replace(f"{section}: {{}}", f"{section}: {{{body}}}")
+
+
+@pytest.mark.parametrize(
+    ("section", "body", "expected"),
+    [
+        ("promotion", "min_ic: .nan", "promotion.min_ic: must be a finite number"),
+        ("promotion", "min_ic: 1.01", "promotion.min_ic: must be less than or equal to 1"),
+        ("promotion", "max_ic_drop: .inf", "promotion.max_ic_drop: must be a finite number"),
+        ("limits", "max_cost_usd: .inf", "limits.max_cost_usd: must be a finite number"),
+        ("limits", "max_cost_usd: 100001", "limits.max_cost_usd: must be less than or equal"),
+        ("limits", "max_runtime_minutes: .nan", "limits.max_runtime_minutes: must be a finite"),
+        ("train", "weight_decay: .inf", "train.weight_decay: must be a finite number"),
+        ("train", "weight_decay: 1.5", "train.weight_decay: must be less than or equal to 1"),
+        ("train", "lr: .nan", "train.lr: must be a finite number"),
+        ("train", "seed: 18446744073709551616", "train.seed: must be less than or equal to"),
+        ("train", "seed: 9223372036854775808", "train.seed: must be less than or equal to"),
+        (
+            "train",
+            "early_stopping: {min_delta: .inf}",
+            "train.early_stopping.min_delta: must be a finite number",
+        ),
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_refused_by_their_path(
+    section: str, body: str, expected: str
+) -> None:
+    problems = _problems(_with(section, body))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("section", "body"),
+    [
+        ("promotion", "min_ic: -1"),
+        ("promotion", "min_ic: 1"),
+        ("promotion", "max_ic_drop: 2"),
+        ("limits", "max_cost_usd: 100000"),
+        ("limits", "max_runtime_minutes: 43200"),
+        ("train", "weight_decay: 1"),
+        ("train", "seed: 9223372036854775807"),
+    ],
+)
+def test_the_boundaries_themselves_are_accepted(section: str, body: str) -> None:
+    parse_spec(_with(section, body))
+
+
+def test_a_symbol_twice_or_no_feature_is_refused() -> None:
+    twice = MINIMAL.replace("symbols: [btcusdt]", "symbols: [btcusdt, ethusdt, btcusdt]")
+    assert _problems(twice) == ["data.symbols: btcusdt listed more than once"]
+    none = MINIMAL + "  features: []\n"
+    assert _problems(none) == ["data.features: names no column: list at least one, or `auto`"]

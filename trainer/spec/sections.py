@@ -21,9 +21,13 @@ from trainer.spec.dates import date_span, parse_yyyymmdd
 
 
 class Section(BaseModel):
-    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help."""
+    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help, and
+    every number finite: `.nan` or `.inf` is never a setting (a NaN bound compares false
+    and turns its check off; an infinite one is no limit)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 Yyyymmdd = Annotated[str, Field(pattern=r"^\d{8}$")]
@@ -131,7 +135,8 @@ class DataSpec(Section):
     stream: str = Field(pattern=r"^[a-z0-9_-]+$")
     """Stream partition, e.g. `bbo`."""
     symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(min_length=1)
-    """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`."""
+    """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`; each once (a
+    symbol listed twice would read each of its partitions twice)."""
     dates: DateSelection
     """Which `date=` partitions to read."""
     timestamp_column: str = "ts"
@@ -139,8 +144,8 @@ class DataSpec(Section):
     label_column: str = "label"
     """Target column. Default: `label`."""
     features: tuple[str, ...] | Literal["auto"] = "auto"
-    """Feature columns in model input order, or `auto`: every numeric column but the timestamp
-    and the label, in file order. Default: `auto`."""
+    """Feature columns in model input order (at least one, each once), or `auto`: every
+    numeric column but the timestamp and the label, in file order. Default: `auto`."""
     split: SplitSpec = SplitSpec()
     """Chronological train/validation split."""
     non_finite: Literal["drop", "fail"] = "drop"
@@ -178,6 +183,21 @@ class DataSpec(Section):
             if len(set(self.features)) != len(self.features):
                 raise ValueError("`features` lists a column twice")
         return self
+
+    @field_validator("symbols")
+    @classmethod
+    def _each_symbol_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({s for s in value if value.count(s) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _some_feature(cls, value: tuple[str, ...] | str) -> tuple[str, ...] | str:
+        if value == ():
+            raise ValueError("names no column: list at least one, or `auto`")
+        return value
 
 
 OPTIONS_OF = {
@@ -276,8 +296,9 @@ class EarlyStopping(Section):
     Default: `val_loss`."""
     patience: int = Field(default=5, ge=1)
     """Evaluations without improvement before training stops. Default: 5."""
-    min_delta: float = Field(default=0.0, ge=0)
-    """Smallest change that counts as an improvement. Default: 0."""
+    min_delta: float = Field(default=0.0, ge=0, le=1e6)
+    """Smallest change that counts as an improvement, in the metric's units (at most 1e6).
+    Default: 0."""
 
 
 class CheckpointSpec(Section):
@@ -313,15 +334,17 @@ class TrainSpec(Section):
     """Decay after warm-up. Default: `cosine`."""
     warmup_steps: int = Field(default=100, ge=0)
     """Linear warm-up steps from 0 to `lr`. Default: 100."""
-    weight_decay: float = Field(default=0.01, ge=0)
-    """AdamW weight decay. Default: 0.01."""
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    """AdamW weight decay, 0 to 1 (above 1 each step would shrink the weights by more than
+    the learning rate moves them). Default: 0.01."""
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value; `null` turns clipping off. Default: 1.0."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Autocast precision on CUDA. `bf16` falls back to fp32 on cards without bf16 and on
     CPU. Default: `bf16`."""
-    seed: int = Field(default=0, ge=0)
-    """Seed for weights, shuffling and dropout. Default: 0."""
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    """Seed for weights, shuffling and dropout, 0 to 2^63 - 1 (what every generator the
+    runner seeds accepts). Default: 0."""
     eval_every_steps: int = Field(default=500, ge=1)
     """Evaluate on the validation rows every N steps, and at the end. Default: 500."""
     log_every_steps: int = Field(default=50, ge=1)
@@ -370,10 +393,12 @@ class ResourcesSpec(Section):
 
 
 class LimitsSpec(Section):
-    max_runtime_minutes: float = Field(default=240, gt=0)
-    """Wall-clock limit of the job from instance start; then it is destroyed. Default: 240."""
-    max_cost_usd: float = Field(default=20.0, gt=0)
-    """Money limit across all attempts of the job, dollars. Default: 20."""
+    max_runtime_minutes: float = Field(default=240, gt=0, le=43_200)
+    """Wall-clock limit of the job from instance start, at most 30 days (43200); then it is
+    destroyed. Default: 240."""
+    max_cost_usd: float = Field(default=20.0, gt=0, le=100_000)
+    """Money limit across all attempts of the job, dollars, at most 100000: a limit is a
+    finite number. Default: 20."""
     provision_timeout_minutes: float = Field(default=15, gt=0)
     """Time an instance may take from create to the first heartbeat. Default: 15."""
     heartbeat_timeout_minutes: float = Field(default=30, ge=0)
@@ -390,25 +415,44 @@ class StorageSpec(Section):
     raw_bucket: str = "quantlab-raw"
     """Raw tick bucket (read-only, never written). Default: `quantlab-raw`."""
     compact_bucket: str = "quantlab-compact"
-    """Curated data and feature bucket. Default: `quantlab-compact`."""
+    """Curated data and feature bucket. Never the raw bucket, whatever `raw_bucket` names:
+    the storage layout's `quantlab-raw` is read-only in every role. Default:
+    `quantlab-compact`."""
     artifacts_bucket: str = "quantlab-artifacts"
-    """Job artifacts and production models. Default: `quantlab-artifacts`."""
+    """Job artifacts and production models. Neither the raw nor the compact bucket, and
+    never the storage layout's `quantlab-raw`: two roles never share a bucket. Default:
+    `quantlab-artifacts`."""
 
     @field_validator("raw_bucket", "compact_bucket", "artifacts_bucket")
     @classmethod
-    def _bucket_name(cls, value: str) -> str:
+    def _bucket_name(cls, value: str, info: ValidationInfo) -> str:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
             raise ValueError(f"{value!r} is not a valid S3 bucket name")
+        if info.field_name == "raw_bucket":
+            return value
+        if value == cls.model_fields["raw_bucket"].default:
+            raise ValueError(
+                f"{value!r} is the storage layout's raw bucket, which is never written; "
+                "name a bucket of its own"
+            )
+        # the fields are validated in order: the earlier roles are in `info.data`
+        for role in ("raw_bucket", "compact_bucket"):
+            if role != info.field_name and info.data.get(role) == value:
+                raise ValueError(
+                    f"{value!r} is already storage.{role}: two roles never share a bucket"
+                )
         return value
 
 
 class PromotionSpec(Section):
     auto: bool = False
     """Promote to production after a successful launch, if the gate passes. Default: no."""
-    max_ic_drop: float = Field(default=0.0, ge=0)
-    """Gate: the candidate's validation IC may be at most this much below production's."""
-    min_ic: float | None = None
-    """Gate: the candidate's validation IC must be at least this. Default: no floor."""
+    max_ic_drop: float = Field(default=0.0, ge=0, le=2)
+    """Gate: the candidate's validation IC may be at most this much below production's
+    (0 to 2, the widest gap two correlations can have). Default: 0."""
+    min_ic: float | None = Field(default=None, ge=-1, le=1)
+    """Gate: the candidate's validation IC must be at least this, -1 to 1 (a correlation).
+    Default: no floor."""
 
 
 class JobSpec(Section):

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 
 from trainer.store.base import ObjectInfo, ObjectStore
+from trainer.store.layout import RAW_BUCKET
 from trainer.store.local import LocalStore
 
 __all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "default_store_root", "open_store"]
@@ -13,8 +14,9 @@ __all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "default_store_root", "ope
 
 def open_store(root: str, read_only_buckets: Iterable[str] = ()) -> ObjectStore:
     """`s3://` → real S3 (or whatever `AWS_ENDPOINT_URL_S3` points at); `file:///dir` or a
-    plain path → a local folder holding one sub-folder per bucket."""
-    ro = frozenset(read_only_buckets)
+    plain path → a local folder holding one sub-folder per bucket. `read_only_buckets` are
+    never written; the storage layout's raw bucket is one of them whatever the caller says."""
+    ro = frozenset(read_only_buckets) | {RAW_BUCKET}
     if root.startswith("s3://"):
         if root.rstrip("/") != "s3:":
             raise ValueError(f"store root {root!r}: write just s3://, buckets come from the spec")
