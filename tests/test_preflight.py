@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import make_dataset, make_spec, spec_dict, write_spec
+from trainer.data.passes import compute_feature_stats
 from trainer.data.plan import preflight, summary
 from trainer.data.synth import SynthConfig, make_day, meta_for, write_partition
 from trainer.errors import EXIT_DATA, DataError
@@ -197,3 +199,128 @@ def test_generator_writes_floats_split_and_never_a_dictionary(
             want = "DELTA_BINARY_PACKED" if col.path_in_schema == "ts" else "BYTE_STREAM_SPLIT"
             assert want in col.encodings, (col.path_in_schema, col.encodings)
             assert col.dictionary_page_offset is None and "RLE_DICTIONARY" not in col.encodings
+
+
+def _days_damaging_the_middle(
+    store: ObjectStore,
+    layout: Layout,
+    dates: tuple[str, ...],
+    damage: Callable[[pa.Table, dict[str, object]], pa.Table],
+) -> None:
+    """One generated partition a day; the middle day's table and meta.json go through
+    `damage` (which may change the meta in place) before they are written."""
+    cfg = SynthConfig(rows_per_day=1_000)
+    for date in dates:
+        table = make_day("btcusdt", date, cfg)
+        meta = meta_for(table, "btcusdt", date, cfg)
+        if date == dates[len(dates) // 2]:
+            table = damage(table, meta)
+        part = Partition("binance", "bbo", "btcusdt", date)
+        write_partition(store, layout, part, table, meta, cfg)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "label_horizon_sec",
+            -600,
+            "label_horizon_sec: Input should be greater than or equal to 0",
+        ),
+        (
+            "label_horizon_sec",
+            10**9,
+            "label_horizon_sec: Input should be less than or equal to 86400",
+        ),
+        ("label_horizon_sec", "10", "label_horizon_sec: Input should be a valid integer"),
+        ("label_horizon_sec", 10.5, "label_horizon_sec: Input should be a valid integer"),
+        ("rows", True, "rows: Input should be a valid integer"),
+        ("rows", -1, "rows: Input should be greater than or equal to 0"),
+        ("ts_min", None, "ts_min: Input should be a valid integer"),
+        ("ts_max", [1], "ts_max: Input should be a valid integer"),
+        ("config_hash", 7, "config_hash: Input should be a valid string"),
+        ("config_hash", "", "config_hash: String should have at least 1 character"),
+    ],
+)
+def test_every_meta_field_is_checked_for_type_and_range_naming_the_partition(
+    local_store: ObjectStore, layout: Layout, field: str, value: object, expected: str
+) -> None:
+    spec = make_spec(dates=("20251201", "20251203"))
+
+    def damage(table: pa.Table, meta: dict[str, object]) -> pa.Table:
+        meta[field] = value
+        return table
+
+    _days_damaging_the_middle(local_store, layout, spec.data.dates.resolve(), damage)
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, local_store, layout)
+    (problem,) = info.value.problems
+    assert "symbol=btcusdt/date=20251202/: meta.json" in problem and expected in problem
+
+
+def _shifted_day(
+    store: ObjectStore,
+    layout: Layout,
+    spec_dates: tuple[str, ...],
+    cfg: SynthConfig,
+    **write: object,
+) -> None:
+    """Every day written, the middle one's rows moved a day on while its meta.json still
+    describes its own day."""
+    for date in spec_dates:
+        table = make_day("btcusdt", date, cfg)
+        meta = meta_for(table, "btcusdt", date, cfg)
+        part = Partition("binance", "bbo", "btcusdt", date)
+        if date != spec_dates[1]:
+            write_partition(store, layout, part, table, meta, cfg)
+            continue
+        ts = table.column("ts").to_numpy() + 86_400_000
+        table = table.set_column(0, "ts", pa.array(ts))
+        path = Path(str(store.root).removeprefix("file://")) / "upload.parquet"
+        pq.write_table(table, path, row_group_size=cfg.row_group_size, **write)  # type: ignore[arg-type]
+        store.upload(layout.feature_data(part), path)
+        store.put(layout.feature_meta(part), json.dumps(meta).encode())
+
+
+def test_rows_of_another_day_are_refused_by_the_preflight_from_the_statistics(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(dates=("20251201", "20251203"))
+    _shifted_day(local_store, layout, spec.data.dates.resolve(), SynthConfig(rows_per_day=2_000))
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, local_store, layout)
+    (problem,) = info.value.problems
+    assert "date=20251202/: row group 0 holds timestamps" in problem
+    assert "outside meta.json's ts_min..ts_max" in problem and "for date 20251202" in problem
+
+
+def test_rows_of_another_day_without_statistics_fail_the_loader_naming_the_partition(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(dates=("20251201", "20251203"))
+    cfg = SynthConfig(rows_per_day=2_000, row_group_size=1_000)
+    _shifted_day(local_store, layout, spec.data.dates.resolve(), cfg, write_statistics=False)
+    plan = preflight(spec.data, local_store, layout)
+    with pytest.raises(DataError) as info:
+        compute_feature_stats(plan, local_store)
+    (problem,) = info.value.problems
+    assert "date=20251202/data.parquet: row group 0:" in problem
+    assert "timestamp(s) outside meta.json's ts_min..ts_max" in problem
+
+
+def test_a_null_timestamp_is_refused_naming_the_partition(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(dates=("20251201", "20251203"))
+
+    def damage(table: pa.Table, meta: dict[str, object]) -> pa.Table:
+        ts = table.column("ts").to_pylist()
+        ts[10] = None
+        return table.set_column(0, "ts", pa.array(ts, pa.int64()))
+
+    _days_damaging_the_middle(local_store, layout, spec.data.dates.resolve(), damage)
+    with pytest.raises(DataError) as info:
+        preflight(spec.data, local_store, layout)
+    assert any(
+        "date=20251202/: 1 null timestamp(s) in column 'ts'" in p for p in info.value.problems
+    ), info.value.problems

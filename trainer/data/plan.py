@@ -220,6 +220,7 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
             f"({day_first}..{day_last})"
         )
     groups = tuple(_row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
+    problems += _stamps_inside(md, groups, meta, data.timestamp_column, where)
     if data.window > 1:
         problems += _out_of_order(groups, f"{where}: date {part.date}, symbol {part.symbol}")
     info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md, footer_sha256)
@@ -254,6 +255,38 @@ def _read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str
         tail = handle.read_at(length + 8, size - length - 8)
     footer = tail[len(tail) - length - 8 :]
     return pq.read_metadata(pa.BufferReader(footer)), hashlib.sha256(footer).hexdigest()
+
+
+def _stamps_inside(
+    md: pq.FileMetaData,
+    groups: tuple[RowGroup, ...],
+    meta: PartitionMeta,
+    ts_col: str,
+    where: str,
+) -> list[str]:
+    """Every row group's timestamp statistics inside meta.json's `ts_min..ts_max` (itself
+    inside the date), and no null timestamp: a day file holding another day's rows, or rows
+    with no time, is refused before anything is read (the loader checks the rows it reads)."""
+    problems = []
+    bad = [g for g in groups if g.rows and g.ts_min is not None and g.ts_max is not None]
+    bad = [g for g in bad if g.ts_min < meta.ts_min or g.ts_max > meta.ts_max]  # type: ignore[operator]
+    if bad:
+        g = bad[0]
+        problems.append(
+            f"{where}: row group {g.index} holds timestamps {g.ts_min}..{g.ts_max}, outside "
+            f"meta.json's ts_min..ts_max {meta.ts_min}..{meta.ts_max} for date {meta.date}"
+            + (f" ({len(bad)} row groups in all)" if len(bad) > 1 else "")
+        )
+    nulls = 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            if col.path_in_schema == ts_col and col.is_stats_set and col.statistics.null_count:
+                nulls += col.statistics.null_count
+    if nulls:
+        problems.append(f"{where}: {nulls} null timestamp(s) in column {ts_col!r}")
+    return problems
 
 
 def _row_group(md: pq.FileMetaData, index: int, ts_col: str) -> RowGroup:

@@ -31,6 +31,7 @@ from trainer.data.cache import BlockCache
 from trainer.data.plan import DatasetPlan
 from trainer.errors import DataError, StorageError
 from trainer.store.base import ObjectStore
+from trainer.store.records import PartitionMeta
 
 LOCAL_READ_BYTES = 256 << 10
 REMOTE_READ_BYTES = 8 << 20
@@ -137,6 +138,8 @@ class PartitionFiles:
                             raise ValueError(f"{column.null_count} null timestamp(s)")
                         fill_column(rows[name], column)
                     nbytes += size
+            if ts is not None:
+                _inside_partition(ts, self.plan.partitions[unit.part].meta)
             # A partition's first row group serves every window it can; later ones leave
             # their first rows' windows to the seam with the row group before.
             first = 0 if unit.offset == 0 else spec.window - 1
@@ -307,3 +310,14 @@ class BlockReader:
         compute.wait_stream(self._copy_stream)
         moved.data.record_stream(compute)
         return moved
+
+
+def _inside_partition(ts: np.ndarray, meta: PartitionMeta) -> None:
+    """A row group's timestamps lie inside its partition's `ts_min..ts_max` (which the
+    pre-flight checked against the date); ValueError naming how many do not."""
+    outside = np.count_nonzero((ts < meta.ts_min) | (ts > meta.ts_max))
+    if outside:
+        raise ValueError(
+            f"{outside} timestamp(s) outside meta.json's ts_min..ts_max "
+            f"{meta.ts_min}..{meta.ts_max} (date {meta.date})"
+        )

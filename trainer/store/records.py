@@ -256,17 +256,28 @@ class JobMetrics(Record):
 
 
 # -- the dataset ---------------------------------------------------------------------------
+MAX_LABEL_HORIZON_SEC = 86_400
+"""A label looking further ahead than a day is a damaged meta.json, not a feature set: the
+horizon becomes the purge before the validation start."""
+
+
 class PartitionMeta(Record):
-    """`meta.json` beside every feature partition (storage layout v1, section 3)."""
+    """`meta.json` beside every feature partition (storage layout v1, section 3). Strict:
+    a number written as a string, a fraction or a boolean is a damaged file, never coerced;
+    the ranges are those a real partition can have (its day is checked by the pre-flight)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
     featureset_version: str
     symbol: str
     date: str
-    rows: int
-    ts_min: int
-    ts_max: int
-    label_horizon_sec: int
-    config_hash: str
+    rows: int = Field(ge=0)
+    ts_min: int = Field(ge=0)
+    """Epoch milliseconds of the first row."""
+    ts_max: int = Field(ge=0)
+    label_horizon_sec: int = Field(ge=0, le=MAX_LABEL_HORIZON_SEC)
+    """How far ahead the label looks, seconds: the default purge before validation."""
+    config_hash: str = Field(min_length=1)
 
 
 # -- a job's prefix ------------------------------------------------------------------------
