@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import (
+    commit_without_training,
     cpu_run_args,
     job_predictions,
     make_dataset,
@@ -28,14 +31,21 @@ from trainer.data.loader import read_split_arrays
 from trainer.data.passes import read_split
 from trainer.data.plan import preflight
 from trainer.data.synth import SIGNAL_FEATURE, SynthConfig
-from trainer.errors import EXIT_DATA, DataError
-from trainer.job.artifacts import SAMPLE_ROWS, read_manifest, verify
+from trainer.errors import (
+    EXIT_CONFLICT,
+    EXIT_DATA,
+    EXIT_JOB_FAILED,
+    DataError,
+    Diverged,
+    exit_code_of,
+)
+from trainer.job.artifacts import SAMPLE_ROWS, read_manifest, verify, write_failure
 from trainer.job.run import run_job
 from trainer.promotion.candidate import check_sample
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
-from trainer.store.records import JobMetrics, read_record
+from trainer.store.records import FailureRecord, JobMetrics, read_record
 from trainer.train.metrics import pearson
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -64,7 +74,8 @@ def test_job_on_loopback_s3_commits_at_the_seed_path(
     assert result.artifacts == "s3://quantlab-artifacts/ml-artifacts/job-8271/"
     paths = layout.job("job-8271")
     keys = {o.loc.key for o in s3_store.list(paths.dir)}
-    indexes = {paths.MANIFEST, paths.SUMMARY}  # the summary is the history's, not listed
+    # the summary is the history's and the lease says which run held the job: neither listed
+    indexes = {paths.MANIFEST, paths.SUMMARY, paths.LEASE}
     assert keys == {f"ml-artifacts/job-8271/{n}" for n in EXPECTED_FILES | indexes}
     manifest = verify(s3_store, paths, tmp_path)
     assert {f.name for f in manifest.files} == EXPECTED_FILES
@@ -287,3 +298,71 @@ def test_row_groups_without_usable_rows_are_counted_and_every_pass_covers_the_re
     assert rows.train.dropped >= 2 * rg and rows.validation.dropped >= rg
     assert rows.epochs_read == spec.train.epochs
     assert stored.rows_seen == spec.train.epochs * want["train"]
+
+
+def test_a_diverged_run_fails_with_its_own_cause_and_step(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(job={"id": "diverged"})
+    cfg = make_dataset(local_store, spec)
+    for date in spec.data.dates.resolve():
+        part = Partition("binance", "bbo", "btcusdt", date)
+        write_day(local_store, layout, part, cfg, lambda t: {"label": huge_labels(t)})
+    with pytest.raises(Diverged, match=r"the mse loss was not finite at step 1 \(learning rate"):
+        run_job(spec, local_store, device="cpu")
+    assert read_manifest(local_store, layout.job("diverged")) is None
+    failure = read_record(local_store, layout.job("diverged").failure, FailureRecord)
+    assert failure is not None and failure.error == "Diverged"
+    assert exit_code_of(Diverged("x")) == EXIT_JOB_FAILED
+
+
+def huge_labels(table: pa.Table) -> np.ndarray:
+    """Finite float32 labels whose square is not: the loss overflows on the first step."""
+    return table.column("label").to_numpy(zero_copy_only=False) * np.float32(1e25)
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_job_leave_one_committed_job_and_nothing_else(
+    store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    raw = spec_dict(job={"id": "twice"})
+    spec_path = write_spec(tmp_path / "spec.yaml", raw)
+    make_dataset(store, spec_from_dict(raw))
+    args = [sys.executable, "-m", *cpu_run_args(spec_path, store.root)]
+    runs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [(p.wait(timeout=600), *p.communicate()) for p in runs]
+    codes = sorted(code for code, _, _ in outs)
+    assert codes[0] == 0 and codes[1] in (0, EXIT_CONFLICT), outs
+    paths = layout.job("twice")
+    manifest = verify(store, paths, tmp_path / "verify")
+    assert {f.name for f in manifest.files} == EXPECTED_FILES
+    names = {o.loc.key.removeprefix(paths.dir.key) for o in store.list(paths.dir)}
+    assert names == EXPECTED_FILES | {paths.MANIFEST, paths.SUMMARY, paths.LEASE}
+    assert not store.exists(paths.failure)
+
+
+def test_a_failure_is_never_recorded_beside_a_manifest(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(job={"id": "kept"})
+    manifest = commit_without_training(local_store, spec, ic=0.1)
+    paths = layout.job(spec.job_id)
+    before = {o.loc.key: o.etag for o in local_store.list(paths.dir)}
+    assert write_failure(local_store, paths, "a late loser", "AlreadyCommitted") is None
+    assert {o.loc.key: o.etag for o in local_store.list(paths.dir)} == before
+    assert read_manifest(local_store, paths) == manifest
+
+
+def test_a_later_commit_removes_an_earlier_failure(
+    local_store: ObjectStore, layout: Layout
+) -> None:
+    spec = make_spec(job={"id": "again"})
+    make_dataset(local_store, spec)
+    paths = layout.job("again")
+    write_failure(local_store, paths, "interrupted", "Stopped", "signal")
+    result = run_job(spec, local_store, device="cpu")
+    assert result.outcome == "succeeded" and not local_store.exists(paths.failure)
+    assert not list(Path(tempfile.gettempdir()).glob("again-*"))  # its working folder is gone

@@ -91,6 +91,14 @@ class JobFailed(TrainerError):
     """The training job ran and failed; a failure record says why."""
 
 
+class Diverged(JobFailed):
+    """The training loss stopped being a finite number: the message names the step."""
+
+
+class JobBusy(TrainerError):
+    """Another run holds the job's lease and is running it now; this one wrote nothing."""
+
+
 class LimitExceeded(TrainerError):
     """The job hit its runtime or money limit and was stopped."""
 
@@ -130,6 +138,7 @@ ERRORS: dict[type[TrainerError], tuple[int, str]] = {
     LimitExceeded: (EXIT_LIMIT, "limit_exceeded"),
     PreconditionFailed: (EXIT_CONFLICT, "conflict"),
     DatasetChanged: (EXIT_CONFLICT, "conflict"),
+    JobBusy: (EXIT_CONFLICT, "conflict"),
     StorageError: (EXIT_INFRA, "infra_error"),
     InfraError: (EXIT_INFRA, "infra_error"),
     Refused: (EXIT_REFUSED, "refused"),

@@ -134,6 +134,7 @@ def _run(env: ContainerEnv, workdir: Path, log_path: Path) -> ResultSentinel:
             workdir=workdir / "job",
             listener=status.on_progress,
             code_from_store=True,
+            leased=True,
         )
         status.set_state(job.outcome, metrics=job.final, artifacts=job.artifacts)  # type: ignore[arg-type]
         result = ResultSentinel(

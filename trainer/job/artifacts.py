@@ -189,6 +189,8 @@ def commit(store: ObjectStore, paths: JobPaths, files: list[Path], info: JobInfo
         metrics=info.metrics,
         files=tuple(listed),
     )
+    if store.exists(paths.failure):  # an earlier attempt's: no failure beside a manifest
+        store.delete(paths.failure)
     try:
         write_record(store, paths.manifest, manifest, if_absent=True)
     except PreconditionFailed:
@@ -239,6 +241,8 @@ def write_failure(
 ) -> str | None:
     """Record why a job failed. Best effort: a failure to record is logged, not raised over
     the original error. Returns the record's URI when written."""
+    if store.exists(paths.manifest):
+        return None  # a committed job's prefix is never written again: its artifacts stand
     record = FailureRecord(
         job_id=paths.job_id,
         reason=reason,

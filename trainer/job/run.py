@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from trainer.data.passes import SplitRows
+from trainer.data.plan import DatasetPlan
 from trainer.data.windows import Windows
-from trainer.errors import JobFailed, TrainerError
+from trainer.errors import JobBusy, JobFailed, TrainerError
 from trainer.job.artifacts import (
     JobInfo,
     commit,
@@ -28,6 +30,7 @@ from trainer.job.artifacts import (
     write_failure,
 )
 from trainer.job.counts import row_counts
+from trainer.job.hold import Hold, hold_job
 from trainer.job.identity import Resolved, check_committed, resolve
 from trainer.job.prepare import Prepared, SharedData, prepare
 from trainer.job.summary import record_commit
@@ -113,6 +116,7 @@ def run_job(
     code_from_store: bool = False,
     shared: SharedData | None = None,
     prune: Prune | None = None,
+    leased: bool = False,
 ) -> JobResult:
     """Run the whole job. The spec is resolved against its dataset and its code first (the
     pre-flight, the code's hash), which fixes the job id. A job committed on the same data is
@@ -124,19 +128,73 @@ def run_job(
 
     A sweep runs its trials through here too: `shared` gives the pre-flight and the data
     read for earlier trials with the same data section, and `prune` judges each
-    evaluation (see `fit`)."""
+    evaluation (see `fit`).
+
+    Before anything is written the run takes the job's lease (`leased`: the caller holds it
+    already, as a container does): a run that another one holds the job from raises JobBusy
+    having written nothing, and nothing is ever written into a committed job's prefix."""
     started = utc_now()
     resolved = _resolve(spec, store, dry_run, started, shared)
     spec, plan = resolved.spec, resolved.plan
     paths = Layout.of(spec.storage).job(spec.job_id)
-    job_id = paths.job_id
-    if not dry_run and (manifest := read_manifest(store, paths)) is not None:
-        check_committed(store, paths, manifest, plan)
-        log.info("job %s is already committed on this data; nothing to do", job_id)
-        return JobResult(job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
-    if not dry_run:  # the commit is written only if absent: refuse before training, not after
+    if not dry_run and (done := _committed(store, paths, plan)) is not None:
+        return done
+    if not dry_run:  # the lease and the commit are conditional writes: refuse before training
         store.require_conditional_writes(paths.bucket)
-    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{job_id}-"))
+    take = not (dry_run or leased) and from_env().is_main  # other ranks share rank 0's lease
+    with hold_job(store, paths, take) as hold:
+        if take and (done := _committed(store, paths, plan)) is not None:
+            hold.committed = True  # committed while this run waited: its lease stays
+            return done
+        own_dir = workdir is None
+        workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{paths.job_id}-"))
+        result = _run(
+            spec,
+            store,
+            plan,
+            paths,
+            device,
+            dry_run,
+            workdir,
+            listener,
+            hold,
+            started,
+            shared,
+            prune,
+            code_from_store,
+        )
+        if own_dir and result.outcome == "succeeded":
+            shutil.rmtree(workdir, ignore_errors=True)  # committed: every file is in the store
+        return result
+
+
+def _committed(store: ObjectStore, paths: JobPaths, plan: DatasetPlan) -> JobResult | None:
+    """The result of a job committed on this data already; DatasetChanged on other data."""
+    manifest = read_manifest(store, paths)
+    if manifest is None:
+        return None
+    check_committed(store, paths, manifest, plan)
+    log.info("job %s is already committed on this data; nothing to do", paths.job_id)
+    return JobResult(paths.job_id, "already_done", store.uri(paths.dir), manifest.metrics, manifest)
+
+
+def _run(
+    spec: JobSpec,
+    store: ObjectStore,
+    plan: DatasetPlan,
+    paths: JobPaths,
+    device: str,
+    dry_run: bool,
+    workdir: Path,
+    listener: Listener | None,
+    hold: Hold,
+    started: str,
+    shared: SharedData | None,
+    prune: Prune | None,
+    code_from_store: bool,
+) -> JobResult:
+    """Prepare, fit, write the artifacts and commit them, holding the job's lease."""
+    job_id = paths.job_id
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / JobPaths.TRAIN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
@@ -184,7 +242,9 @@ def run_job(
         )
         handler.flush()
         files = sorted(p for p in workdir.iterdir() if p.is_file())
+        hold.check()  # the lease went to another run: its artifacts, not these, may land
         committed = commit(store, paths, files, info)
+        hold.committed = True
         log.info("committed %d artifacts to %s", len(files), committed.uri)
         record_commit(store, paths, spec, committed.manifest)
         _drop_checkpoints(store, paths)
@@ -197,7 +257,8 @@ def run_job(
             else f"{type(failure).__name__}: {exc}"
         )
         log.error("job %s failed: %s", job_id, reason)
-        if not dry_run and ranks.is_main:
+        log.info("the working folder is kept at %s", workdir)
+        if not dry_run and ranks.is_main and hold.ours and not isinstance(exc, JobBusy):
             handler.flush()
             _record_failure(store, paths, reason, exc, workdir, started)
         if failure is not exc:
@@ -321,6 +382,9 @@ def _record_failure(
     workdir: Path,
     started: str,
 ) -> None:
+    if store.exists(paths.manifest):  # another run committed the job: its prefix stands
+        log.error("job %s is committed by another run; this run records nothing", paths.job_id)
+        return
     log_path = workdir / JobPaths.TRAIN_LOG
     if log_path.exists():
         with contextlib.suppress(TrainerError):

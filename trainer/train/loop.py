@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.errors import Diverged
 from trainer.spec.sections import TrainSpec
 from trainer.train.distributed import Ranks
 from trainer.train.losses import LossFn, mse, validation_scores
@@ -139,6 +140,8 @@ def fit(
     epochs = train.epochs if train.epochs is not None else 1 << 30  # max_steps ends it
     stop_early = pruned = False
     window_rows, window_start = 0, time.monotonic()
+    # the first step whose loss was not finite (0: none), kept on the device: no sync a step
+    diverged_at = torch.zeros((), dtype=torch.int64, device=device)
 
     def evaluate() -> bool:
         nonlocal pruned
@@ -179,8 +182,12 @@ def fit(
                 state.step += 1
                 state.rows_seen += len(y)
                 window_rows += len(y)
+                first_bad = (diverged_at == 0) & ~torch.isfinite(loss.detach())
+                diverged_at = torch.where(first_bad, state.step, diverged_at)
 
                 # 4. log: `.item()` waits for the GPU, so only on log steps
+                if state.step % train.log_every_steps == 0:
+                    check_finite(diverged_at, train)
                 if ranks.is_main and state.step % train.log_every_steps == 0:
                     now = time.monotonic()
                     rate = window_rows / max(now - window_start, 1e-9)
@@ -218,12 +225,25 @@ def fit(
             if checkpoint is not None and state.epoch < epochs:
                 checkpoint(state, raw, optimizer, True)  # an epoch boundary
 
+    check_finite(diverged_at, train)
     # Final evaluation, unless the last step just evaluated; then the best weights win.
     if ranks.is_main and (not state.history or state.history[-1]["step"] != state.step):
         evaluate()
     if state.best_weights is not None:
         raw.load_state_dict(state.best_weights)
     return FitResult(state, stop_early and not pruned, time.monotonic() - started, pruned)
+
+
+def check_finite(diverged_at: torch.Tensor, train: TrainSpec) -> None:
+    """Stop a run whose loss went NaN or infinite, naming the first such step: its weights
+    are no model, and nothing after it would be one either."""
+    step = int(diverged_at)
+    if step:
+        raise Diverged(
+            f"training diverged: the {train.loss} loss was not finite at step {step} "
+            f"(learning rate {train.lr:g}); lower train.lr, set train.grad_clip, or check "
+            "the labels' scale"
+        )
 
 
 def _evaluate(
