@@ -337,6 +337,7 @@ def test_two_runs_of_one_job_leave_one_committed_job_and_nothing_else(
     codes = sorted(code for code, _, _ in outs)
     assert codes[0] == 0 and codes[1] in (0, EXIT_CONFLICT), outs
     paths = layout.job("twice")
+    (tmp_path / "verify").mkdir()
     manifest = verify(store, paths, tmp_path / "verify")
     assert {f.name for f in manifest.files} == EXPECTED_FILES
     names = {o.loc.key.removeprefix(paths.dir.key) for o in store.list(paths.dir)}
