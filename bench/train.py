@@ -8,17 +8,22 @@ ratio of the best rounds, with the load average and the CPU seconds per million 
 run (the figure load barely moves). `ratio` near 1 means the loader keeps up.
 
     python bench/train.py [--json] [--days 4] [--rows-per-day 200000] [--device auto]
-                          [--window 32 [--channels 64]]
+                          [--window 32 [--channels 64]] [--user-model]
 
 With `--window L` above 1 the model is the sequence model (`model.type: tcn`) on windows of
 `L` rows: the loader's `[B, L, F]` batches against windows gathered by index from rows already
 in memory (`data.windows.Windows`, the same index arithmetic without the reading), so both
 sides hold the rows once and count samples, not rows.
+
+With `--user-model` the model is a researcher's own, shipped as code: the gated residual network
+of `examples/gated_residual.py` (width 256, two blocks), packed and imported the way a job
+does it (`trainer.model.code.stage`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+USER_MODEL = HERE.parent / "examples" / "gated_residual.py"
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from dataset import dates, ensure_dataset, spec_dict  # noqa: E402
@@ -41,6 +47,7 @@ from measure import cpu_s, load_average, paired  # noqa: E402
 from trainer.data.loader import BlockCache, StreamingLoader, compute_feature_stats  # noqa: E402
 from trainer.data.plan import preflight  # noqa: E402
 from trainer.data.windows import Windows  # noqa: E402
+from trainer.model.code import StagedCode, stage  # noqa: E402
 from trainer.model.registry import build_model  # noqa: E402
 from trainer.spec import spec_from_dict  # noqa: E402
 from trainer.store import open_store  # noqa: E402
@@ -76,12 +83,13 @@ class Quiet:
         pass
 
 
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
     root = Path(args.data or tempfile.mkdtemp(prefix="bench-train-"))
     store_root = ensure_dataset(root, args.days + 1, args.rows_per_day)
     window = args.window
@@ -89,9 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec_dict(
             dates(args.days + 1),
             data={"window": window},
-            model={"hidden": [256, 128]}
-            if window == 1
-            else {"type": "tcn", "channels": args.channels},
+            model=model_section(args),
+            **({"code": {"path": str(USER_MODEL)}} if args.user_model else {}),
             train={
                 "epochs": 1,
                 "batch_size": args.batch,
@@ -102,6 +109,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
         )
     )
+    with contextlib.ExitStack() as stack:
+        code = stack.enter_context(
+            stage(spec.code, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        )
+        return measure(args, spec, store_root, code)
+
+
+def model_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's model: the MLP, the tcn on windows, or the researcher's own."""
+    if args.user_model:
+        return {"type": "gated_residual:GatedResidual", "params": {"width": 256, "blocks": 2}}
+    if args.window > 1:
+        return {"type": "tcn", "channels": args.channels}
+    return {"hidden": [256, 128]}
+
+
+def measure(
+    args: argparse.Namespace, spec: Any, store_root: Path, code: StagedCode | None
+) -> dict[str, Any]:
+    device, window = pick_device(args.device), args.window
     store = open_store(f"file://{store_root}")
     plan = preflight(spec.data, store, Layout.of(spec.storage))
     stats = compute_feature_stats(plan, store, sample_rows=10**12)  # every row: exact count
@@ -119,9 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     y = torch.randn(len(x), device=device)
 
     def timed(source: Any) -> dict[str, float]:
-        model = build_model(spec.model, nf, stats.mean, stats.std, seed=0, input_shape=sample).to(
-            device
-        )
+        model = build_model(
+            spec.model, nf, stats.mean, stats.std, seed=0, code=code, input_shape=sample
+        ).to(device)
         cpu0, t0 = cpu_s(), time.perf_counter()
         result = fit(model, source, val, spec.train, device, steps, Quiet())
         if device.type == "cuda":
@@ -189,6 +216,9 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--window", type=int, default=1, help="rows per sample; above 1: tcn")
     p.add_argument("--channels", type=int, default=64, help="the tcn's channels")
+    p.add_argument(
+        "--user-model", action="store_true", help="the gated residual of examples/, as code"
+    )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--data", default=None, help="folder to keep the generated dataset in")
     args = p.parse_args()
