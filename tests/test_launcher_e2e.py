@@ -139,8 +139,9 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     instance_id = result["attempts"][0]["instance_id"]
     destroyed_at = env.fake.account.instances[instance_id].destroyed_at
     # Destroyed within a poll, the verification and the relay of the last lines of the manifest
-    # landing (the container, done, destroys itself meanwhile too).
-    assert landed and destroyed_at is not None and destroyed_at - landed[0] < 0.2 + 1.5
+    # landing (the container, done, destroys itself meanwhile too), not after a timeout. The
+    # bound leaves room for a loaded machine: the waits it guards against are tens of seconds.
+    assert landed and destroyed_at is not None and destroyed_at - landed[0] < 6.0
     env.assert_clean()
 
     body = env.fake.requests_to("create")[0].body
