@@ -233,10 +233,17 @@ def test_a_dry_run_without_a_vast_key_runs_the_local_steps_and_says_what_it_skip
     run = run_cli(launch_argv(env, spec, "--dry-run"))
     assert run.code == 0, run.stderr[-3000:]
     kinds = [e["event"] for e in run.events()]
-    assert kinds == ["validated", "preflight", "local_dry_run", "vast_skipped", "result"]
-    assert run.events()[2]["skipped"] is False and run.events()[2]["steps"] > 0
+    assert kinds == [
+        "validated",
+        "preflight",
+        "model_proof",
+        "local_dry_run",
+        "vast_skipped",
+        "result",
+    ]
+    assert run.events()[3]["skipped"] is False and run.events()[3]["steps"] > 0
     skipped = "the live-instance check, the offer search and the cost estimate"
-    assert run.events()[3]["skipped"] == skipped
+    assert run.events()[4]["skipped"] == skipped
     assert f"skipped {skipped}: no Vast.ai API key" in run.stderr
     assert run.result["outcome"] == "dry_run" and skipped in run.result["reason"]
     assert env.fake.calls("search") == env.creates() == 0

@@ -217,7 +217,9 @@ def test_a_create_that_lands_after_its_window_never_trains_the_job_twice(market:
     outputs = market.containers.outputs
     trained = [i for i, lines in outputs.items() if any("committed" in line for line in lines)]
     refused = [i for i, lines in outputs.items() if any("not this container's" in x for x in lines)]
-    assert len(trained) == 1 and len(refused) == 1, outputs
+    # the other container refused the job, or was destroyed before it started at all
+    others = [i for i in outputs if i not in trained]
+    assert len(trained) == 1 and all(i in refused or not outputs[i] for i in others), outputs
     logs = market.store.list(Layout().job("lt-unsure-twice").logs)
     assert [o.loc.name for o in logs] == [f"{trained[0]}.log"]  # only one container wrote
     market.assert_clean()

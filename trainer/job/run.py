@@ -217,7 +217,9 @@ def _run(
         try:
             result = _fit(job, val, torch_device, ranks, workdir, listener, prune)
         finally:
-            job.loader.close()
+            # wait for the reads in flight: a worker rank exits right after the last
+            # collective, and a reading thread still inside the decoder aborts the process
+            job.loader.close(wait=True)
         rows_all_ranks = all_sum(result.state.rows_seen, ranks, torch_device)
         counts = row_counts(job, rows_all_ranks, job.restored is not None, ranks, torch_device)
         if not ranks.is_main:
