@@ -10,7 +10,24 @@ from dataclasses import dataclass
 from trainer.errors import InfraError
 from trainer.spec import JobSpec, load_spec
 from trainer.store import ObjectStore, default_store_root, open_store
-from trainer.store.layout import ARTIFACTS_BUCKET, RAW_BUCKET, Layout
+from trainer.store.layout import ARTIFACTS_BUCKET, RAW_BUCKET, Layout, check_job_id, check_symbol
+
+
+def job_id_arg(text: str) -> str:
+    """An argparse `type` for a job (or sweep) id: one that cannot name a job folder (`../x`,
+    `a/b`) is refused by name (exit 2) before it reaches a store key."""
+    try:
+        return check_job_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def symbol_arg(text: str) -> str:
+    """An argparse `type` for a symbol: lower case as the layout writes it, or refused."""
+    try:
+        return check_symbol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, e.g. btcusdt") from None
 
 
 def add_spec(p: argparse.ArgumentParser, *, many: bool = False) -> None:
