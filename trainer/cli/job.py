@@ -78,6 +78,8 @@ def _validate(args: argparse.Namespace) -> int:
         if args.check_data or args.check_model:
             resolved = resolve(ctx.spec, ctx.store)
             job_id, data = resolved.job_id, summary(resolved.plan)
+            # what `run` needs before it trains: a bucket to commit to, honouring the lease
+            ctx.store.require_conditional_writes(ctx.layout.artifacts_bucket)
         if args.check_model:
             from trainer.model.proof import prove
 

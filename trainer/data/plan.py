@@ -26,7 +26,7 @@ from trainer.data.split import SplitBounds, split_bounds
 from trainer.errors import DataError, ObjectNotFound, StorageError
 from trainer.spec.dates import day_bounds_ms
 from trainer.spec.sections import DataSpec
-from trainer.store.base import Loc, ObjectStore
+from trainer.store.base import Loc, ObjectStore, store_failure
 from trainer.store.layout import Layout, Partition
 from trainer.store.records import DatasetFingerprint, PartitionFingerprint, PartitionMeta
 
@@ -166,8 +166,6 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         if store.head(data_loc) is None:
             return _Footer(None, None, [], missing=part)
         return _Footer(None, None, [f"{where}: meta.json missing"])
-    except StorageError as exc:
-        return _Footer(None, None, [f"{where}: {exc}"])
     try:
         raw = json.loads(meta_raw)
         if not isinstance(raw, dict):
@@ -200,6 +198,8 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
     except FileNotFoundError:
         return _Footer(None, None, [f"{where}: data.parquet missing"])
     except (OSError, ValueError, pa.ArrowException, StorageError) as exc:
+        if (failed := store_failure(exc, store.uri(data_loc))) is not None:
+            raise failed from None  # the store, not the data: exit 8, never a data error
         return _Footer(None, None, [f"{where}data.parquet: unreadable Parquet footer ({exc})"])
 
     if meta.rows != md.num_rows:
