@@ -45,13 +45,13 @@ from trainer.cli import main
 DOCUMENTED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 130}
 
 FAST = settings(
-    max_examples=10,
+    max_examples=15,
     derandomize=True,  # a fixed seed: the same examples every run
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-SLOW = settings(FAST, max_examples=150)
+SLOW = settings(FAST, max_examples=400)
 
 
 def cli(*args: str) -> tuple[int, str]:
