@@ -12,7 +12,6 @@ damage classes each run covered."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import tempfile
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from tests.damage import (
     sha256,
     spec_damages,
 )
-from trainer.cli import main
+from tests.helpers import cli
 
 DOCUMENTED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 130}
 
@@ -52,14 +51,6 @@ FAST = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SLOW = settings(FAST, max_examples=400)
-
-
-def cli(*args: str) -> tuple[int, str]:
-    """`quantlab-train ARGS` in this process: its exit code, and stdout and stderr together."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(list(args))
-    return code, out.getvalue()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ every checkpoint, and splits the data cannot hold."""
 from __future__ import annotations
 
 import contextlib
-import io
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import BUCKETS, _point_at
-from tests.helpers import make_dataset, spec_dict, write_day, write_spec
-from trainer.cli import main
+from tests.helpers import cli, make_dataset, spec_dict, write_day, write_spec
 from trainer.data.synth import SynthConfig
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore, open_store
@@ -24,17 +22,6 @@ from trainer.store.layout import Layout, Partition
 from trainer.train.checkpoint import MAX_FAILED_SAVES
 
 SMALL = SynthConfig(rows_per_day=600, row_group_size=200, n_features=3)
-
-
-def cli(*args: str) -> tuple[int, str]:
-    """`quantlab-train ARGS` in this process: the exit code, stdout and stderr together."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse refusing an argument
-            code = int(exc.code or 0)
-    return code, out.getvalue()
 
 
 @pytest.mark.parametrize("value", ["[1", "*a", "\t", "!!python/object/apply:os.system ['true']"])
@@ -233,3 +220,13 @@ def test_checkpoint_writes_stop_the_job_after_a_bounded_number_of_failures(
     assert code == 8, text
     assert f"{MAX_FAILED_SAVES} checkpoint writes in a row failed, the last at step " in text
     assert f"step {MAX_FAILED_SAVES}:" in text, text  # stopped there, not at the end
+
+
+@pytest.mark.parametrize(
+    "field", ["train.lr", "train.weight_decay", "promotion.min_ic", "limits.max_cost_usd"]
+)
+def test_nan_is_reported_as_not_finite_not_against_a_bound(field: str, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict())
+    code, text = cli("validate", str(spec), "--set", f"{field}=.nan")
+    assert code == 2 and f"{field}: must be a finite number" in text, text
+    assert "greater" not in text and "less" not in text, text
