@@ -202,6 +202,7 @@ def run_refusing_checkpoints(
     return code, text, folder
 
 
+@pytest.mark.slow
 def test_a_refused_checkpoint_write_does_not_stop_the_run(
     local_store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -230,3 +231,31 @@ def test_nan_is_reported_as_not_finite_not_against_a_bound(field: str, tmp_path:
     code, text = cli("validate", str(spec), "--set", f"{field}=.nan")
     assert code == 2 and f"{field}: must be a finite number" in text, text
     assert "greater" not in text and "less" not in text, text
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: Path, size: str = "96k") -> Iterator[None]:
+    """`folder` on a file system of `size` bytes (a tmpfs: needs the right to mount)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_local_store_is_a_clear_refusal(
+    local_store: ObjectStore, tmp_path: Path
+) -> None:
+    raw = spec_dict(job={"id": "full"})
+    make_dataset(local_store, spec_from_dict(raw), SMALL)
+    path = write_spec(tmp_path / "spec.yaml", raw)
+    with tiny_disk(tmp_path / "store" / BUCKETS.artifacts_bucket):
+        code, text = cli("run", str(path), "--store", local_store.root, "--device", "cpu")
+    assert code == 8, text
+    assert "no space left on the device" in text and str(tmp_path / "store") in text, text
+    assert "internal error" not in text and "s3://" not in text, text

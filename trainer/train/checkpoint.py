@@ -138,7 +138,9 @@ class Checkpointer:
         except ObjectNotFound:
             return None
         if hashlib.sha256(data).hexdigest() != pointer.sha256:
-            log.warning("checkpoint %s does not match its pointer; starting fresh", loc)
+            log.warning(
+                "checkpoint %s does not match its pointer; starting fresh", self.store.uri(loc)
+            )
             return None
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         model.load_state_dict(blob["model"])
