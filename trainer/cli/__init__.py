@@ -24,7 +24,8 @@ class _Stderr(logging.StreamHandler):
 
     @property
     def stream(self) -> object:
-        return sys.stderr
+        # while prints go to the log (a job running), not back through that capture
+        return getattr(sys.stderr, "terminal", sys.stderr)
 
     @stream.setter
     def stream(self, value: object) -> None:
