@@ -82,16 +82,12 @@ def make_dataset(store: ObjectStore, spec: JobSpec, cfg: SynthConfig | None = No
 
 
 def cli(*args: str) -> tuple[int, str]:
-    """`quantlab-train ARGS` in this process: the exit code, and stdout and stderr together
-    (argparse refusing an argument exits 2, as the command line would)."""
+    """`quantlab-train ARGS` in this process: the exit code, and stdout and stderr together."""
     from trainer.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
+        code = main(list(args))
     return code, out.getvalue()
 
 
