@@ -502,7 +502,7 @@ def spec_damages(draw: st.DrawFn, ds: Dataset) -> Damage:
     """One spec field set to a value in range, out of range, of the wrong type, not finite,
     or not YAML at all; or a damage that needs the data to be seen (a purge longer than the
     span, a split with no training day, a column or symbol the data lacks, dates outside it)."""
-    kind = draw(st.sampled_from(["field", "field", "field", "data-bound"]))
+    kind = draw(st.sampled_from(["field", "data-bound"]))
     if kind == "field":
         f = draw(st.sampled_from(FIELDS))
         choice = draw(st.sampled_from(["valid", "invalid", "invalid", "not yaml"]))

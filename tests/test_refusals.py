@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import BUCKETS, _point_at
 from tests.helpers import cli, make_dataset, spec_dict, write_day, write_spec
 from trainer.data.synth import SynthConfig
+from trainer.errors import StorageError, exit_code_of
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore, open_store
 from trainer.store.layout import Layout, Partition
@@ -156,6 +157,28 @@ def test_a_store_lost_while_reading_data_is_infrastructure_not_data(
     code, text = cli("validate", str(path), "--check-data", "--store", "s3://")
     assert code == 8, text
     assert "internal error" not in text and "dataset pre-flight failed" not in text, text
+
+
+def test_a_store_lost_in_the_middle_of_a_pass_is_infrastructure_not_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from trainer.data.passes import read_split
+    from trainer.data.plan import preflight
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    _point_at(f"http://{host}:{port}", monkeypatch)
+    store = open_store("s3://")
+    spec = spec_from_dict(spec_dict())
+    make_dataset(store, spec, SMALL)
+    plan = preflight(spec.data, store, Layout())  # the footers read while the store was up
+    server.stop()
+    with pytest.raises(StorageError, match="the store failed") as failed:
+        read_split(plan, store, "val")
+    assert exit_code_of(failed.value) == 8
 
 
 @contextlib.contextmanager
