@@ -72,6 +72,21 @@ def test_a_spec_over_a_mebibyte_is_refused_unread(tmp_path: Path) -> None:
     assert code == 2 and "larger than 1 MiB" in text, text
 
 
+def test_a_spec_that_aliases_expand_past_reason_is_refused(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 8):  # ten times more values at each level: 10^8 in eight lines
+        levels.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
+    body = "\n".join(f"    {line}" for line in levels)
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(
+        "data: {exchange: binance, stream: bbo, symbols: [btcusdt],\n"
+        "       dates: {start: 20251201, end: 20251203}}\n"
+        f"code: {{path: .}}\nmodel:\n  type: 'pkg.mod:build'\n  params:\n{body}\n"
+    )
+    code, text = cli("validate", str(spec))
+    assert code == 2 and "expands to more than 100,000 values" in text, text
+
+
 @pytest.mark.parametrize(
     ("override", "says"),
     [

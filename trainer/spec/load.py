@@ -58,7 +58,33 @@ def yaml_mapping(text: str, source: str, what: str) -> dict[str, Any]:
         raise SpecError(f"{source} is not valid YAML", [str(exc)]) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{source} is not {what}", ["the top level must be a mapping"])
+    if _values_past(raw, MAX_SPEC_VALUES):
+        raise SpecError(
+            f"{source} is not {what} one can write by hand",
+            [f"it expands to more than {MAX_SPEC_VALUES:,} values (YAML aliases repeat what "
+             "they name: a few lines can stand for billions)"],
+        )  # fmt: skip
     return raw
+
+
+MAX_SPEC_VALUES = 100_000
+"""Values (mappings, lists, scalars) a spec may expand to, aliases counted each time used."""
+
+
+def _values_past(root: object, limit: int) -> bool:
+    """Whether `root` holds more than `limit` values, counted without expanding them all."""
+    stack, seen = [root], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> JobSpec:
