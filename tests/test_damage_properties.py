@@ -2,8 +2,9 @@
 the documented exit code, or commit a job whose recorded rows, split bounds and metrics are
 those of an independent recount. Nothing in between, and never exit 1.
 
-Datasets and specs are damaged generatively (`tests/damage.py`): types, ranges, missing,
-duplicated and shifted values, empty and NaN row groups, timestamps off the partition's day,
+Datasets and specs are damaged generatively (`tests/damaged_data.py`, `tests/damaged_specs.py`):
+types, ranges, missing, duplicated and shifted values, empty and NaN row groups, timestamps off
+the partition's day,
 bad meta.json, spec values out of range or not YAML. Both commands run in-process through the
 CLI entry point on a local store. The fast tier runs a fixed, bounded set of examples; the
 slow tier runs more, and a few on loopback S3. `--hypothesis-show-statistics` lists the
@@ -25,21 +26,18 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.damage import (
+from tests.damaged_data import (
     ARTIFACTS,
     Damage,
     Dataset,
-    _set,
     all_label_nan,
-    base_spec,
     clean,
     damaged_data,
     datasets,
-    recount,
-    sha256,
-    spec_damages,
 )
+from tests.damaged_specs import base_spec, set_path, spec_damages
 from tests.helpers import cli
+from tests.recount import recount, sha256
 
 DOCUMENTED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 130}
 
@@ -100,7 +98,7 @@ def check(ds: Dataset, damages: list[Damage], tmp: Path) -> None:
     for d in damages:
         for o in d.overrides:
             key, _, value = o.partition("=")
-            _set(raw, key, yaml.safe_load(value))
+            set_path(raw, key, yaml.safe_load(value))
     committed(ds, raw, root, tmp)
 
 
