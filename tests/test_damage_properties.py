@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from hypothesis import strategies as st
 
 from tests.damaged_data import (
     ARTIFACTS,
+    COMPACT,
     Damage,
     Dataset,
     all_label_nan,
@@ -63,12 +66,66 @@ def scratch() -> Iterator[Path]:
             tempfile.tempdir = before
 
 
-def check(ds: Dataset, damages: list[Damage], tmp: Path) -> None:
+class LocalPlace:
+    """The case's files in a local store: written where the store reads them."""
+
+    def store(self, root: Path) -> str:
+        return f"file://{root}"
+
+    def publish(self, root: Path) -> None:
+        pass
+
+    def fetch(self, root: Path) -> None:
+        pass
+
+
+@dataclass
+class S3Place:
+    """The case's files in loopback S3 (moto), emptied for each case: uploaded there, and the
+    artifacts bucket's jobs downloaded back into the local folder the checks read."""
+
+    endpoint: str
+
+    def store(self, root: Path) -> str:
+        return "s3://"
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def publish(self, root: Path) -> None:
+        reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=10).close()
+        s3 = self.client()
+        for bucket in ("quantlab-raw", COMPACT, ARTIFACTS):
+            s3.create_bucket(Bucket=bucket)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            bucket, key = path.relative_to(root).as_posix().split("/", 1)
+            s3.upload_file(str(path), bucket, key)
+
+    def fetch(self, root: Path) -> None:
+        s3 = self.client()
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=ARTIFACTS, Prefix="ml-artifacts/"
+        ):
+            for obj in page.get("Contents", []):
+                target = root / ARTIFACTS / obj["Key"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(ARTIFACTS, obj["Key"], str(target))
+
+
+Place = LocalPlace | S3Place
+
+
+def check(ds: Dataset, damages: list[Damage], tmp: Path, place: Place | None = None) -> None:
     """Write the damaged case, validate it, run it, and hold the outcome to the property."""
+    place = place or LocalPlace()
     for d in damages:
         event(d.what)
     root = tmp / "store"
     ds.write(root)
+    place.publish(root)
     raw = base_spec(ds)
     for d in damages:
         if d.spec_change is not None:
@@ -76,7 +133,7 @@ def check(ds: Dataset, damages: list[Damage], tmp: Path) -> None:
     spec_path = tmp / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     sets = [a for d in damages for o in d.overrides for a in ("--set", o)]
-    args = [str(spec_path), "--store", f"file://{root}", *sets]
+    args = [str(spec_path), "--store", place.store(root), *sets]
 
     refusing = [d for d in damages if d.expect == "refuse"]
     code, text = cli("validate", "--check-data", *args)
@@ -88,6 +145,7 @@ def check(ds: Dataset, damages: list[Damage], tmp: Path) -> None:
         assert any(t in text for d in named for t in d.targets), f"names none: {text}"
         run_code, run_text = cli("run", *args, "--device", "cpu")
         assert run_code == code, run_text  # `run` refuses the same way, before training
+        place.fetch(root)
         jobs = root / ARTIFACTS / "ml-artifacts"
         left = {p.name for p in jobs.rglob("*") if p.is_file()} if jobs.exists() else set()
         assert left <= {"failure.json"}, left  # an explicit job id records why; nothing else
@@ -95,6 +153,7 @@ def check(ds: Dataset, damages: list[Damage], tmp: Path) -> None:
     assert not refusing, f"validate passed {refusing}: {text}"
     code, text = cli("run", *args, "--device", "cpu")
     assert code == 0, f"validate said yes, run exited {code}: {text}"
+    place.fetch(root)
     for d in damages:
         for o in d.overrides:
             key, _, value = o.partition("=")
@@ -190,3 +249,13 @@ def test_an_undamaged_dataset_commits_as_recounted() -> None:
 def test_many_damaged_cases_hold_the_property(case: tuple[Dataset, list[Damage]]) -> None:
     with scratch() as tmp:
         check(*case, tmp)
+
+
+@pytest.mark.slow
+@settings(SLOW, max_examples=30, suppress_health_check=list(HealthCheck))
+@given(st.one_of(data_cases(), spec_cases()))
+def test_damaged_cases_on_s3_hold_the_property(
+    s3_env: dict[str, str], case: tuple[Dataset, list[Damage]]
+) -> None:
+    with scratch() as tmp:
+        check(*case, tmp, S3Place(s3_env["AWS_ENDPOINT_URL_S3"]))

@@ -285,7 +285,6 @@ def tiny_disk(folder: Path, size: str = "96k") -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=True)
 
 
-@pytest.mark.slow
 def test_a_full_disk_under_the_local_store_is_a_clear_refusal(
     local_store: ObjectStore, tmp_path: Path
 ) -> None:
