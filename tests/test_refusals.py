@@ -92,8 +92,8 @@ def test_a_spec_that_aliases_expand_past_reason_is_refused(tmp_path: Path) -> No
     [
         ("data.dates.start=10000101", "outside 19700101..20991231"),
         ("data.dates.end=99991231", "outside 19700101..20991231"),
-        ("data.dates.start=19760101", "spans 18,263 days; at most 3,660"),
-        ("data.dates.days=[20991231]", "spans"),
+        ("data.dates.start=19760101", "spans 18,263 days; a range spans at most 3,660"),
+        ("data.dates.days=[20991232]", "not a real calendar date"),
     ],
 )
 def test_dates_outside_the_era_or_over_ten_years_are_refused(
