@@ -66,7 +66,7 @@ FIELDS = (
     Field(
         "job.id",
         st.sampled_from(["job-a", "b.c_d"]),
-        ("../x", "x/y", "UPPER", "''", "'.hidden'", "'a b'", "'x' ", "[1]"),
+        ("../x", "a..b", "x/y", "UPPER", "''", "'.hidden'", "'a b'", "'-x'", "[1]"),
     ),
 )
 

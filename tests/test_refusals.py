@@ -296,3 +296,13 @@ def test_a_full_disk_under_the_local_store_is_a_clear_refusal(
     assert code == 8, text
     assert "no space left on the device" in text and str(tmp_path / "store") in text, text
     assert "internal error" not in text and "s3://" not in text, text
+
+
+@pytest.mark.parametrize("job_id", ["a..b", "../x", "x/y"])
+def test_a_spec_job_id_that_cannot_name_a_folder_is_refused_by_the_spec(
+    job_id: str, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(job={"id": job_id}))
+    code, text = cli("run", str(spec), "--store", f"file://{tmp_path / 'store'}")
+    assert code == 2 and "job.id:" in text, text
+    assert not (tmp_path / "store").exists()

@@ -44,11 +44,18 @@ class JobMeta(Section):
     """Job id, the folder under `ml-artifacts/`. Default: derived from the spec's content and
     the dataset's fingerprint (`job-` + 12 hex digits), so the same spec on the same data is
     the same job, and new data is a new job. An explicit id that was committed with other
-    data is refused (exit 9)."""
+    data is refused (exit 9). Lower case letters, digits, `.`, `_` and `-`, never `..`."""
     name: str = Field(default="", max_length=200)
     """Human-readable name shown by `status` and `list`. Default: empty."""
     tags: tuple[str, ...] = ()
     """Free-form tags recorded in the manifest. Default: none."""
+
+    @field_validator("id")
+    @classmethod
+    def _names_a_folder(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value:
+            raise ValueError(f"{value!r} cannot name a job folder: '..' is not allowed")
+        return value
 
 
 FIRST_DAY, LAST_DAY = "19700101", "20991231"
