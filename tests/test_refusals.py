@@ -306,3 +306,22 @@ def test_a_spec_job_id_that_cannot_name_a_folder_is_refused_by_the_spec(
     code, text = cli("run", str(spec), "--store", f"file://{tmp_path / 'store'}")
     assert code == 2 and "job.id:" in text, text
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "SPEC", "--rows-per-day", "-1"],
+        ["generate", "SPEC", "--rows-per-day", "0"],
+        ["generate", "SPEC", "--features", "0"],
+        ["logs", "job-a", "--tail", "-5"],
+        ["jobs", "--limit", "0"],
+    ],
+)
+def test_numbers_on_the_command_line_are_refused_out_of_range(
+    args: list[str], tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict())
+    argv = [str(spec) if a == "SPEC" else a for a in args]
+    code, text = cli(*argv, "--store", f"file://{tmp_path / 'store'}")
+    assert code == 2 and "is not in 1.." in text, text

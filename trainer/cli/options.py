@@ -4,7 +4,7 @@ store and layout they open."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trainer.errors import InfraError
@@ -28,6 +28,21 @@ def symbol_arg(text: str) -> str:
         return check_symbol(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, e.g. btcusdt") from None
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number from `low` to `high`, refused by name otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high:,}")
+        return value
+
+    return parse
 
 
 def add_spec(p: argparse.ArgumentParser, *, many: bool = False) -> None:

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.cli.options import add_bucket, add_json, add_store, job_id_arg, store_for, symbol_arg
+from trainer.cli.options import (
+    add_bucket,
+    add_json,
+    add_store,
+    int_in,
+    job_id_arg,
+    store_for,
+    symbol_arg,
+)
 from trainer.cli.output import metrics_line
 from trainer.job.state import STATES
 from trainer.report.history import SORT_KEYS
@@ -36,7 +44,9 @@ def register(sub: Any) -> None:
         help="best (or newest) first; jobs without the value last (default started)",
     )
     p.add_argument("--reverse", action="store_true", help="the other way round")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N jobs")
+    p.add_argument(
+        "--limit", type=int_in(1, 10**9), default=None, metavar="N", help="at most N jobs"
+    )
     p.add_argument(
         "--sweeps",
         action="store_true",
