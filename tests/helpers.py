@@ -3,6 +3,8 @@ and `model.bin` run by a bare interpreter."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -77,6 +79,16 @@ def make_dataset(store: ObjectStore, spec: JobSpec, cfg: SynthConfig | None = No
     layout = Layout.of(spec.storage)
     generate(store, layout, d.exchange, d.stream, d.symbols, d.dates.resolve(), cfg)
     return cfg
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """`quantlab-train ARGS` in this process: the exit code, and stdout and stderr together."""
+    from trainer.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(list(args))
+    return code, out.getvalue()
 
 
 def cpu_run_args(spec_path: Path, store_root: str) -> list[str]:

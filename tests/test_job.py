@@ -367,3 +367,20 @@ def test_a_later_commit_removes_an_earlier_failure(
     result = run_job(spec, local_store, device="cpu")
     assert result.outcome == "succeeded" and not local_store.exists(paths.failure)
     assert not list(Path(tempfile.gettempdir()).glob("again-*"))  # its working folder is gone
+
+
+def test_each_progress_line_is_logged_once_on_the_terminal_and_in_train_log(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    from tests.helpers import cli
+
+    raw = spec_dict(job={"id": "once"})
+    make_dataset(local_store, spec_from_dict(raw), SynthConfig(rows_per_day=600, n_features=3))
+    path = write_spec(tmp_path / "spec.yaml", raw)
+    code, text = cli("run", str(path), "--store", local_store.root, "--device", "cpu")
+    assert code == 0, text
+    log = local_store.get(layout.job("once").file("train.log")).decode()
+    for shown in (text, log):
+        lines = [line for line in shown.splitlines() if "samples: train" in line]
+        assert len(lines) == 1, shown  # not echoed back as if the job had printed it
+    assert "quantlab.user" not in log

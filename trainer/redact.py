@@ -101,6 +101,13 @@ class _LogWriter(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def terminal(self) -> io.TextIOBase:
+        """The stream this one stands in for, secrets masked: where a log handler that
+        follows `sys.stderr` writes, so that its records are not logged a second time as if
+        something had printed them."""
+        return _Masked(self._raw, self._secrets)
+
     def write(self, text: str) -> int:
         with self._lock:
             lines = (self._pending + text).split("\n")
@@ -125,6 +132,24 @@ class _LogWriter(io.TextIOBase):
             self._logger.log(self._level, "%s", clean)
         finally:
             self._inside.yes = False
+
+
+class _Masked(io.TextIOBase):
+    """A text stream writing to another one with the secrets masked."""
+
+    def __init__(self, raw: TextIO, secrets: Secrets) -> None:
+        super().__init__()
+        self._raw, self._secrets = raw, secrets
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._raw.write(self._secrets.redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 @contextlib.contextmanager

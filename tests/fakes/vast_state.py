@@ -118,6 +118,9 @@ class Instance:
         self.destroyed_at: float | None = None
         self.phase = "provisioning"
         self.phase_at = now
+        self.phases: list[tuple[str, float]] = [(self.phase, now)]
+        """Every phase entered, with the moment it was due: what a test checks the lifecycle
+        against, however late it looks (a poll under load can miss a short phase)."""
         self.stop_reason = ""
         self.lost_status = "offline"
         self.run_started: float | None = None
@@ -142,6 +145,7 @@ class Instance:
         if phase in GPU_PHASES and not was_gpu:
             self.run_started = at
         previous, self.phase, self.phase_at = self.phase, phase, at
+        self.phases.append((phase, at))
         if phase == "running" and previous not in GPU_PHASES:
             self._start_job(at)
         if phase in DEAD_PHASES:

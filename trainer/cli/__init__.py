@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from trainer import __version__
 from trainer.cli import job, launch, production, report, sweep
-from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, TrainerError, exit_code_of
+from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_SPEC, TrainerError, exit_code_of
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,7 +24,8 @@ class _Stderr(logging.StreamHandler):
 
     @property
     def stream(self) -> object:
-        return sys.stderr
+        # while prints go to the log (a job running), not back through that capture
+        return getattr(sys.stderr, "terminal", sys.stderr)
 
     @stream.setter
     def stream(self, value: object) -> None:
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0), or an argument refused by name (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_SPEC
     setup_logging()
     handler: Handler = args.handler
     try:

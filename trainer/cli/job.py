@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.cli.options import add_json, add_spec, add_store, open_context
+from trainer.cli.options import add_json, add_spec, add_store, int_in, open_context
 from trainer.cli.output import metrics_line
 from trainer.data.synth import SynthConfig, generate_for_spec
 from trainer.errors import ProblemsError, exit_code_of, outcome_of
@@ -40,8 +40,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("generate", help="write synthetic feature partitions a spec names")
     _spec_args(p)
-    p.add_argument("--rows-per-day", type=int, default=20_000)
-    p.add_argument("--features", type=int, default=12)
+    p.add_argument("--rows-per-day", type=int_in(1, 10_000_000), default=20_000)
+    p.add_argument("--features", type=int_in(1, 1024), default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_generate)
 
@@ -78,6 +78,8 @@ def _validate(args: argparse.Namespace) -> int:
         if args.check_data or args.check_model:
             resolved = resolve(ctx.spec, ctx.store)
             job_id, data = resolved.job_id, summary(resolved.plan)
+            # what `run` needs before it trains: a bucket to commit to, honouring the lease
+            ctx.store.require_conditional_writes(ctx.layout.artifacts_bucket)
         if args.check_model:
             from trainer.model.proof import prove
 

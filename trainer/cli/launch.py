@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from trainer.cli.options import add_bucket, add_json, add_spec, add_store, add_vast
+from trainer.cli.options import (
+    add_bucket,
+    add_json,
+    add_spec,
+    add_store,
+    add_vast,
+    int_in,
+    job_id_arg,
+)
 from trainer.cli.output import attempt_lines, metrics_line, rows_line
 from trainer.errors import SpecError, TrainerError, exit_code_of, outcome_of
 from trainer.launcher.events import Reporter
@@ -47,19 +55,19 @@ def register(subparsers: Any) -> None:
         "status",
         help="a job's outcome, metrics, cost and attempts (a finished job needs no Vast.ai key)",
     )
-    p.add_argument("job_id")
+    p.add_argument("job_id", type=job_id_arg)
     _common(p)
     p.set_defaults(handler=_status)
 
     p = subparsers.add_parser("logs", help="a job's container log (live, else the shipped one)")
-    p.add_argument("job_id")
+    p.add_argument("job_id", type=job_id_arg)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    p.add_argument("--tail", type=int, default=200, help="lines (200)")
+    p.add_argument("--tail", type=int_in(1, 1_000_000), default=200, help="lines (200)")
     _common(p, with_json=False)
     p.set_defaults(handler=_logs)
 
     p = subparsers.add_parser("stop", help="destroy every instance of a job now")
-    p.add_argument("job_id")
+    p.add_argument("job_id", type=job_id_arg)
     _common(p)
     p.set_defaults(handler=_stop)
 

@@ -4,13 +4,45 @@ store and layout they open."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trainer.errors import InfraError
 from trainer.spec import JobSpec, load_spec
 from trainer.store import ObjectStore, default_store_root, open_store
-from trainer.store.layout import ARTIFACTS_BUCKET, RAW_BUCKET, Layout
+from trainer.store.layout import ARTIFACTS_BUCKET, RAW_BUCKET, Layout, check_job_id, check_symbol
+
+
+def job_id_arg(text: str) -> str:
+    """An argparse `type` for a job (or sweep) id: one that cannot name a job folder (`../x`,
+    `a/b`) is refused by name (exit 2) before it reaches a store key."""
+    try:
+        return check_job_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def symbol_arg(text: str) -> str:
+    """An argparse `type` for a symbol: lower case as the layout writes it, or refused."""
+    try:
+        return check_symbol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, e.g. btcusdt") from None
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number from `low` to `high`, refused by name otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high:,}")
+        return value
+
+    return parse
 
 
 def add_spec(p: argparse.ArgumentParser, *, many: bool = False) -> None:

@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from trainer.cli.options import add_bucket, add_json, add_store, bucket_layout
+from trainer.cli.options import (
+    add_bucket,
+    add_json,
+    add_store,
+    bucket_layout,
+    job_id_arg,
+    symbol_arg,
+)
 
 if TYPE_CHECKING:
     from trainer.promotion.promote import PromotionResult
@@ -15,8 +22,10 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     """Add the subcommands to the `quantlab-train` parser's subparsers."""
     p = sub.add_parser("promote", help="verify a committed job and make its model production")
-    p.add_argument("job_id", metavar="JOB")
-    p.add_argument("--symbol", help="which symbol's production (default: the job's only one)")
+    p.add_argument("job_id", metavar="JOB", type=job_id_arg)
+    p.add_argument(
+        "--symbol", type=symbol_arg, help="which symbol's production (default: the job's only one)"
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -26,12 +35,12 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_promote)
 
     p = sub.add_parser("rollback", help="restore the production model a symbol had before")
-    p.add_argument("symbol", metavar="SYMBOL")
+    p.add_argument("symbol", metavar="SYMBOL", type=symbol_arg)
     _common(p)
     p.set_defaults(handler=_rollback)
 
     p = sub.add_parser("production", help="what is live per symbol, from which job, and history")
-    p.add_argument("symbol", metavar="SYMBOL", nargs="?")
+    p.add_argument("symbol", metavar="SYMBOL", nargs="?", type=symbol_arg)
     _common(p)
     p.set_defaults(handler=_production)
 

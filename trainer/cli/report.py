@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.cli.options import add_bucket, add_json, add_store, store_for
+from trainer.cli.options import (
+    add_bucket,
+    add_json,
+    add_store,
+    int_in,
+    job_id_arg,
+    store_for,
+    symbol_arg,
+)
 from trainer.cli.output import metrics_line
 from trainer.job.state import STATES
 from trainer.report.history import SORT_KEYS
@@ -23,7 +31,9 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("jobs", help="the job history: every job in the store, with its metrics")
-    p.add_argument("--symbol", action="append", default=[], help="jobs that trained on it")
+    p.add_argument(
+        "--symbol", action="append", default=[], type=symbol_arg, help="jobs that trained on it"
+    )
     p.add_argument("--tag", action="append", default=[], help="jobs with this tag (all given)")
     p.add_argument("--since", help="started since a day (2026-05-01), an ISO time or an age (7d)")
     p.add_argument("--state", action="append", default=[], choices=STATES, help="only these")
@@ -34,7 +44,9 @@ def register(sub: Any) -> None:
         help="best (or newest) first; jobs without the value last (default started)",
     )
     p.add_argument("--reverse", action="store_true", help="the other way round")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N jobs")
+    p.add_argument(
+        "--limit", type=int_in(1, 10**9), default=None, metavar="N", help="at most N jobs"
+    )
     p.add_argument(
         "--sweeps",
         action="store_true",
@@ -47,22 +59,31 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "report", help="write a job's (or a sweep's) report page (one self-contained HTML file)"
     )
-    p.add_argument("job_id", metavar="JOB", help="a job id, or a sweep id for its leaderboard")
+    p.add_argument(
+        "job_id", metavar="JOB", type=job_id_arg, help="a job id, or a sweep id for its leaderboard"
+    )
     p.add_argument(
         "--vs",
         metavar="JOB|production",
+        type=job_id_arg,
         help="share every plot with another job, or with the live production model",
     )
-    p.add_argument("--symbol", help="with --vs production: whose production (default: the job's)")
+    p.add_argument(
+        "--symbol",
+        type=symbol_arg,
+        help="with --vs production: whose production (default: the job's)",
+    )
     p.add_argument("--out", type=Path, help="the page (default reports/JOB.html)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
     _common(p, with_json=False)
     p.set_defaults(handler=_report)
 
     p = sub.add_parser("compare", help="committed jobs side by side, and the gate's preference")
-    p.add_argument("job_ids", nargs="+", metavar="JOB")
+    p.add_argument("job_ids", nargs="+", metavar="JOB", type=job_id_arg)
     p.add_argument("--vs", choices=["production"], help="gate each job against production")
-    p.add_argument("--symbol", help="which symbol's production (default: each job's only one)")
+    p.add_argument(
+        "--symbol", type=symbol_arg, help="which symbol's production (default: each job's only one)"
+    )
     _common(p)
     p.set_defaults(handler=_compare)
 

@@ -3,8 +3,6 @@ the data), check them against each other and the spec, and return the plan the l
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -15,26 +13,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from trainer.data.coverage import missing_ranges, rows_to_use
+from trainer.data.footers import (
+    RowGroup,
+    out_of_order,
+    read_footer,
+    row_group,
+    span_is_exact,
+    stamps_inside,
+)
 from trainer.data.split import SplitBounds, split_bounds
 from trainer.errors import DataError, ObjectNotFound, StorageError
 from trainer.spec.dates import day_bounds_ms
 from trainer.spec.sections import DataSpec
-from trainer.store.base import Loc, ObjectStore
+from trainer.store.base import Loc, ObjectStore, store_failure
 from trainer.store.layout import Layout, Partition
 from trainer.store.records import DatasetFingerprint, PartitionFingerprint, PartitionMeta
-
-FOOTER_READ = 64 << 10
-"""Bytes read from the end of a Parquet file to find its footer in one request."""
-PARQUET_MAGIC = b"PAR1"
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    index: int
-    rows: int
-    ts_min: int | None
-    ts_max: int | None
-    """From the Parquet column statistics; None when the writer kept none."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +100,8 @@ class _Footer:
     info: PartitionInfo | None
     schema: pa.Schema | None
     problems: list[str]
+    missing: Partition | None = None
+    """The partition has neither file: reported with the other missing ones, as ranges."""
 
 
 def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int = 8) -> DatasetPlan:
@@ -120,6 +116,8 @@ def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int =
         footers = list(pool.map(lambda p: _inspect(p, data, store, layout), parts))
 
     problems = [msg for f in footers for msg in f.problems]
+    missing = [f.missing for f in footers if f.missing is not None]
+    problems += missing_ranges(missing, lambda p: store.uri(layout.feature_dir(p, data.featureset)))
     found = [(f.info, f.schema) for f in footers if f.info is not None and f.schema is not None]
     problems += _agree(found, data, layout, store)
     if problems or not found:
@@ -138,6 +136,9 @@ def preflight(data: DataSpec, store: ObjectStore, layout: Layout, workers: int =
         bounds = split_bounds(data.split, dates, ts_min, ts_max, horizon)
     except ValueError as exc:
         raise DataError("dataset pre-flight failed", [str(exc)]) from None
+    problems = rows_to_use(infos, data, features, bounds, horizon, ts_min, ts_max)
+    if problems:
+        raise DataError("dataset pre-flight failed: nothing to train on", problems)
     plan = DatasetPlan(
         partitions=tuple(infos),
         features=features,
@@ -163,17 +164,8 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         meta_raw = store.get(meta_loc)
     except ObjectNotFound:
         if store.head(data_loc) is None:
-            return _Footer(
-                None,
-                None,
-                [
-                    f"date {part.date}, symbol {part.symbol}: partition "
-                    f"missing ({where} has no data.parquet nor meta.json)"
-                ],
-            )
+            return _Footer(None, None, [], missing=part)
         return _Footer(None, None, [f"{where}: meta.json missing"])
-    except StorageError as exc:
-        return _Footer(None, None, [f"{where}: {exc}"])
     try:
         raw = json.loads(meta_raw)
         if not isinstance(raw, dict):
@@ -201,11 +193,13 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         # Opening learns the size (one HEAD on S3); the footer is the one other request.
         with fs.open_input_file(store.arrow_path(data_loc)) as handle:
             size = handle.size()
-            md, footer_sha256 = _read_footer(handle, size)
+            md, footer_sha256 = read_footer(handle, size)
             schema = md.schema.to_arrow_schema()
     except FileNotFoundError:
         return _Footer(None, None, [f"{where}: data.parquet missing"])
     except (OSError, ValueError, pa.ArrowException, StorageError) as exc:
+        if (failed := store_failure(exc, store.uri(data_loc))) is not None:
+            raise failed from None  # the store, not the data: exit 8, never a data error
         return _Footer(None, None, [f"{where}data.parquet: unreadable Parquet footer ({exc})"])
 
     if meta.rows != md.num_rows:
@@ -219,84 +213,13 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
             f"{where}: ts_min..ts_max {ts_lo}..{ts_hi} is not inside date {part.date} "
             f"({day_first}..{day_last})"
         )
-    groups = tuple(_row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
-    problems += _stamps_inside(md, groups, meta, data.timestamp_column, where)
+    groups = tuple(row_group(md, i, data.timestamp_column) for i in range(md.num_row_groups))
+    problems += stamps_inside(md, groups, meta, data.timestamp_column, where)
+    problems += span_is_exact(groups, meta, where)
     if data.window > 1:
-        problems += _out_of_order(groups, f"{where}: date {part.date}, symbol {part.symbol}")
+        problems += out_of_order(groups, f"{where}: date {part.date}, symbol {part.symbol}")
     info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md, footer_sha256)
     return _Footer(info, schema, problems)
-
-
-def _out_of_order(groups: tuple[RowGroup, ...], where: str) -> list[str]:
-    """Windows take consecutive rows as the recent past, so a partition's rows must be in
-    time order: row-group statistics that go back prove they are not (the loader checks the
-    rows inside each row group it reads)."""
-    known = [rg for rg in groups if rg.rows and rg.ts_min is not None and rg.ts_max is not None]
-    for prev, rg in itertools.pairwise(known):
-        if rg.ts_min is not None and prev.ts_max is not None and rg.ts_min < prev.ts_max:
-            return [
-                f"{where}: timestamps go back from row group {prev.index} (up to "
-                f"{prev.ts_max}) to row group {rg.index} (from {rg.ts_min}); data.window "
-                "needs each partition's rows in time order: sort them by timestamp"
-            ]
-    return []
-
-
-def _read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str]:
-    """The Parquet footer, parsed, and the sha256 of its bytes: one read of the file's tail
-    (two when the footer is longer than FOOTER_READ)."""
-    tail = handle.read_at(min(size, FOOTER_READ), max(0, size - FOOTER_READ))
-    if len(tail) < 12 or tail[-4:] != PARQUET_MAGIC:
-        raise ValueError("not a Parquet file: it does not end with PAR1")
-    length = int.from_bytes(tail[-8:-4], "little")
-    if length + 12 > size:
-        raise ValueError(f"the footer length {length} does not fit in {size} bytes")
-    if length + 8 > len(tail):
-        tail = handle.read_at(length + 8, size - length - 8)
-    footer = tail[len(tail) - length - 8 :]
-    return pq.read_metadata(pa.BufferReader(footer)), hashlib.sha256(footer).hexdigest()
-
-
-def _stamps_inside(
-    md: pq.FileMetaData,
-    groups: tuple[RowGroup, ...],
-    meta: PartitionMeta,
-    ts_col: str,
-    where: str,
-) -> list[str]:
-    """Every row group's timestamp statistics inside meta.json's `ts_min..ts_max` (itself
-    inside the date), and no null timestamp: a day file holding another day's rows, or rows
-    with no time, is refused before anything is read (the loader checks the rows it reads)."""
-    problems = []
-    bad = [g for g in groups if g.rows and g.ts_min is not None and g.ts_max is not None]
-    bad = [g for g in bad if g.ts_min < meta.ts_min or g.ts_max > meta.ts_max]  # type: ignore[operator]
-    if bad:
-        g = bad[0]
-        problems.append(
-            f"{where}: row group {g.index} holds timestamps {g.ts_min}..{g.ts_max}, outside "
-            f"meta.json's ts_min..ts_max {meta.ts_min}..{meta.ts_max} for date {meta.date}"
-            + (f" ({len(bad)} row groups in all)" if len(bad) > 1 else "")
-        )
-    nulls = 0
-    for i in range(md.num_row_groups):
-        rg = md.row_group(i)
-        for c in range(rg.num_columns):
-            col = rg.column(c)
-            if col.path_in_schema == ts_col and col.is_stats_set and col.statistics.null_count:
-                nulls += col.statistics.null_count
-    if nulls:
-        problems.append(f"{where}: {nulls} null timestamp(s) in column {ts_col!r}")
-    return problems
-
-
-def _row_group(md: pq.FileMetaData, index: int, ts_col: str) -> RowGroup:
-    rg = md.row_group(index)
-    ts_min = ts_max = None
-    for c in range(rg.num_columns):
-        col = rg.column(c)
-        if col.path_in_schema == ts_col and col.is_stats_set and col.statistics.has_min_max:
-            ts_min, ts_max = int(col.statistics.min), int(col.statistics.max)
-    return RowGroup(index, rg.num_rows, ts_min, ts_max)
 
 
 def _agree(

@@ -30,7 +30,7 @@ from trainer.data.blocks import (
 from trainer.data.cache import BlockCache
 from trainer.data.plan import DatasetPlan
 from trainer.errors import DataError, StorageError
-from trainer.store.base import ObjectStore
+from trainer.store.base import ObjectStore, store_failure
 from trainer.store.records import PartitionMeta
 
 LOCAL_READ_BYTES = 256 << 10
@@ -145,6 +145,8 @@ class PartitionFiles:
             first = 0 if unit.offset == 0 else spec.window - 1
             block = to_block(stage, ts, spec, cut, pool, first)
         except (OSError, ValueError, IndexError, pa.ArrowException, StorageError) as exc:
+            if (failed := store_failure(exc, self.uri(unit.part))) is not None:
+                raise failed from None  # the store, not the data: exit 8, never a data error
             raise DataError(
                 "cannot read the dataset",
                 [f"{self.uri(unit.part)}: row group {unit.group}: {exc}"],

@@ -39,7 +39,7 @@ from trainer.model.entry import where
 from trainer.model.export import FORMAT
 from trainer.redact import RedactingFilter, Secrets, prints_to_log
 from trainer.spec import JobSpec
-from trainer.store.base import ObjectStore
+from trainer.store.base import ObjectStore, store_failure
 from trainer.store.layout import JobPaths, Layout
 from trainer.store.records import (
     DatasetRef,
@@ -252,7 +252,7 @@ def _run(
         _drop_checkpoints(store, paths)
         return JobResult(job_id, "succeeded", committed.uri, metrics, committed.manifest)
     except Exception as exc:
-        failure = _in_model_code(exc, code) or exc
+        failure = _in_model_code(exc, code) or store_failure(exc, str(workdir)) or exc
         reason = (
             str(failure)
             if isinstance(failure, TrainerError)

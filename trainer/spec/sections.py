@@ -44,18 +44,35 @@ class JobMeta(Section):
     """Job id, the folder under `ml-artifacts/`. Default: derived from the spec's content and
     the dataset's fingerprint (`job-` + 12 hex digits), so the same spec on the same data is
     the same job, and new data is a new job. An explicit id that was committed with other
-    data is refused (exit 9)."""
+    data is refused (exit 9). Lower case letters, digits, `.`, `_` and `-`, never `..`."""
     name: str = Field(default="", max_length=200)
     """Human-readable name shown by `status` and `list`. Default: empty."""
     tags: tuple[str, ...] = ()
     """Free-form tags recorded in the manifest. Default: none."""
 
+    @field_validator("id")
+    @classmethod
+    def _names_a_folder(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value:
+            raise ValueError(f"{value!r} cannot name a job folder: '..' is not allowed")
+        return value
+
+
+FIRST_DAY, LAST_DAY = "19700101", "20991231"
+"""The days a partition can be: its timestamps are epoch milliseconds from 1970."""
+MAX_SPAN_DAYS = 3_660
+"""Days one `start`..`end` range spans at most: ten years."""
+MAX_PARTITIONS = 50_000
+"""Symbols times days at most: the pre-flight reads every partition's footer."""
+
 
 class DateSelection(Section):
     start: Yyyymmdd | None = None
-    """First day of an inclusive range, `YYYYMMDD`. Default: no range."""
+    """First day of an inclusive range, `YYYYMMDD`, 19700101 to 20991231. Default: no
+    range."""
     end: Yyyymmdd | None = None
-    """Last day of the inclusive range, `YYYYMMDD`. Required with `start`."""
+    """Last day of the inclusive range, `YYYYMMDD`. Required with `start`. A range spans at
+    most 3660 days, ten years."""
     days: tuple[Yyyymmdd, ...] = ()
     """Extra single days, `YYYYMMDD`, added to the range. Default: none."""
 
@@ -72,7 +89,7 @@ class DateSelection(Section):
     @classmethod
     def _real_day(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_yyyymmdd(value)
+            _in_era(value)
         return value
 
     @field_validator("end")
@@ -87,7 +104,7 @@ class DateSelection(Section):
     @classmethod
     def _real_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for day in value:
-            parse_yyyymmdd(day)
+            _in_era(day)
         return value
 
     @model_validator(mode="after")
@@ -96,12 +113,25 @@ class DateSelection(Section):
             raise ValueError("give both `start` and `end`, or neither")
         if self.start is None and not self.days:
             raise ValueError("name at least one day: a `start`/`end` range or `days`")
+        if self.start is not None and self.end is not None:
+            span = (parse_yyyymmdd(self.end) - parse_yyyymmdd(self.start)).days + 1
+            if span > MAX_SPAN_DAYS:
+                raise ValueError(
+                    f"{self.start}..{self.end} spans {span:,} days; a range spans at most "
+                    f"{MAX_SPAN_DAYS:,} (ten years)"
+                )
         return self
 
     def resolve(self) -> tuple[str, ...]:
         """Every selected day, sorted, without repeats."""
         span = date_span(self.start, self.end) if self.start and self.end else []
         return tuple(sorted(set(span) | set(self.days)))
+
+
+def _in_era(day: str) -> None:
+    parse_yyyymmdd(day)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"{day} is outside {FIRST_DAY}..{LAST_DAY}, the days data can have")
 
 
 class SplitSpec(Section):
@@ -136,7 +166,8 @@ class DataSpec(Section):
     """Stream partition, e.g. `bbo`."""
     symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(min_length=1)
     """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`; each once (a
-    symbol listed twice would read each of its partitions twice)."""
+    symbol listed twice would read each of its partitions twice). Symbols times days: at
+    most 50000 partitions."""
     dates: DateSelection
     """Which `date=` partitions to read."""
     timestamp_column: str = "ts"
@@ -176,12 +207,16 @@ class DataSpec(Section):
     def _columns_distinct(self) -> DataSpec:
         if self.timestamp_column == self.label_column:
             raise ValueError("`timestamp_column` and `label_column` must differ")
-        if isinstance(self.features, tuple):
-            clash = {self.timestamp_column, self.label_column} & set(self.features)
-            if clash:
-                raise ValueError(f"`features` must not include {sorted(clash)}")
-            if len(set(self.features)) != len(self.features):
-                raise ValueError("`features` lists a column twice")
+        return self
+
+    @model_validator(mode="after")
+    def _partitions_capped(self) -> DataSpec:
+        count = len(self.symbols) * len(self.dates.resolve())
+        if count > MAX_PARTITIONS:
+            raise ValueError(
+                f"`symbols` times `dates` names {count:,} partitions; at most "
+                f"{MAX_PARTITIONS:,} in one job (the pre-flight reads each footer)"
+            )
         return self
 
     @field_validator("symbols")
@@ -194,9 +229,19 @@ class DataSpec(Section):
 
     @field_validator("features")
     @classmethod
-    def _some_feature(cls, value: tuple[str, ...] | str) -> tuple[str, ...] | str:
+    def _some_feature(
+        cls, value: tuple[str, ...] | str, info: ValidationInfo
+    ) -> tuple[str, ...] | str:
         if value == ():
             raise ValueError("names no column: list at least one, or `auto`")
+        if isinstance(value, tuple):  # the two columns before it are in `info.data`
+            twice = sorted({c for c in value if value.count(c) > 1})
+            if twice:
+                raise ValueError(f"lists {', '.join(map(repr, twice))} more than once")
+            roles = {info.data.get("timestamp_column"), info.data.get("label_column")}
+            clash = sorted(c for c in value if c in roles)
+            if clash:
+                raise ValueError(f"must not include {clash}: the timestamp or the label")
         return value
 
 

@@ -17,7 +17,16 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainer.errors import SpecError
-from trainer.spec.load import describe, load_spec, set_path, spec_from_dict, yaml_mapping
+from trainer.spec.load import (
+    describe,
+    first_causes,
+    load_spec,
+    parse_override,
+    read_spec_text,
+    set_path,
+    spec_from_dict,
+    yaml_mapping,
+)
 from trainer.spec.sections import JOB_ID_RE, JobSpec, Section, UnresolvedSpec
 
 FIXED_SECTIONS = ("job", "resources", "limits", "storage")
@@ -244,10 +253,7 @@ def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) ->
     """A sweep file; a `base` given as a path is read relative to it. `overrides` set fields
     of the base, as `--set` does for a JobSpec."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read sweep {path}", [f"{exc.strerror or exc}"]) from None
+    text = read_spec_text(path, "sweep")
     return parse_sweep(text, source=str(path), here=path.parent, overrides=overrides)
 
 
@@ -271,8 +277,8 @@ def _with_overrides(base: object, overrides: tuple[str, ...] | list[str], source
     if not isinstance(base, dict):
         return base
     for item in overrides:
-        key, sep, value = item.partition("=")
-        problem = set_path(base, key, yaml.safe_load(value)) if sep and key else f"{item!r}"
+        key, value = parse_override(item, source)
+        problem = set_path(base, key, value)
         if problem:
             raise SpecError(f"{source}: bad override", [problem])
     return base
@@ -282,7 +288,8 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     try:
         sweep = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [describe(err, SweepSpec) for err in exc.errors(include_url=False)]
+        errors = first_causes(exc.errors(include_url=False))
+        problems = [describe(err, SweepSpec) for err in errors]
         raise SpecError(f"{source}: {len(problems)} problem(s) in the sweep", problems) from None
     problems = space_problems(sweep)
     if problems:

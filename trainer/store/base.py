@@ -4,6 +4,7 @@ guarded against read-only buckets."""
 from __future__ import annotations
 
 import abc
+import errno
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,4 +145,35 @@ class ObjectStore(abc.ABC):
 
     def _guard(self, loc: Loc) -> None:
         if loc.bucket in self.read_only_buckets:
-            raise StorageError(f"refusing to write {loc}: bucket {loc.bucket} is read-only")
+            raise StorageError(
+                f"refusing to write {self.uri(loc)}: bucket {loc.bucket} is read-only"
+            )
+
+
+_STORE_WORDS = ("AWS Error", "ACCESS_DENIED", "Access Denied", "NETWORK_CONNECTION", "curl",
+                "Connection refused", "timed out", "Could not resolve")  # fmt: skip
+"""What pyarrow's S3 filesystem says when the store, not the file, failed."""
+
+
+def store_failure(exc: BaseException, where: str) -> StorageError | None:
+    """A reading error as what it is: a StorageError (exit 8, infrastructure) when the store
+    failed (S3 unreachable or refusing, a local permission error, a full disk), None when the
+    bytes themselves are the problem (a damaged file: the caller's DataError). `where`: the
+    URI or local path read."""
+    if isinstance(exc, ObjectNotFound):
+        return None
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, PermissionError):
+        return StorageError(f"cannot use {where}: permission denied; check who may use it")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StorageError(f"cannot write {where}: no space left on the device; free some")
+    if isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and any(w in str(exc) for w in _STORE_WORDS)
+    ):
+        detail = " ".join(str(exc).split())[:300]
+        return StorageError(
+            f"cannot read {where}: the store failed ({detail}); check the network, the "
+            "endpoint and the credentials, then retry"
+        )
+    return None

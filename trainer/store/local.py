@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -33,7 +34,10 @@ class LocalStore(ObjectStore):
 
     def path(self, loc: Loc) -> Path:
         if ".." in loc.key.split("/") or loc.key.startswith("/"):
-            raise StorageError(f"{loc}: key must be relative and stay inside its bucket")
+            raise StorageError(
+                f"{self._root / loc.bucket}: key {loc.key!r} must be relative and stay inside "
+                "its bucket"
+            )
         return self._root / loc.bucket / loc.key
 
     def uri(self, loc: Loc) -> str:
@@ -63,7 +67,7 @@ class LocalStore(ObjectStore):
 
     def _put(self, loc: Loc, data: bytes, if_absent: bool, if_match: str | None) -> ObjectInfo:
         target = self.path(loc)
-        with self._locked(loc) if (if_absent or if_match) else _nothing():
+        with _io("write", target), self._locked(loc) if (if_absent or if_match) else _nothing():
             current = self.head(loc)
             if if_absent and current is not None:
                 raise PreconditionFailed(f"{self.uri(loc)} already exists")
@@ -76,7 +80,7 @@ class LocalStore(ObjectStore):
         return info
 
     def _upload(self, loc: Loc, path: Path) -> None:
-        with open(path, "rb") as src:
+        with _io("write", self.path(loc)), open(path, "rb") as src:
             self._replace(self.path(loc), lambda f: shutil.copyfileobj(src, f, 8 << 20))
 
     def children(self, prefix: Loc) -> list[str]:
@@ -102,12 +106,13 @@ class LocalStore(ObjectStore):
         return sorted(found, key=lambda o: o.loc.key)
 
     def _delete(self, loc: Loc) -> None:
-        with suppress(FileNotFoundError):
+        with _io("delete", self.path(loc)), suppress(FileNotFoundError):
             self.path(loc).unlink()
 
     def download(self, loc: Loc, path: Path) -> None:
         try:
-            shutil.copyfile(self.path(loc), path)
+            with _io("copy", self.path(loc)):
+                shutil.copyfile(self.path(loc), path)
         except FileNotFoundError:
             raise ObjectNotFound(f"{self.uri(loc)} does not exist") from None
 
@@ -147,6 +152,25 @@ class LocalStore(ObjectStore):
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+@contextmanager
+def _io(action: str, path: Path) -> Iterator[None]:
+    """A local file system failure as a StorageError naming the local path and what to do:
+    a permission error, a full disk, a read-only file system (a missing file stays itself,
+    for the callers that turn it into ObjectNotFound)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            hint = "no space left on the device: free some, or point --store at another disk"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = f"{exc.strerror}: check who may write the folder, or use another --store"
+        else:
+            hint = exc.strerror or str(exc)
+        raise StorageError(f"cannot {action} {path}: {hint}") from None
 
 
 def _etag(st: os.stat_result) -> str:

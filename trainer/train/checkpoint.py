@@ -27,6 +27,11 @@ from trainer.train.loop import BatchSource, Restored, TrainState
 
 log = logging.getLogger("quantlab.checkpoint")
 
+MAX_FAILED_SAVES = 3
+"""Checkpoint writes that may fail in a row before the job stops: one missed checkpoint costs
+progress on a later interruption, but a store that refuses every write will refuse the
+commit too, and training on to the end would only spend the money."""
+
 
 class Checkpointer:
     """Called by the loop after every step; saves when `every_steps` or `every_minutes` says
@@ -45,6 +50,7 @@ class Checkpointer:
         self.epoch_boundaries_only = epoch_boundaries_only
         self._last_save = time.monotonic()
         self.saved: list[int] = []
+        self.failed_in_a_row = 0
 
     # -- saving --------------------------------------------------------------------------
     def __call__(
@@ -94,9 +100,18 @@ class Checkpointer:
             )
             write_record(self.store, self.paths.checkpoint_pointer, pointer)
         except StorageError as exc:
+            self._last_save = time.monotonic()  # the next try waits the interval again
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= MAX_FAILED_SAVES:
+                raise StorageError(
+                    f"{self.failed_in_a_row} checkpoint writes in a row failed, the last at "
+                    f"step {state.step}: {exc}; the store refuses writes, so the job stops "
+                    "here instead of training to a commit that cannot land"
+                ) from None
             # A missed checkpoint costs progress on a later interruption, not the run.
             log.warning("checkpoint at step %d not saved: %s", state.step, exc)
             return
+        self.failed_in_a_row = 0
         self._last_save = time.monotonic()
         self.saved.append(state.step)
         log.info("checkpoint saved at step %d (%.1f MB)", state.step, len(data) / 1e6)
@@ -104,9 +119,12 @@ class Checkpointer:
 
     def _prune(self) -> None:
         prefix = self.paths.file("checkpoints/step-")
-        objects = sorted(o.loc.key for o in self.store.list(prefix))
-        for key in objects[: -self.spec.keep]:
-            self.store.delete(Loc(prefix.bucket, key))
+        try:
+            objects = sorted(o.loc.key for o in self.store.list(prefix))
+            for key in objects[: -self.spec.keep]:
+                self.store.delete(Loc(prefix.bucket, key))
+        except StorageError as exc:  # old checkpoints only cost storage
+            log.warning("old checkpoints not deleted: %s", exc)
 
     # -- restoring -----------------------------------------------------------------------
     def restore(self, model: nn.Module) -> Restored | None:
@@ -120,7 +138,9 @@ class Checkpointer:
         except ObjectNotFound:
             return None
         if hashlib.sha256(data).hexdigest() != pointer.sha256:
-            log.warning("checkpoint %s does not match its pointer; starting fresh", loc)
+            log.warning(
+                "checkpoint %s does not match its pointer; starting fresh", self.store.uri(loc)
+            )
             return None
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         model.load_state_dict(blob["model"])
