@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -17,26 +18,53 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.spec.dates import date_span, parse_yyyymmdd
+from trainer.spec.dates import YYYYMMDD_RE, date_span
+from trainer.spec.shapes import shaped_fields
 
 
 class Section(BaseModel):
-    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help, and
-    every number finite: `.nan` or `.inf` is never a setting (a NaN bound compares false
-    and turns its check off; an infinite one is no limit)."""
+    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help,
+    every type strict as the published JSON Schema is (`trainer.spec.shapes`), and every
+    number finite: `.nan` or `.inf` is never a setting (a NaN bound compares false and turns
+    its check off; an infinite one is no limit)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
+        strict=True,
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_shapes(cls, data: Any) -> Any:
+        return shaped_fields(cls.model_fields, data)
 
-Yyyymmdd = Annotated[str, Field(pattern=r"^\d{8}$")]
+
+def _day_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads an unquoted 20251229 as a number; the layout's days are text.
+        raise ValueError(f'write the day in quotes, "{value}": unquoted, YAML reads it as a number')
+    return value
+
+
+def _real_day(value: str) -> str:
+    if re.fullmatch(YYYYMMDD_RE, value, flags=re.ASCII):
+        return value
+    if len(value) == 8 and value.isascii() and value.isdigit():
+        raise ValueError(f"{value} is not a real calendar date")
+    raise ValueError(f'must be a day written "YYYYMMDD", e.g. "20251201", not {value}')
+
+
+Yyyymmdd = Annotated[
+    str,
+    BeforeValidator(_day_is_text),
+    AfterValidator(_real_day),
+    Field(json_schema_extra={"pattern": YYYYMMDD_RE}),
+]
+"""A calendar day, `"YYYYMMDD"` in quotes; the schema's pattern checks the calendar too."""
 JOB_ID_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-
-
-def _as_date_text(value: object) -> object:
-    # YAML reads 20251229 as an int; the layout writes it as text.
-    return str(value) if isinstance(value, int) else value
 
 
 class JobMeta(Section):
@@ -53,27 +81,12 @@ class JobMeta(Section):
 
 class DateSelection(Section):
     start: Yyyymmdd | None = None
-    """First day of an inclusive range, `YYYYMMDD`. Default: no range."""
+    """First day of an inclusive range, `"YYYYMMDD"` in quotes (unquoted, YAML reads a
+    number). Default: no range."""
     end: Yyyymmdd | None = None
-    """Last day of the inclusive range, `YYYYMMDD`. Required with `start`."""
+    """Last day of the inclusive range, `"YYYYMMDD"` in quotes. Required with `start`."""
     days: tuple[Yyyymmdd, ...] = ()
-    """Extra single days, `YYYYMMDD`, added to the range. Default: none."""
-
-    _dates = field_validator("start", "end", mode="before")(_as_date_text)
-
-    @field_validator("days", mode="before")
-    @classmethod
-    def _days_as_text(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return [_as_date_text(v) for v in value]
-        return value
-
-    @field_validator("start", "end")
-    @classmethod
-    def _real_day(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_yyyymmdd(value)
-        return value
+    """Extra single days, `"YYYYMMDD"` in quotes, added to the range. Default: none."""
 
     @field_validator("end")
     @classmethod
@@ -81,13 +94,6 @@ class DateSelection(Section):
         start = info.data.get("start")
         if value is not None and start is not None and value < start:
             raise ValueError(f"{value} is before start {start}")
-        return value
-
-    @field_validator("days")
-    @classmethod
-    def _real_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for day in value:
-            parse_yyyymmdd(day)
         return value
 
     @model_validator(mode="after")
@@ -134,7 +140,9 @@ class DataSpec(Section):
     """Exchange partition, e.g. `binance`."""
     stream: str = Field(pattern=r"^[a-z0-9_-]+$")
     """Stream partition, e.g. `bbo`."""
-    symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(min_length=1)
+    symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(
+        min_length=1, json_schema_extra={"uniqueItems": True}
+    )
     """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`; each once (a
     symbol listed twice would read each of its partitions twice)."""
     dates: DateSelection
@@ -143,7 +151,10 @@ class DataSpec(Section):
     """Event time column, epoch milliseconds. Default: `ts`."""
     label_column: str = "label"
     """Target column. Default: `label`."""
-    features: tuple[str, ...] | Literal["auto"] = "auto"
+    features: (
+        Annotated[tuple[str, ...], Field(json_schema_extra={"minItems": 1, "uniqueItems": True})]
+        | Literal["auto"]
+    ) = "auto"
     """Feature columns in model input order (at least one, each once), or `auto`: every
     numeric column but the timestamp and the label, in file order. Default: `auto`."""
     split: SplitSpec = SplitSpec()
@@ -366,8 +377,10 @@ class TrainSpec(Section):
 
 
 class ResourcesSpec(Section):
-    gpu_names: tuple[str, ...] = ("RTX 4090", "RTX 3090", "A100 SXM4", "H100 SXM")
-    """Accepted GPU models, as Vast.ai names them (`RTX 4090`)."""
+    gpu_names: tuple[str, ...] = Field(
+        default=("RTX 4090", "RTX 3090", "A100 SXM4", "H100 SXM"), min_length=1
+    )
+    """Accepted GPU models, as Vast.ai names them (`RTX 4090`); at least one."""
     num_gpus: int = Field(default=1, ge=1, le=16)
     """GPUs on one machine; above 1 the job runs under `torchrun`. Default: 1."""
     min_gpu_ram_gb: float = Field(default=16, gt=0)
@@ -411,14 +424,19 @@ class LimitsSpec(Section):
     this many minutes of the first one ending. Default: 120."""
 
 
+RAW_BUCKET = "quantlab-raw"
+BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_WRITABLE: dict[str, Any] = {"pattern": BUCKET_RE, "not": {"const": RAW_BUCKET}}
+
+
 class StorageSpec(Section):
-    raw_bucket: str = "quantlab-raw"
+    raw_bucket: str = Field(default=RAW_BUCKET, json_schema_extra={"pattern": BUCKET_RE})
     """Raw tick bucket (read-only, never written). Default: `quantlab-raw`."""
-    compact_bucket: str = "quantlab-compact"
+    compact_bucket: str = Field(default="quantlab-compact", json_schema_extra=_WRITABLE)
     """Curated data and feature bucket. Never the raw bucket, whatever `raw_bucket` names:
     the storage layout's `quantlab-raw` is read-only in every role. Default:
     `quantlab-compact`."""
-    artifacts_bucket: str = "quantlab-artifacts"
+    artifacts_bucket: str = Field(default="quantlab-artifacts", json_schema_extra=_WRITABLE)
     """Job artifacts and production models. Neither the raw nor the compact bucket, and
     never the storage layout's `quantlab-raw`: two roles never share a bucket. Default:
     `quantlab-artifacts`."""
@@ -426,7 +444,7 @@ class StorageSpec(Section):
     @field_validator("raw_bucket", "compact_bucket", "artifacts_bucket")
     @classmethod
     def _bucket_name(cls, value: str, info: ValidationInfo) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        if not re.fullmatch(BUCKET_RE, value):
             raise ValueError(f"{value!r} is not a valid S3 bucket name")
         if info.field_name == "raw_bucket":
             return value

@@ -13,12 +13,13 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from trainer.errors import SpecError
-from trainer.spec.load import describe, load_spec, set_path, spec_from_dict, yaml_mapping
+from trainer.spec.load import load_spec, set_path, spec_from_dict, yaml_mapping
+from trainer.spec.messages import describe_errors
 from trainer.spec.sections import JOB_ID_RE, JobSpec, Section, UnresolvedSpec
+from trainer.spec.yamltext import read_yaml, write_yaml
 
 FIXED_SECTIONS = ("job", "resources", "limits", "storage")
 """Sections a trial may not vary: its identity, and the instance and budget all trials share."""
@@ -110,11 +111,6 @@ class Pruning(Section):
     """`halving`: training steps before the first rung. Default: the first evaluation."""
     reduction_factor: int = Field(default=3, ge=2)
     """`halving`: one trial in this many goes on at each rung. Default: 3."""
-
-    @field_validator("rule", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: object) -> object:
-        return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
 class SweepLimits(Section):
@@ -272,7 +268,7 @@ def _with_overrides(base: object, overrides: tuple[str, ...] | list[str], source
         return base
     for item in overrides:
         key, sep, value = item.partition("=")
-        problem = set_path(base, key, yaml.safe_load(value)) if sep and key else f"{item!r}"
+        problem = set_path(base, key, read_yaml(value)) if sep and key else f"{item!r}"
         if problem:
             raise SpecError(f"{source}: bad override", [problem])
     return base
@@ -282,7 +278,7 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     try:
         sweep = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [describe(err, SweepSpec) for err in exc.errors(include_url=False)]
+        problems = describe_errors(exc.errors(include_url=False), SweepSpec)
         raise SpecError(f"{source}: {len(problems)} problem(s) in the sweep", problems) from None
     problems = space_problems(sweep)
     if problems:
@@ -312,7 +308,7 @@ def space_problems(sweep: SweepSpec) -> list[str]:
                 try:
                     JobSpec.model_validate(raw)
                 except ValidationError as exc:
-                    problem = "; ".join(describe(e) for e in exc.errors(include_url=False))
+                    problem = "; ".join(describe_errors(exc.errors(include_url=False), JobSpec))
             if problem:
                 problems.append(f"{where}: {json.dumps(value)} makes no valid trial: {problem}")
                 break
@@ -324,4 +320,4 @@ def dump_sweep(sweep: SweepSpec) -> str:
     runs and what the sweep folder keeps."""
     data = sweep.model_dump(mode="json")
     data["sweep"]["id"] = sweep.sweep_id
-    return yaml.safe_dump(data, sort_keys=False)
+    return write_yaml(data)
