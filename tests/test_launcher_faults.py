@@ -43,6 +43,7 @@ from trainer.errors import (
     exit_code_of,
 )
 from trainer.launcher.hosts import BadHosts
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.store import ObjectStore
 from trainer.store.base import Loc
 from trainer.store.layout import Layout
@@ -354,6 +355,7 @@ def test_the_result_sentinel_alone_ends_the_job(
             timings=FAST, script=[(0.0, "booting"), (0.1, sentinel)], script_exits=False
         ) as fake,
         env_var("VAST_API_KEY", fake.api_key),
+        env_var(ALLOW_LOCAL_STORE, "1"),  # the loopback store: the "container" runs here
     ):
         handle = Lab(fake, Containers(), s3_store, tmp_path).launch(spec)
         with pytest.raises(JobFailed, match="the job reported: loss is NaN"):
