@@ -309,8 +309,8 @@ def test_outbid_then_host_lost_gives_up_as_an_infrastructure_failure(market: Lab
     assert exit_code_of(caught.value) == EXIT_INFRA
     message = str(caught.value)
     assert message.startswith("the job lost its host on every attempt: #1 instance")
-    assert "was stopped (outbid or out of credit); #2 instance" in message
-    assert message.endswith("stopped reporting (offline)")
+    assert "was outbid: a higher bid took the machine (or the credit ran out); #2" in message
+    assert message.endswith(": host offline, it stopped reporting")
     sent = market.fake.requests_to("create")[0].body
     assert sent["price"] == pytest.approx(MARKET[0]["min_bid"] * 1.1, abs=0.001)
     market.assert_clean()
