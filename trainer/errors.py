@@ -74,6 +74,11 @@ class StorageError(TrainerError):
     """Object storage (S3 or the local store) failed; the message names the URI."""
 
 
+class StoreUnavailable(StorageError):
+    """The store cannot be used at all (no credentials, the endpoint unreachable): the same
+    for every object, so it is said once, never as a problem of each partition."""
+
+
 class ObjectNotFound(StorageError):
     """The object at a URI does not exist."""
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from trainer.data.split import SplitBounds, split_bounds
-from trainer.errors import DataError, ObjectNotFound, StorageError
+from trainer.errors import DataError, ObjectNotFound, StorageError, StoreUnavailable
 from trainer.spec.dates import day_bounds_ms
 from trainer.spec.sections import DataSpec
 from trainer.store.base import Loc, ObjectStore
@@ -172,6 +172,8 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
                 ],
             )
         return _Footer(None, None, [f"{where}: meta.json missing"])
+    except StoreUnavailable:
+        raise  # no credentials, no endpoint: one infrastructure error, not one per partition
     except StorageError as exc:
         return _Footer(None, None, [f"{where}: {exc}"])
     try:
