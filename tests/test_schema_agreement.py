@@ -243,7 +243,7 @@ def _problems(text: str) -> list[str]:
         ),
         (
             doc(dates="{start: 2025-12-01, end: 2025-12-03}"),
-            'data.dates.start: must be a day written "YYYYMMDD", e.g. "20251201", not 2025-12-01',
+            'data.dates.start: must be a day written "YYYYMMDD", e.g. "20251201", not "2025-12-01"',
         ),
         (doc(symbols="[]"), "data.symbols: must have at least 1 item, not none"),
         (
@@ -273,3 +273,19 @@ def test_validate_refuses_a_yaml_boolean_word_with_exit_2(tmp_path: Path) -> Non
     run = run_cli(["validate", str(path)])
     assert run.code == EXIT_SPEC
     assert 'resources.interruptible: must be true or false, not "yes"' in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("symbols", "expected"),
+    [
+        (
+            "[BTCUSDT]",
+            'data.symbols.0: must be lower-case letters, digits, `_` or `-`, not "BTCUSDT"',
+        ),
+        ("[1]", "data.symbols.0: must be text, not the number 1: write it in quotes"),
+    ],
+)
+def test_a_refused_item_is_one_problem_not_also_a_list_too_short(
+    symbols: str, expected: str
+) -> None:
+    assert _problems(doc(symbols=symbols)) == [expected]

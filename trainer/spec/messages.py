@@ -29,8 +29,13 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], root: type[BaseModel]) 
     """Every pydantic error of a `root` document as `yaml.path: what is wrong`, one line per
     path: a value no arm of a choice of types takes is one problem, not one per arm."""
     lines: dict[str, list[Mapping[str, Any]]] = {}
+    errors = list(errors)
+    paths = {yaml_path(e["loc"]) for e in errors}
     for err in errors:
-        lines.setdefault(yaml_path(err["loc"]), []).append(err)
+        path = yaml_path(err["loc"])
+        if err["type"] == "too_short" and any(p.startswith(f"{path}.") for p in paths):
+            continue  # a list whose items were refused is not also "too short"
+        lines.setdefault(path, []).append(err)
     problems = []
     for path, errs in lines.items():
         arms = [e for e in errs if _arm(e["loc"]) is not None]

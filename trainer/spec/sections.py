@@ -54,7 +54,7 @@ def _real_day(value: str) -> str:
         return value
     if len(value) == 8 and value.isascii() and value.isdigit():
         raise ValueError(f"{value} is not a real calendar date")
-    raise ValueError(f'must be a day written "YYYYMMDD", e.g. "20251201", not {value}')
+    raise ValueError(f'must be a day written "YYYYMMDD", e.g. "20251201", not "{value}"')
 
 
 Yyyymmdd = Annotated[
