@@ -127,6 +127,27 @@ NEAR_MISSES = [
     ("bucket-upper-case", doc("storage: {artifacts_bucket: My_Bucket}\n"), False),
     ("bucket-raw", doc("storage: {artifacts_bucket: quantlab-raw}\n"), False),
     ("min-ic-above-one", doc("promotion: {min_ic: 1.5}\n"), False),
+    # rules between two keys that the schema says too
+    ("start-without-end", doc(dates='{start: "20251201"}'), False),
+    ("end-without-start", doc(dates='{end: "20251201"}'), False),
+    ("start-with-null-end", doc(dates='{start: "20251201", end: null}'), False),
+    ("no-day-at-all", doc(dates="{}"), False),
+    ("no-day-empty-days", doc(dates="{days: []}"), False),
+    ("days-and-range", doc(dates='{start: "20251201", end: "20251202", days: ["20251210"]}'), True),
+    (
+        "split-both-rules",
+        doc(data="  split: {validation_days: 1, validation_fraction: 0.2}\n"),
+        False,
+    ),
+    (
+        "split-one-rule-other-null",
+        doc(data="  split: {validation_days: 1, validation_fraction: null}\n"),
+        True,
+    ),
+    ("no-epochs-no-steps", doc("train: {epochs: null}\n"), False),
+    ("huber-delta-without-huber", doc("train: {huber_delta: 2.0}\n"), False),
+    ("huber-delta-with-huber", doc("train: {loss: huber, huber_delta: 2.0}\n"), True),
+    ("huber-delta-default-written", doc("train: {huber_delta: 1}\n"), True),
 ]
 
 SWEEP = """

@@ -79,7 +79,27 @@ class JobMeta(Section):
     """Free-form tags recorded in the manifest. Default: none."""
 
 
+def _given(key: str, kind: str) -> dict[str, Any]:
+    """JSON Schema: `key` is present and not null."""
+    return {"properties": {key: {"type": kind}}, "required": [key]}
+
+
 class DateSelection(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {"if": _given("start", "string"), "then": _given("end", "string")},
+                {"if": _given("end", "string"), "then": _given("start", "string")},
+                {
+                    "anyOf": [
+                        _given("start", "string"),
+                        {"properties": {"days": {"minItems": 1}}, "required": ["days"]},
+                    ]
+                },
+            ]
+        }
+    )
+
     start: Yyyymmdd | None = None
     """First day of an inclusive range, `"YYYYMMDD"` in quotes (unquoted, YAML reads a
     number). Default: no range."""
@@ -111,6 +131,17 @@ class DateSelection(Section):
 
 
 class SplitSpec(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "allOf": [
+                    _given("validation_days", "integer"),
+                    _given("validation_fraction", "number"),
+                ]
+            }
+        }
+    )
+
     validation_days: int | None = Field(default=None, ge=1)
     """Hold out the last N days for validation. Exclusive with `validation_fraction`."""
     validation_fraction: float | None = Field(default=None, gt=0, lt=1)
@@ -322,6 +353,30 @@ class CheckpointSpec(Section):
 
 
 class TrainSpec(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "anyOf": [
+                        {
+                            "not": {
+                                "properties": {"epochs": {"type": "null"}},
+                                "required": ["epochs"],
+                            }
+                        },
+                        _given("max_steps", "integer"),
+                    ]
+                },
+                {
+                    "if": {
+                        "not": {"properties": {"loss": {"const": "huber"}}, "required": ["loss"]}
+                    },
+                    "then": {"properties": {"huber_delta": {"const": 1.0}}},
+                },
+            ]
+        }
+    )
+
     epochs: int | None = Field(default=3, ge=1)
     """Passes over the training rows. Default: 3. With `max_steps`, whichever ends first."""
     max_steps: int | None = Field(default=None, ge=1)
