@@ -3,6 +3,7 @@ infrastructure error, exit 8, said once: never the same line for every partition
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
@@ -31,6 +32,10 @@ def test_missing_aws_credentials_are_exit_8_said_once(
     assert run.stderr.count("no AWS credentials found") == 1, run.stderr
     assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in run.stderr
     assert "pre-flight failed" not in run.stderr and "problem(s)" not in run.stderr
+    as_json = run_cli(["validate", str(spec_on_s3), "--check-data", "--store", "s3://", "--json"])
+    verdict = json.loads(as_json.stdout)
+    assert (verdict["exit_code"], verdict["outcome"]) == (EXIT_INFRA, "infra_error")
+    assert "no AWS credentials found" in verdict["error"] and verdict["problems"] == []
 
 
 def test_an_endpoint_nobody_listens_on_is_exit_8_said_once(
