@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from tests.launcher_env import run_cli
 from trainer.errors import EXIT_SPEC, SpecError
-from trainer.spec import parse_spec
+from trainer.spec import load_spec, parse_spec
 from trainer.spec.docs import json_schema
 from trainer.spec.sweep import parse_sweep
 
@@ -310,3 +310,20 @@ def test_a_refused_item_is_one_problem_not_also_a_list_too_short(
     symbols: str, expected: str
 ) -> None:
     assert _problems(doc(symbols=symbols)) == [expected]
+
+
+def test_set_values_are_read_as_the_spec_is(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(doc())
+    spec = load_spec(path, ['data.dates.end="20251205"', "train.lr=1e-3", "promotion.auto=true"])
+    assert (spec.data.dates.end, spec.train.lr, spec.promotion.auto) == ("20251205", 1e-3, True)
+    for item, expected in [
+        ("data.dates.end=20251205", 'data.dates.end: write the day in quotes, "20251205"'),
+        (
+            "resources.interruptible=yes",
+            'resources.interruptible: must be true or false, not "yes"',
+        ),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            load_spec(path, [item])
+        assert caught.value.problems[0].startswith(expected)
