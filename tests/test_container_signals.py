@@ -16,13 +16,14 @@ from trainer.container import entrypoint
 
 @pytest.fixture
 def handlers() -> Iterator[entrypoint._Stop]:
-    saved = signal.getsignal(signal.SIGTERM)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     stop = entrypoint._Stop()
     entrypoint._install_signal_handlers(stop)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, saved)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _sigterm() -> None:
