@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     from tests.fakes.vast_server import running_fake_vast
+    from trainer.launcher.reach import ALLOW_LOCAL_STORE
     from trainer.spec import spec_from_dict
 
     data = Path(args.data or tempfile.mkdtemp(prefix="dryrun-bench-"))
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spec_from_dict(raw)  # a valid spec, written as a user writes one (unresolved)
             specs[days] = Path(tmp) / f"spec-{days}.yaml"
             specs[days].write_text(yaml.safe_dump(raw, sort_keys=False))
-        env = {**os.environ, "VAST_API_KEY": fake.api_key}
+        # The store is a local folder: opt in, as for local testing (nothing real is rented).
+        env = {**os.environ, "VAST_API_KEY": fake.api_key, ALLOW_LOCAL_STORE: "1"}
         for r in range(args.rounds):
             warm(store_root)
             out["load_average"].append(load_average())

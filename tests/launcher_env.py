@@ -29,6 +29,7 @@ from tests.helpers import make_dataset, make_spec
 from tests.image_env import Engine
 from trainer.data.synth import SynthConfig
 from trainer.launcher.launch import JobHandle, LaunchOptions
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.spec import JobSpec
 from trainer.store import ObjectStore
 
@@ -308,6 +309,8 @@ def lab(
     with contextlib.ExitStack() as stack:
         fake, containers = stack.enter_context(fake_vast_with_containers(engine, **fake_options))
         stack.enter_context(env_var("VAST_API_KEY", fake.api_key))
+        # The containers run here, so the loopback store is theirs to reach: local testing only.
+        stack.enter_context(env_var(ALLOW_LOCAL_STORE, "1"))
         yield Lab(fake, containers, store, tmp)
 
 

@@ -15,6 +15,7 @@ from trainer.data.synth import SynthConfig
 from trainer.errors import EXIT_INFRA, ConditionalWritesIgnored
 from trainer.job.run import run_job
 from trainer.launcher.launch import launch
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.store import ObjectStore
 from trainer.store.base import Loc
 from trainer.store.layout import Layout
@@ -51,7 +52,11 @@ def test_a_launch_is_refused_before_anything_is_rented_or_written(
 ) -> None:
     job = make_spec(job={"id": "launch-on-s3rver"})
     make_dataset(s3rver_store, job, TINY)
-    with running_fake_vast() as fake, env_var("VAST_API_KEY", fake.api_key):
+    with (
+        running_fake_vast() as fake,
+        env_var("VAST_API_KEY", fake.api_key),
+        env_var(ALLOW_LOCAL_STORE, "1"),  # loopback s3rver: this probe is the refusal tested
+    ):
         with pytest.raises(ConditionalWritesIgnored, match=f"endpoint {s3rver_endpoint}"):
             launch(job, store=s3rver_store, vast_url=fake.url)
         assert fake.calls("create") == fake.calls("search") == 0

@@ -17,6 +17,7 @@ from trainer.errors import EXIT_CONFLICT, DatasetChanged, exit_code_of
 from trainer.job.identity import resolve, resolve_with
 from trainer.job.run import run_job
 from trainer.launcher.launch import launch
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.spec import JobSpec, dump_spec
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
@@ -92,7 +93,11 @@ def test_launch_refuses_an_explicit_id_committed_on_other_data_before_renting(
     make_dataset(local_store, job, TINY)
     assert run_job(job, local_store, device="cpu").outcome == "succeeded"
     make_dataset(local_store, job, replace(TINY, seed=3))
-    with running_fake_vast() as fake, env_var("VAST_API_KEY", fake.api_key):
+    with (
+        running_fake_vast() as fake,
+        env_var("VAST_API_KEY", fake.api_key),
+        env_var(ALLOW_LOCAL_STORE, "1"),  # a local store: the refusal tested comes after
+    ):
         with pytest.raises(DatasetChanged, match="committed with other data") as caught:
             launch(job, store=local_store, vast_url=fake.url)
         change = caught.value.problems[0]  # same rows, other values

@@ -43,6 +43,7 @@ from trainer.errors import (
     exit_code_of,
 )
 from trainer.launcher.hosts import BadHosts
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.store import ObjectStore
 from trainer.store.base import Loc
 from trainer.store.layout import Layout
@@ -308,8 +309,8 @@ def test_outbid_then_host_lost_gives_up_as_an_infrastructure_failure(market: Lab
     assert exit_code_of(caught.value) == EXIT_INFRA
     message = str(caught.value)
     assert message.startswith("the job lost its host on every attempt: #1 instance")
-    assert "was stopped (outbid or out of credit); #2 instance" in message
-    assert message.endswith("stopped reporting (offline)")
+    assert "was outbid: a higher bid took the machine (or the credit ran out); #2" in message
+    assert message.endswith(": host offline, it stopped reporting")
     sent = market.fake.requests_to("create")[0].body
     assert sent["price"] == pytest.approx(MARKET[0]["min_bid"] * 1.1, abs=0.001)
     market.assert_clean()
@@ -354,6 +355,7 @@ def test_the_result_sentinel_alone_ends_the_job(
             timings=FAST, script=[(0.0, "booting"), (0.1, sentinel)], script_exits=False
         ) as fake,
         env_var("VAST_API_KEY", fake.api_key),
+        env_var(ALLOW_LOCAL_STORE, "1"),  # the loopback store: the "container" runs here
     ):
         handle = Lab(fake, Containers(), s3_store, tmp_path).launch(spec)
         with pytest.raises(JobFailed, match="the job reported: loss is NaN"):

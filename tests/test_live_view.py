@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.launcher_env import ROOT, Lab, lab, tiny_spec, with_data
+from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.spec import JobSpec, dump_spec
 from trainer.store import ObjectStore
 
@@ -82,7 +83,7 @@ def _terminal_env(extra: dict[str, str]) -> dict[str, str]:
     keep = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION",
             "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE",
             "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "VAST_API_KEY", "HOME",
-            "PATH")  # fmt: skip
+            "PATH", ALLOW_LOCAL_STORE)  # fmt: skip
     found = {k: os.environ[k] for k in keep if k in os.environ}
     return {**found, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT), **extra}
 

@@ -23,7 +23,7 @@ data:
   exchange: binance
   stream: bbo
   symbols: [btcusdt]
-  dates: {start: 20251201, end: 20251203}
+  dates: {start: "20251201", end: "20251203"}
 """
 
 
@@ -60,7 +60,7 @@ data:
   exchange: binance
   stream: bbo
   symbols: [btcusdt]
-  dates: {start: 20251210, end: 20251201}
+  dates: {start: "20251210", end: "20251201"}
 train:
   lr: -0.001
   bacth_size: 512
@@ -84,13 +84,13 @@ def test_error_message_lists_every_problem() -> None:
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ("dates: {start: 20250230, end: 20250301}", "data.dates.start: 20250230 is not a real"),
-        ("dates: {start: 20250101}", "data.dates: give both `start` and `end`"),
-        ("dates: {days: [2025011]}", "data.dates.days.0: must match pattern"),
+        ('dates: {start: "20250230", end: "20250301"}', "data.dates.start: 20250230 is not a real"),
+        ('dates: {start: "20250101"}', "data.dates: give both `start` and `end`"),
+        ('dates: {days: ["2025011"]}', 'data.dates.days.0: must be a day written "YYYYMMDD"'),
     ],
 )
 def test_dates_are_real_and_whole(snippet: str, expected: str) -> None:
-    text = MINIMAL.replace("dates: {start: 20251201, end: 20251203}", snippet)
+    text = MINIMAL.replace('dates: {start: "20251201", end: "20251203"}', snippet)
     problems = _problems(text)
     assert any(p.startswith(expected) for p in problems), problems
 
@@ -191,7 +191,7 @@ def test_readme_reference_matches_the_docstrings() -> None:
         ),
         (
             "code: {path: models, sha256: abc}",
-            "code.sha256: must match pattern '^[0-9a-f]{64}$'",
+            'code.sha256: must be 64 lower-case hex digits (a sha256), not "abc"',
         ),
         (
             "train: {early_stopping: {metric: sharpe}}",

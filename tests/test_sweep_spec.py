@@ -26,7 +26,7 @@ base:
     exchange: binance
     stream: bbo
     symbols: [btcusdt]
-    dates: {start: 20251201, end: 20251203}
+    dates: {start: "20251201", end: "20251203"}
   train: {epochs: 1, eval_every_steps: 10}
 """
 

@@ -11,7 +11,7 @@ from tests.fakes.vast_offers import make_offer
 from trainer.launcher.attempt import Attempt, Ending
 from trainer.launcher.offers import Candidate
 from trainer.launcher.vast import Instance, Offer
-from trainer.launcher.verdict import Observation, Rules, decide
+from trainer.launcher.verdict import Observation, Rules, decide, stopped_from_outside
 from trainer.spec.sections import LimitsSpec
 from trainer.store.records import (
     DatasetRef,
@@ -210,16 +210,23 @@ CASES: list[tuple[str, Observation, Attempt, Ending | None, bool]] = [
         False,
     ),
     (
-        "stopped from outside: another host may finish it",
+        "stopped from outside: the provider may yet say why",
         obs(sentinel=sentinel(130, reason="signal SIGTERM", cause="signal")),
         attempt(),
+        None,
+        False,
+    ),
+    (
+        "stopped from outside, the provider never says why: another host may finish it",
+        obs(sentinel=sentinel(130, reason="signal SIGTERM", cause="signal")),
+        attempt(polls_stopped=2),
         Ending.RETRY,
         False,
     ),
     (
         "an old sentinel without a cause: the exit code decides",
         obs(sentinel=sentinel(130, reason="anything at all")),
-        attempt(),
+        attempt(polls_stopped=2),
         Ending.RETRY,
         False,
     ),
@@ -359,3 +366,39 @@ def test_a_container_that_found_the_job_taken_names_the_instance_to_watch() -> N
     verdict = decide(seen, attempt(), RULES)
     assert verdict is not None and verdict.holder == 7
     assert "another instance runs the job" in verdict.reason
+
+
+OUTBID_ROW = row(
+    actual_status="stopped", cur_state="stopped", intended_status="stopped", next_state="stopped"
+)
+SIGTERM = sentinel(130, reason="signal SIGTERM", cause="signal")
+
+
+@pytest.mark.parametrize(
+    ("seen", "cause", "words"),
+    [
+        (obs(sentinel=SIGTERM, row=OUTBID_ROW), "outbid", "was outbid: a higher bid took"),
+        (obs(sentinel=SIGTERM, row=row(actual_status="offline")), "host_offline", "host offline"),
+        (obs(row=OUTBID_ROW), "outbid", "was outbid"),
+    ],
+    ids=["signal-then-outbid", "signal-then-offline", "outbid"],
+)
+def test_an_interrupted_attempt_records_what_happened_not_the_signal(
+    seen: Observation, cause: str, words: str
+) -> None:
+    verdict = decide(seen, attempt(), RULES)
+    assert verdict is not None and verdict.ending is Ending.RETRY
+    assert verdict.cause == cause and words in verdict.reason
+    assert "SIGTERM" not in verdict.reason
+
+
+def test_a_signal_waits_for_the_provider_then_says_it_was_stopped_from_outside() -> None:
+    seen = obs(sentinel=SIGTERM)
+    assert stopped_from_outside(seen) and not stopped_from_outside(obs(status=status("training")))
+    a = attempt()
+    for _ in range(2):  # as the watch counts: the provider has not said why yet
+        assert decide(seen, a, RULES) is None
+        a.polls_stopped += 1
+    verdict = decide(seen, a, RULES)
+    assert verdict is not None and verdict.cause == "signal"
+    assert verdict.reason.endswith("the container was stopped from outside (signal SIGTERM)")

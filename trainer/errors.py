@@ -56,6 +56,11 @@ class UsageError(TrainerError):
     """A command-line argument is not one the command can take (a job id, a symbol)."""
 
 
+class UnreachableStore(ProblemsError):
+    """A launch's store is one a rented host cannot reach (a local folder, an S3 endpoint on a
+    loopback or private address); the problem names the setting and the way out."""
+
+
 class DataError(ProblemsError):
     """The dataset the spec names is missing or inconsistent; each problem names its partition."""
 
@@ -67,6 +72,11 @@ class VerificationError(TrainerError):
 
 class StorageError(TrainerError):
     """Object storage (S3 or the local store) failed; the message names the URI."""
+
+
+class StoreUnavailable(StorageError):
+    """The store cannot be used at all (no credentials, the endpoint unreachable): the same
+    for every object, so it is said once, never as a problem of each partition."""
 
 
 class ObjectNotFound(StorageError):
@@ -130,6 +140,7 @@ class Cancelled(TrainerError):
 ERRORS: dict[type[TrainerError], tuple[int, str]] = {
     SpecError: (EXIT_SPEC, "invalid_spec"),
     UsageError: (EXIT_SPEC, "invalid_spec"),
+    UnreachableStore: (EXIT_SPEC, "invalid_spec"),
     DataError: (EXIT_DATA, "data_error"),
     VerificationError: (EXIT_DATA, "data_error"),
     NoOfferError: (EXIT_NO_OFFER, "no_offer"),
@@ -154,6 +165,11 @@ def _entry(exc: BaseException) -> tuple[int, str]:
         if kind in ERRORS:
             return ERRORS[kind]
     return (EXIT_INTERNAL, "error")
+
+
+def problems_of(exc: BaseException) -> list[str]:
+    """The problems an error carries, each on its own line; none for most errors."""
+    return list(exc.problems) if isinstance(exc, ProblemsError) else []
 
 
 def exit_code_of(exc: BaseException) -> int:

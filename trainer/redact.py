@@ -17,11 +17,16 @@ from typing import TextIO
 MASK = "[REDACTED]"
 SECRET_ENV = ("VAST_API_KEY", "CONTAINER_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 """Environment variables whose values are secrets wherever the runner runs."""
-# Header and query shapes a library might echo back in an error: only the value is masked.
+# Header and query shapes a library might echo back in an error: only the value is masked,
+# and only a value shaped like a credential (a digit or one of `+/=` in it). A word after a
+# name that ends in "token" or "secret" is part of a sentence, kept: in `GetFederationToken:
+# InvalidClientTokenId` the error code is what the reader needs. Known secrets are masked by
+# value above whatever their shape.
+_VALUE = r"(?=[A-Za-z._~-]*[0-9+/=])[A-Za-z0-9._~+/=-]{8,}"
 _PATTERNS = (
     re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(
-        r"((?:api_key|apikey|token|secret)[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9._~+/=-]{8,}",
+        r"((?:api_key|apikey|token|secret)[\"']?\s*[=:]\s*[\"']?)" + _VALUE,
         re.IGNORECASE,
     ),
 )

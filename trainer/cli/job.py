@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.cli.options import add_json, add_spec, add_store, int_in, open_context
 from trainer.cli.output import metrics_line
 from trainer.data.synth import SynthConfig, generate_for_spec
-from trainer.errors import ProblemsError, exit_code_of, outcome_of
+from trainer.errors import TrainerError, exit_code_of, outcome_of, problems_of
 from trainer.spec.docs import json_schema, markdown_reference, sweep_reference
 
 if TYPE_CHECKING:
@@ -84,13 +84,13 @@ def _validate(args: argparse.Namespace) -> int:
             from trainer.model.proof import prove
 
             proof = prove(resolved.spec, resolved.plan, ctx.store)
-    except ProblemsError as exc:
+    except TrainerError as exc:
         if args.json:  # the verdict on stdout carries every problem, as the message does
             verdict = {
                 "outcome": outcome_of(exc),
                 "exit_code": exit_code_of(exc),
                 "error": exc.headline,
-                "problems": exc.problems,
+                "problems": problems_of(exc),
             }
             print(json.dumps(verdict, indent=2))
         raise

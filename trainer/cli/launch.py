@@ -24,7 +24,7 @@ from trainer.cli.options import (
     job_id_arg,
 )
 from trainer.cli.output import attempt_lines, metrics_line, rows_line
-from trainer.errors import SpecError, TrainerError, exit_code_of, outcome_of
+from trainer.errors import SpecError, TrainerError, exit_code_of, outcome_of, problems_of
 from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import default_bad_hosts_file
 from trainer.launcher.payload import OPTIONAL_ENV
@@ -225,7 +225,10 @@ def _launch(args: argparse.Namespace) -> int:
 def result_on_error(reporter: Reporter, exc: TrainerError) -> None:
     """The `result` event of a launch that failed before it could emit its own."""
     if not any(e["event"] == "result" for e in reporter.events):
-        reporter.emit("result", exc.headline, outcome=outcome_of(exc), exit_code=exit_code_of(exc))
+        fields: dict[str, Any] = {"outcome": outcome_of(exc), "exit_code": exit_code_of(exc)}
+        if problems_of(exc):
+            fields["problems"] = problems_of(exc)
+        reporter.emit("result", exc.headline, **fields)
 
 
 def print_summary(result: LaunchResult, out: TextIO) -> None:

@@ -47,9 +47,12 @@ HARD_STOP_GRACE_S = 120.0
 
 
 class _Stop:
-    """Why the main thread was interrupted (a limit, the heartbeat, or a signal)."""
+    """Why the main thread was interrupted (a limit, the heartbeat, or a signal), and whether
+    the container is destroying itself: from then on a SIGTERM (the host stopping us as we
+    go) interrupts nothing, whichever thread sends the destroy request."""
 
     why: StopReason | None = None
+    destroying: bool = False
 
 
 _STOP = _Stop()
@@ -86,7 +89,7 @@ def main() -> int:
     finally:
         # From here on a SIGTERM (the host stopping us as we destroy ourselves) must not
         # interrupt the destroy request or leave a traceback as the log's last words.
-        _disarm_signal_handlers()
+        _disarm_signal_handlers(_STOP)
         print(result.line(), flush=True)
         if env is not None and env.can_self_destroy:
             destroy_self(env.vast_url, env.container_id or "", env.container_api_key or "")
@@ -229,6 +232,7 @@ def _tick(
             # The main thread did not unwind (stuck in I/O or a kernel): end it all here.
             log.error("job %s did not stop within %.0f s; exiting hard", job_id, HARD_STOP_GRACE_S)
             why = stop.why or StopReason("limit", "stopped")
+            _disarm_signal_handlers(stop)  # from this thread: the handler's own flag
             sentinel = ResultSentinel(
                 job_id=job_id,
                 outcome="stopped",
@@ -244,6 +248,8 @@ def _tick(
 
 def _install_signal_handlers(stop: _Stop) -> None:
     def on_term(signum: int, frame: FrameType | None) -> None:
+        if stop.destroying:
+            return  # the end is under way: no KeyboardInterrupt, no traceback
         stop.why = stop.why or StopReason("signal", f"signal {signal.Signals(signum).name}")
         raise KeyboardInterrupt
 
@@ -256,7 +262,10 @@ def _install_signal_handlers(stop: _Stop) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _disarm_signal_handlers() -> None:
+def _disarm_signal_handlers(stop: _Stop) -> None:
+    """Before the sentinel and the destroy request: a SIGTERM ends nothing any more. Only
+    the main thread may change a handler; any thread may raise the flag it reads."""
+    stop.destroying = True
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -10,7 +10,7 @@ from typing import Any
 from trainer.launcher.logtail import LogTail
 from trainer.launcher.offers import Candidate
 from trainer.launcher.states import InstanceState
-from trainer.store.records import JobManifest
+from trainer.store.records import Cause, JobManifest
 
 
 class Ending(enum.StrEnum):
@@ -34,6 +34,9 @@ class Verdict:
     manifest: JobManifest | None = None
     holder: int | None = None
     """ELSEWHERE: the instance that runs the job, when the container named it."""
+    cause: Cause | None = None
+    """RETRY: what happened to the instance (`outbid`, `host_offline`, or `signal` when the
+    container was stopped from outside and the provider never said why)."""
 
 
 @dataclass
@@ -63,6 +66,9 @@ class Attempt:
     ended_at: float | None = None
     polls_gone: int = 0
     """Polls that saw the container exited or the instance gone."""
+    polls_stopped: int = 0
+    """Polls that saw the container report a stop from outside (a signal), while the
+    instance still looked up: the provider may yet say why (outbid, host offline)."""
     checked_price: bool = False
     verdict: Verdict | None = None
     tail: LogTail = field(default_factory=LogTail)
@@ -96,6 +102,7 @@ class Attempt:
             "attached": self.attached,
             "outcome": self.verdict.ending.value if self.verdict else "unfinished",
             "reason": self.verdict.reason if self.verdict else "",
+            "cause": self.verdict.cause if self.verdict else None,
             "cost_usd": round(self.cost(), 6),
             "provisioning_s": round((self.job_started or end) - self.created_at, 3),
             "running_s": round(end - self.job_started, 3) if self.job_started else 0.0,

@@ -1,6 +1,7 @@
 """`launch()`: a JobSpec to a watched Vast.ai job, and the JobHandle pipelines hold.
 
-Before any money is spent: the spec is validated, the dataset is pre-flighted and
+Before any money is spent: the store is checked to be one a rented host can reach
+(`reach`), the spec is validated, the dataset is pre-flighted and
 fingerprinted (which fixes a derived job id), a job committed on the same data is reported
 "already done" (one committed on other data is refused), an optional CPU dry run trains a
 few steps locally, and the offers are searched and priced. Then the resolved spec is
@@ -14,6 +15,7 @@ job has started.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +26,7 @@ from trainer.launcher.budget import SharedBudget
 from trainer.launcher.events import Reporter
 from trainer.launcher.ops import JobStatus, job_logs, job_status, stop_job
 from trainer.launcher.prefix import JobConflict
+from trainer.launcher.reach import check_reachable
 from trainer.launcher.result import LaunchOptions, LaunchResult
 from trainer.launcher.run import Run
 from trainer.launcher.session import open_session
@@ -78,6 +81,7 @@ def launch(
         client_options=client_options,
         read_only_buckets=(spec.storage.raw_bucket,),
     )
+    check_reachable(session.store.root, os.environ)  # before the pre-flight and any rental
     resolved = resolved or resolve(spec, session.store)  # the pre-flight: DataError here
     if sweep is not None:  # the base resolved fixes the sweep's id, the instance's job id
         sweep = sweep.model_copy(update={"base": resolved.spec})

@@ -63,6 +63,9 @@ class LaunchResult:
     `dropped_non_finite`."""
     report: str | None = None
     """The command that writes and opens the job's report page."""
+    problems: list[str] = field(default_factory=list)
+    """A refused launch's problems, each under its YAML path or setting (a spec, a dataset,
+    an unreachable store); only in the JSON when there are some."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class LaunchResult:
             "metrics": self.metrics.model_dump(mode="json") if self.metrics else None,
             "rows": self.rows,
             "report": self.report,
+            **({"problems": self.problems} if self.problems else {}),
         }
 
 

@@ -31,6 +31,7 @@ from trainer.errors import (
     TrainerError,
     exit_code_of,
     outcome_of,
+    problems_of,
 )
 from trainer.job.artifacts import read_manifest
 from trainer.job.identity import Resolved, check_committed
@@ -130,7 +131,9 @@ class Run:
         except TrainerError as exc:
             with shielded():
                 self._cleanup(job_ending=False)
-            self._finish(outcome_of(exc), exit_code_of(exc), exc.headline)
+            self._finish(
+                outcome_of(exc), exit_code_of(exc), exc.headline, problems=problems_of(exc)
+            )
             raise
         except KeyboardInterrupt:
             with shielded():
@@ -299,7 +302,9 @@ class Run:
         except TrainerError as exc:
             with shielded():
                 self._cleanup(job_ending=not isinstance(exc, Cancelled))
-            self._finish(outcome_of(exc), exit_code_of(exc), exc.headline)
+            self._finish(
+                outcome_of(exc), exit_code_of(exc), exc.headline, problems=problems_of(exc)
+            )
             raise
         finally:
             with shielded():
@@ -467,6 +472,7 @@ class Run:
         reason: str,
         manifest: JobManifest | None = None,
         promote: bool = False,
+        problems: list[str] | None = None,
     ) -> LaunchResult:
         if self.result is not None:
             return self.result
@@ -522,6 +528,7 @@ class Run:
             report=report_command(manifest.job_id, self.store.root, self.paths.bucket)
             if manifest
             else None,
+            problems=problems or [],
         )
         fields = {k: v for k, v in self.result.to_json().items() if k not in ("job_id", "reason")}
         # No human line here: the caller prints the summary once (the CLI on stdout).

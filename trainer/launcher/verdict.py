@@ -10,8 +10,10 @@
 3. the job ended: a stop request → CANCELLED; otherwise this container's sentinel with a
    non-zero exit code, its `status.json` saying failed or stopped, or its own `failure.json`,
    judged by the typed cause: another container holds the job's lease → ELSEWHERE (watch
-   that one); outside the job (signal, outbid, host offline) → RETRY; its limit or the
-   heartbeat → LIMIT; anything else → JOB_FAILED;
+   that one); outside the job (signal, outbid, host offline) → RETRY, but a signal while
+   the instance still looks up waits two polls for the provider's state to say why (rule 2
+   then records `outbid` or `host_offline`, not the signal); its limit or the heartbeat →
+   LIMIT; anything else → JOB_FAILED;
 4. with `detach`, a job that has started → DETACHED;
 5. the container EXITED or the instance is GONE with none of the above: nothing on the first
    such poll (the container writes its records before it ends), then RETRY (host marked bad)
@@ -94,6 +96,11 @@ def decide(obs: Observation, a: Attempt, rules: Rules) -> Verdict | None:
     )
 
 
+OUTSIDE_STOP_POLLS = 2
+"""Polls a container's report of a stop from outside waits for the provider to say why."""
+_UP = frozenset({InstanceState.RUNNING, InstanceState.PENDING})
+
+
 def _where(a: Attempt) -> str:
     return f"instance {a.instance_id} on machine {a.machine_id}"
 
@@ -122,9 +129,18 @@ def _broken(obs: Observation, a: Attempt) -> Verdict | None:
         return Verdict(Ending.RETRY, f"{_where(a)} could not start the container: {message}", True)
     if obs.state is InstanceState.LOST:
         status = row.actual_status if row is not None else "?"
-        return Verdict(Ending.RETRY, f"{_where(a)} stopped reporting ({status})", True)
+        return Verdict(
+            Ending.RETRY,
+            f"{_where(a)}: host {status}, it stopped reporting",
+            True,
+            cause="host_offline",
+        )
     if obs.state is InstanceState.STOPPED_OUTBID:
-        return Verdict(Ending.RETRY, f"{_where(a)} was stopped (outbid or out of credit)")
+        return Verdict(
+            Ending.RETRY,
+            f"{_where(a)} was outbid: a higher bid took the machine (or the credit ran out)",
+            cause="outbid",
+        )
     return None
 
 
@@ -152,10 +168,31 @@ def _job_ended(obs: Observation, a: Attempt) -> Verdict | None:
             holder=int(holder) if holder is not None and holder.isdigit() else None,
         )
     if cause in OUTSIDE_CAUSES:
-        return Verdict(Ending.RETRY, f"{_where(a)}: the container was stopped ({reason})")
+        if cause == "signal" and a.polls_stopped < OUTSIDE_STOP_POLLS and obs.state in _UP:
+            return None  # the signal comes first; the provider's state says why on a later poll
+        return Verdict(
+            Ending.RETRY,
+            f"{_where(a)}: the container was stopped from outside ({reason})",
+            cause=cause,
+        )
     if cause in ("limit", "heartbeat"):
         return Verdict(Ending.LIMIT, f"the job reported: {reason}")
     return Verdict(Ending.JOB_FAILED, f"the job reported: {reason}")
+
+
+def stopped_from_outside(obs: Observation) -> bool:
+    """Whether the container reported a stop from outside the job (a signal): the watch
+    counts such polls, so the cause the provider shows a little later (outbid, a host gone
+    offline) is the one recorded, not the signal."""
+    if obs.sentinel is not None and obs.sentinel.exit_code != 0:
+        cause = obs.sentinel.cause or _cause_of_code(obs.sentinel.exit_code)
+    elif obs.status is not None and obs.status.state == "stopped":
+        cause = obs.status.cause or "signal"
+    elif obs.failure is not None:
+        cause = obs.failure.cause
+    else:
+        return False
+    return cause == "signal"
 
 
 def _cause_of_code(code: int) -> Cause:

@@ -31,7 +31,7 @@ from trainer.launcher.prefix import write_heartbeat
 from trainer.launcher.session import Session
 from trainer.launcher.states import InstanceState
 from trainer.launcher.vast import Instance, VastAuthError
-from trainer.launcher.verdict import Observation, Rules, decide
+from trainer.launcher.verdict import Observation, Rules, decide, stopped_from_outside
 from trainer.spec.sections import LimitsSpec
 from trainer.store.layout import JobPaths
 from trainer.store.records import (
@@ -110,6 +110,7 @@ class Watcher:
                 self.reporter.emit("poll_failed", str(exc), failures=failures, retry_in_s=wait)
                 self.stop.wait(wait)
                 continue
+            a.polls_stopped += 1 if stopped_from_outside(obs) else 0
             verdict = decide(obs, a, self.rules)
             if verdict is not None:
                 self._last_lines(a, verdict)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 
+_LEAP_YEAR = r"(\d\d(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)"
+YYYYMMDD_RE = (
+    rf"^(?!0000)(\d{{4}}((0[13578]|1[02])(0[1-9]|[12]\d|3[01])|(0[469]|11)(0[1-9]|[12]\d|30)"
+    rf"|02(0[1-9]|1\d|2[0-8]))|{_LEAP_YEAR}0229)$"
+)
+"""Exactly the real calendar days `parse_yyyymmdd` takes, as a regular expression: the JSON
+Schema's pattern for a day."""
+
 
 def parse_yyyymmdd(value: object) -> dt.date:
     """Parse `20251229` (int or str) into a date; raise ValueError with a readable reason."""
     text = str(value).strip()
     if len(text) != 8 or not text.isdigit():
-        raise ValueError(f"must be a date written YYYYMMDD, got {value!r}")
+        shown = text or repr(value)
+        raise ValueError(f'must be a day written "YYYYMMDD", e.g. "20251201", not {shown}')
     try:
         return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from trainer.spec.load import section_type
+from trainer.spec.messages import section_type
 from trainer.spec.sections import JobSpec
 from trainer.spec.sweep import Param, SweepSpec
 

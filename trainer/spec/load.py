@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from trainer.errors import SpecError
+from trainer.spec.messages import describe_errors
 from trainer.spec.sections import JobSpec
+from trainer.spec.yamltext import YAMLError, read_yaml, write_yaml
 
 MAX_SPEC_BYTES = 1 << 20
 """A JobSpec (or a sweep spec) is at most 1 MiB: a larger one is not a hand-written spec, and
@@ -53,8 +52,8 @@ def parse_spec(text: str, source: str = "<spec>", overrides: Sequence[str] = ())
 def yaml_mapping(text: str, source: str, what: str) -> dict[str, Any]:
     """The YAML document `text` as a mapping; SpecError naming `source` otherwise."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = read_yaml(text)
+    except YAMLError as exc:
         raise SpecError(f"{source} is not valid YAML", [str(exc)]) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{source} is not {what}", ["the top level must be a mapping"])
@@ -91,22 +90,15 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [describe(err) for err in first_causes(exc.errors(include_url=False))]
+        problems = describe_errors(exc.errors(include_url=False), JobSpec)
         raise SpecError(f"{source}: {len(problems)} problem(s) in the JobSpec", problems) from None
-
-
-def first_causes(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The errors without those that only follow from another: a list whose one item was
-    refused is then also "too short", which says nothing the item's own error does not."""
-    items = {tuple(e["loc"][:-1]) for e in errors if len(e["loc"]) > 1}
-    return [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in items)]
 
 
 def dump_spec(spec: JobSpec) -> str:
     """The resolved spec (defaults filled in, job id set) as YAML: what travels with the model."""
     data = spec.model_dump(mode="json")
     data["job"]["id"] = spec.job_id
-    return yaml.safe_dump(data, sort_keys=False)
+    return write_yaml(data)
 
 
 def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
@@ -123,8 +115,8 @@ def parse_override(item: str, source: str) -> tuple[str, Any]:
     if not sep or not key:
         raise SpecError(f"{source}: bad override", [f"{item!r}: write it as path.to.key=value"])
     try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError as exc:
+        return key, read_yaml(value)
+    except YAMLError as exc:
         reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise SpecError(
             f"{source}: bad override",
@@ -143,54 +135,4 @@ def set_path(raw: dict[str, Any], key: str, value: Any) -> str | None:
             return f"{key}: {part} is not a section"
         node = child
     node[parts[-1]] = value
-    return None
-
-
-def describe(err: Mapping[str, Any], root: type[BaseModel] = JobSpec) -> str:
-    """One pydantic error of a `root` document as `yaml.path: what is wrong`."""
-    loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key{_suggest(loc, root)}"
-    if kind == "missing":
-        return f"{path}: required"
-    message = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    message = message.replace("Input should be", "must be").replace("String should", "must")
-    return f"{path}: {message}"
-
-
-def _suggest(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
-    """` (did you mean 'lr'?)` for a misspelled key, from the fields of the enclosing section."""
-    fields = _fields_at(loc[:-1], root)
-    match = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
-    model: Any = root
-    keyed = False  # the part after a mapping field is one of its keys, not a field
-    for part in loc:
-        if keyed:
-            keyed = False
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        keyed = typing.get_origin(field.annotation) is dict
-        model = section_type(field.annotation)
-        if model is None:
-            return []
-    return list(getattr(model, "model_fields", {}))
-
-
-def section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = section_type(arg)
-        if found is not None:
-            return found
     return None

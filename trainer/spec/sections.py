@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -17,26 +18,53 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.spec.dates import date_span, parse_yyyymmdd
+from trainer.spec.dates import YYYYMMDD_RE, date_span, parse_yyyymmdd
+from trainer.spec.shapes import shaped_fields
 
 
 class Section(BaseModel):
-    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help, and
-    every number finite: `.nan` or `.inf` is never a setting (a NaN bound compares false
-    and turns its check off; an infinite one is no limit)."""
+    """Base of every JobSpec section: frozen, unknown keys rejected, docstrings as help,
+    every type strict as the published JSON Schema is (`trainer.spec.shapes`), and every
+    number finite: `.nan` or `.inf` is never a setting (a NaN bound compares false and turns
+    its check off; an infinite one is no limit)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
+        strict=True,
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_shapes(cls, data: Any) -> Any:
+        return shaped_fields(cls.model_fields, data)
 
-Yyyymmdd = Annotated[str, Field(pattern=r"^\d{8}$")]
+
+def _day_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads an unquoted 20251229 as a number; the layout's days are text.
+        raise ValueError(f'write the day in quotes, "{value}": unquoted, YAML reads it as a number')
+    return value
+
+
+def _real_day(value: str) -> str:
+    if re.fullmatch(YYYYMMDD_RE, value, flags=re.ASCII):
+        return value
+    if len(value) == 8 and value.isascii() and value.isdigit():
+        raise ValueError(f"{value} is not a real calendar date")
+    raise ValueError(f'must be a day written "YYYYMMDD", e.g. "20251201", not "{value}"')
+
+
+Yyyymmdd = Annotated[
+    str,
+    BeforeValidator(_day_is_text),
+    AfterValidator(_real_day),
+    Field(json_schema_extra={"pattern": YYYYMMDD_RE}),
+]
+"""A calendar day, `"YYYYMMDD"` in quotes; the schema's pattern checks the calendar too."""
 JOB_ID_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-
-
-def _as_date_text(value: object) -> object:
-    # YAML reads 20251229 as an int; the layout writes it as text.
-    return str(value) if isinstance(value, int) else value
 
 
 class JobMeta(Section):
@@ -66,28 +94,39 @@ MAX_PARTITIONS = 50_000
 """Symbols times days at most: the pre-flight reads every partition's footer."""
 
 
+def _given(key: str, kind: str) -> dict[str, Any]:
+    """JSON Schema: `key` is present and not null."""
+    return {"properties": {key: {"type": kind}}, "required": [key]}
+
+
 class DateSelection(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {"if": _given("start", "string"), "then": _given("end", "string")},
+                {"if": _given("end", "string"), "then": _given("start", "string")},
+                {
+                    "anyOf": [
+                        _given("start", "string"),
+                        {"properties": {"days": {"minItems": 1}}, "required": ["days"]},
+                    ]
+                },
+            ]
+        }
+    )
+
     start: Yyyymmdd | None = None
-    """First day of an inclusive range, `YYYYMMDD`, 19700101 to 20991231. Default: no
-    range."""
+    """First day of an inclusive range, `"YYYYMMDD"` in quotes (unquoted, YAML reads a
+    number), 19700101 to 20991231 (checked by `validate`). Default: no range."""
     end: Yyyymmdd | None = None
-    """Last day of the inclusive range, `YYYYMMDD`. Required with `start`. A range spans at
-    most 3660 days, ten years."""
+    """Last day of the inclusive range, `"YYYYMMDD"` in quotes. Required with `start`. A range
+    spans at most 3660 days, ten years (checked by `validate`)."""
     days: tuple[Yyyymmdd, ...] = ()
-    """Extra single days, `YYYYMMDD`, added to the range. Default: none."""
-
-    _dates = field_validator("start", "end", mode="before")(_as_date_text)
-
-    @field_validator("days", mode="before")
-    @classmethod
-    def _days_as_text(cls, value: object) -> object:
-        if isinstance(value, list | tuple):
-            return [_as_date_text(v) for v in value]
-        return value
+    """Extra single days, `"YYYYMMDD"` in quotes, added to the range. Default: none."""
 
     @field_validator("start", "end")
     @classmethod
-    def _real_day(cls, value: str | None) -> str | None:
+    def _day_in_era(cls, value: str | None) -> str | None:
         if value is not None:
             _in_era(value)
         return value
@@ -102,7 +141,7 @@ class DateSelection(Section):
 
     @field_validator("days")
     @classmethod
-    def _real_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _days_in_era(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for day in value:
             _in_era(day)
         return value
@@ -135,6 +174,17 @@ def _in_era(day: str) -> None:
 
 
 class SplitSpec(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "allOf": [
+                    _given("validation_days", "integer"),
+                    _given("validation_fraction", "number"),
+                ]
+            }
+        }
+    )
+
     validation_days: int | None = Field(default=None, ge=1)
     """Hold out the last N days for validation. Exclusive with `validation_fraction`."""
     validation_fraction: float | None = Field(default=None, gt=0, lt=1)
@@ -164,7 +214,9 @@ class DataSpec(Section):
     """Exchange partition, e.g. `binance`."""
     stream: str = Field(pattern=r"^[a-z0-9_-]+$")
     """Stream partition, e.g. `bbo`."""
-    symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(min_length=1)
+    symbols: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")], ...] = Field(
+        min_length=1, json_schema_extra={"uniqueItems": True}
+    )
     """Symbols to train on, lower case as in the layout, e.g. `[btcusdt]`; each once (a
     symbol listed twice would read each of its partitions twice). Symbols times days: at
     most 50000 partitions."""
@@ -174,7 +226,10 @@ class DataSpec(Section):
     """Event time column, epoch milliseconds. Default: `ts`."""
     label_column: str = "label"
     """Target column. Default: `label`."""
-    features: tuple[str, ...] | Literal["auto"] = "auto"
+    features: (
+        Annotated[tuple[str, ...], Field(json_schema_extra={"minItems": 1, "uniqueItems": True})]
+        | Literal["auto"]
+    ) = "auto"
     """Feature columns in model input order (at least one, each once), or `auto`: every
     numeric column but the timestamp and the label, in file order. Default: `auto`."""
     split: SplitSpec = SplitSpec()
@@ -356,6 +411,30 @@ class CheckpointSpec(Section):
 
 
 class TrainSpec(Section):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "anyOf": [
+                        {
+                            "not": {
+                                "properties": {"epochs": {"type": "null"}},
+                                "required": ["epochs"],
+                            }
+                        },
+                        _given("max_steps", "integer"),
+                    ]
+                },
+                {
+                    "if": {
+                        "not": {"properties": {"loss": {"const": "huber"}}, "required": ["loss"]}
+                    },
+                    "then": {"properties": {"huber_delta": {"const": 1.0}}},
+                },
+            ]
+        }
+    )
+
     epochs: int | None = Field(default=3, ge=1)
     """Passes over the training rows. Default: 3. With `max_steps`, whichever ends first."""
     max_steps: int | None = Field(default=None, ge=1)
@@ -411,8 +490,10 @@ class TrainSpec(Section):
 
 
 class ResourcesSpec(Section):
-    gpu_names: tuple[str, ...] = ("RTX 4090", "RTX 3090", "A100 SXM4", "H100 SXM")
-    """Accepted GPU models, as Vast.ai names them (`RTX 4090`)."""
+    gpu_names: tuple[str, ...] = Field(
+        default=("RTX 4090", "RTX 3090", "A100 SXM4", "H100 SXM"), min_length=1
+    )
+    """Accepted GPU models, as Vast.ai names them (`RTX 4090`); at least one."""
     num_gpus: int = Field(default=1, ge=1, le=16)
     """GPUs on one machine; above 1 the job runs under `torchrun`. Default: 1."""
     min_gpu_ram_gb: float = Field(default=16, gt=0)
@@ -456,14 +537,19 @@ class LimitsSpec(Section):
     this many minutes of the first one ending. Default: 120."""
 
 
+RAW_BUCKET = "quantlab-raw"
+BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_WRITABLE: dict[str, Any] = {"pattern": BUCKET_RE, "not": {"const": RAW_BUCKET}}
+
+
 class StorageSpec(Section):
-    raw_bucket: str = "quantlab-raw"
+    raw_bucket: str = Field(default=RAW_BUCKET, json_schema_extra={"pattern": BUCKET_RE})
     """Raw tick bucket (read-only, never written). Default: `quantlab-raw`."""
-    compact_bucket: str = "quantlab-compact"
+    compact_bucket: str = Field(default="quantlab-compact", json_schema_extra=_WRITABLE)
     """Curated data and feature bucket. Never the raw bucket, whatever `raw_bucket` names:
     the storage layout's `quantlab-raw` is read-only in every role. Default:
     `quantlab-compact`."""
-    artifacts_bucket: str = "quantlab-artifacts"
+    artifacts_bucket: str = Field(default="quantlab-artifacts", json_schema_extra=_WRITABLE)
     """Job artifacts and production models. Neither the raw nor the compact bucket, and
     never the storage layout's `quantlab-raw`: two roles never share a bucket. Default:
     `quantlab-artifacts`."""
@@ -471,7 +557,7 @@ class StorageSpec(Section):
     @field_validator("raw_bucket", "compact_bucket", "artifacts_bucket")
     @classmethod
     def _bucket_name(cls, value: str, info: ValidationInfo) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        if not re.fullmatch(BUCKET_RE, value):
             raise ValueError(f"{value!r} is not a valid S3 bucket name")
         if info.field_name == "raw_bucket":
             return value

@@ -13,13 +13,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from trainer.errors import SpecError
 from trainer.spec.load import (
-    describe,
-    first_causes,
     load_spec,
     parse_override,
     read_spec_text,
@@ -27,7 +24,9 @@ from trainer.spec.load import (
     spec_from_dict,
     yaml_mapping,
 )
+from trainer.spec.messages import describe_errors
 from trainer.spec.sections import JOB_ID_RE, JobSpec, Section, UnresolvedSpec
+from trainer.spec.yamltext import write_yaml
 
 FIXED_SECTIONS = ("job", "resources", "limits", "storage")
 """Sections a trial may not vary: its identity, and the instance and budget all trials share."""
@@ -119,11 +118,6 @@ class Pruning(Section):
     """`halving`: training steps before the first rung. Default: the first evaluation."""
     reduction_factor: int = Field(default=3, ge=2)
     """`halving`: one trial in this many goes on at each rung. Default: 3."""
-
-    @field_validator("rule", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: object) -> object:
-        return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
 class SweepLimits(Section):
@@ -288,8 +282,7 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     try:
         sweep = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        errors = first_causes(exc.errors(include_url=False))
-        problems = [describe(err, SweepSpec) for err in errors]
+        problems = describe_errors(exc.errors(include_url=False), SweepSpec)
         raise SpecError(f"{source}: {len(problems)} problem(s) in the sweep", problems) from None
     problems = space_problems(sweep)
     if problems:
@@ -319,7 +312,7 @@ def space_problems(sweep: SweepSpec) -> list[str]:
                 try:
                     JobSpec.model_validate(raw)
                 except ValidationError as exc:
-                    problem = "; ".join(describe(e) for e in exc.errors(include_url=False))
+                    problem = "; ".join(describe_errors(exc.errors(include_url=False), JobSpec))
             if problem:
                 problems.append(f"{where}: {json.dumps(value)} makes no valid trial: {problem}")
                 break
@@ -331,4 +324,4 @@ def dump_sweep(sweep: SweepSpec) -> str:
     runs and what the sweep folder keeps."""
     data = sweep.model_dump(mode="json")
     data["sweep"]["id"] = sweep.sweep_id
-    return yaml.safe_dump(data, sort_keys=False)
+    return write_yaml(data)

@@ -549,6 +549,9 @@ class AttemptRecord(Record):
     attached: bool = False
     outcome: str
     reason: str = ""
+    cause: Cause | None = None
+    """Why a replaced instance ended: `outbid`, `host_offline`, or `signal` (stopped from
+    outside, the provider never saying why). None for the others."""
     cost_usd: float
     provisioning_s: float = 0.0
     running_s: float = 0.0

@@ -14,13 +14,20 @@ from urllib.parse import urlparse
 import boto3
 import pyarrow.fs
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from trainer.errors import (
     ConditionalWritesIgnored,
     ObjectNotFound,
     PreconditionFailed,
     StorageError,
+    StoreUnavailable,
 )
 from trainer.store.base import Loc, ObjectInfo, ObjectStore
 from trainer.store.layout import conditional_write_probe
@@ -235,13 +242,14 @@ def _raise(exc: Exception, action: str, loc: Loc) -> NoReturn:
             "that they may use this bucket and prefix"
         ) from None
     if isinstance(exc, NoCredentialsError):
-        raise StorageError(
+        raise StoreUnavailable(
             f"cannot {action} {loc}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY or a profile, or use a local store (--store file://DIR)"
         ) from None
     detail = code or type(exc).__name__
     where = f" at {endpoint_url()}" if endpoint_url() else ""
-    raise StorageError(
+    unreachable = isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+    raise (StoreUnavailable if unreachable else StorageError)(
         f"cannot {action} {loc}: S3{where} failed ({detail}); check the network and the "
         "endpoint, then retry"
     ) from None
