@@ -66,7 +66,7 @@ def timing_sweep(args: argparse.Namespace, bucket: str) -> dict[str, Any]:
     base = base_spec(args.days)
     base["storage"] = {"artifacts_bucket": bucket}
     return {
-        "sweep": {"id": f"bench-{bucket}", "name": "bench"},
+        "sweep": {"id": bucket, "name": "bench"},
         "base": base,
         "space": {
             "train.lr": {"log_uniform": [3e-4, 3e-2]},
