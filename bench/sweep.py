@@ -218,7 +218,8 @@ class Bench:
         done = self._run([sys.executable, __file__, "--child", str(path)], path.with_suffix(".log"))
         wall = time.perf_counter() - t0
         out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return {"seconds": wall, "feature_bytes": self.proxy.bytes_under(FEATURES), **out}
+        bytes_read = self.proxy.bytes_under(FEATURES)
+        return {"seconds": wall, "feature_bytes": bytes_read, "requests": self.requests(), **out}
 
     def separate(self, raw: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
         """The same trials as one `quantlab-train run` process each, one after another."""
@@ -237,7 +238,13 @@ class Bench:
             "seconds": sum(runs),
             "run_seconds": [round(s, 2) for s in runs],
             "feature_bytes": self.proxy.bytes_under(FEATURES),
+            "requests": self.requests(),
         }
+
+    def requests(self) -> dict[str, int]:
+        """S3 requests since the last reset, by HTTP method."""
+        with self.proxy._lock:
+            return dict(self.proxy.requests)
 
     def round(self, r: int) -> dict[str, Any]:
         raw_sweep = timing_sweep(self.args, f"bench-sweep-{r}")
@@ -329,8 +336,10 @@ def table(result: dict[str, Any]) -> str:
         per_trial = ", ".join(str(t["seconds"]) for t in r["sweep"]["trials"])
         per_run = ", ".join(map(str, r["separate"]["run_seconds"]))
         load = r["load_average"]
+        calls = {side: sum(r[side]["requests"].values()) for side in ("sweep", "separate")}
         lines.append(
             f"round {n + 1} ({' then '.join(r['order'])}): ratio {r['ratio']:.2f}; "
+            f"S3 requests: sweep {calls['sweep']}, separate {calls['separate']}; "
             f"sweep {r['sweep']['seconds']:.1f} s (trials {per_trial} s), separate "
             f"{r['separate']['seconds']:.1f} s (runs {per_run} s); "
             f"load average {load['before']} before, {load['after']} after"
