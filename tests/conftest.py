@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import urllib.request
@@ -24,6 +25,15 @@ FAKE_AWS = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background (`nohup`, `cmd &` in a script) inherits SIGINT
+    ignored, and so would every launcher it starts: `_thread.interrupt_main()` and a real
+    SIGINT then do nothing, and the Ctrl-C tests would fail for want of a Ctrl-C. Take
+    SIGINT back here; the processes the tests start then get the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

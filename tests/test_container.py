@@ -80,9 +80,10 @@ def _upload_spec(store: ObjectStore, spec: JobSpec) -> str:
 
 
 def _run(
-    env: dict[str, str], store: ObjectStore, spec: JobSpec
+    env: dict[str, str], store: ObjectStore, spec: JobSpec, *, sigint_ignored: bool = False
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    """Run the entrypoint; meanwhile read status.json as the launcher would."""
+    """Run the entrypoint; meanwhile read status.json as the launcher would. With
+    `sigint_ignored`, start it as a shell's background job is started: SIGINT ignored."""
     seen: list[dict[str, Any]] = []
     loc = Layout.of(spec.storage).job(spec.job_id).status
     done = threading.Event()
@@ -100,7 +101,14 @@ def _run(
     watcher.start()
     try:
         proc = subprocess.run(
-            [str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=240
+            [str(ENTRYPOINT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if sigint_ignored
+            else None,
         )
     finally:
         done.set()
@@ -173,16 +181,19 @@ def test_failing_job_leaves_a_record_and_still_destroys(
     assert fake_vast.instance(instance[0]) is None
 
 
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["plain", "sigint-ignored"])
 def test_max_runtime_stops_records_and_destroys(
-    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast
+    s3_env: dict[str, str], s3_store: ObjectStore, fake_vast: FakeVast, sigint_ignored: bool
 ) -> None:
+    """Also when the container was started with SIGINT ignored (a shell's background job):
+    the dead-man switch must stop it all the same."""
     spec = make_spec(
-        job={"id": "box-slow"}, train={"epochs": 50}, limits={"max_runtime_minutes": 0.04}
+        job={"id": "box-slow"}, train={"epochs": 500}, limits={"max_runtime_minutes": 0.04}
     )
     make_dataset(s3_store, spec, SynthConfig(rows_per_day=20_000, row_group_size=5_000))
     instance = _rent(fake_vast)
     env = _container_env(s3_env, fake_vast, instance, _upload_spec(s3_store, spec))
-    proc, seen = _run(env, s3_store, spec)
+    proc, seen = _run(env, s3_store, spec, sigint_ignored=sigint_ignored)
 
     assert proc.returncode == EXIT_LIMIT, proc.stderr[-3000:]
     result = _sentinel(proc.stdout)

@@ -1,5 +1,6 @@
 """`python -m trainer.container`: the training image's entrypoint."""
 
 from trainer.container.entrypoint import main
+from trainer.train.leave import leave
 
-raise SystemExit(main())
+leave(main())

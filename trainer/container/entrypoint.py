@@ -249,6 +249,11 @@ def _install_signal_handlers(stop: _Stop) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
+        # The dead-man switch stops training with `_thread.interrupt_main()`, which does
+        # nothing while SIGINT is ignored, as it is for a process a shell starts in the
+        # background (an `onstart` line ending in `&`, `nohup`): the job would then run
+        # past its limits. Take SIGINT back, whatever the process inherited.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _disarm_signal_handlers() -> None:
