@@ -4,6 +4,7 @@ and an outbid mid-sweep continued on the next instance without training a trial 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -12,12 +13,15 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.s3_counter import CountingS3
 from tests.fakes.vast_offers import make_offer
 from tests.launcher_env import FAST_CLIENT, Lab, lab, options, tiny_spec, wait_for, with_data
+from trainer.data.plan import FOOTER_READ
 from trainer.job.artifacts import read_manifest
 from trainer.launcher.launch import JobHandle, launch_sweep
 from trainer.spec.sweep import SweepSpec, sweep_from_dict
 from trainer.store import ObjectStore
+from trainer.store.base import Loc
 from trainer.store.layout import Layout
 from trainer.store.records import SweepRecord, read_record
 
@@ -50,10 +54,12 @@ def _record(store: ObjectStore, sweep_id: str) -> SweepRecord | None:
     return read_record(store, Layout().job(sweep_id).sweep, SweepRecord)
 
 
-def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(market: Lab) -> None:
+def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(
+    market: Lab, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep = _sweep(market.store, "lt-sweep-8")
-    handle = _launch(market, sweep)
-    result = handle.wait()
+    with _counted(s3_endpoint, monkeypatch) as counting:
+        result = _launch(market, sweep).wait()
 
     assert result.outcome == "succeeded", result.reason
     assert market.creates() == 1 and len(result.attempts) == 1
@@ -63,6 +69,7 @@ def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(mark
     for t in record.trials:
         assert read_manifest(market.store, Layout().job(t.job_id)) is not None
     assert record.data_reads == 1  # one instance, one data section: read once
+    _assert_read_per_instance(counting, market.store, sweep, instances=1)
     assert record.cost_usd == pytest.approx(result.cost_usd, abs=1e-6) and record.attempts
     assert result.artifacts["sweep.json"].endswith("ml-artifacts/lt-sweep-8/sweep.json")
     assert result.metrics is not None and record.best_trial is not None
@@ -70,14 +77,15 @@ def test_a_sweep_of_eight_trials_rents_one_instance_and_commits_every_trial(mark
     market.assert_clean()
 
 
-def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None:
+def test_an_outbid_mid_sweep_continues_on_the_next_instance(
+    market: Lab, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep = _sweep(
         market.store,
         "lt-sweep-spot",
         base={"resources": {"interruptible": True}, "limits": {"max_attempts": 3}},
         trials=6,
     )
-    handle = _launch(market, sweep)
 
     def outbid_after_two_trials() -> None:
         first = min(wait_for(lambda: market.fake.ledger().entries or None, timeout=300))
@@ -90,8 +98,10 @@ def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None
         market.fake.outbid(first)
 
     thread = threading.Thread(target=outbid_after_two_trials, daemon=True)
-    thread.start()
-    result = handle.wait()
+    with _counted(s3_endpoint, monkeypatch) as counting:
+        handle = _launch(market, sweep)
+        thread.start()
+        result = handle.wait()
     thread.join(10)
 
     assert result.outcome == "succeeded", result.reason
@@ -108,7 +118,36 @@ def test_an_outbid_mid_sweep_continues_on_the_next_instance(market: Lab) -> None
     )
     assert sorted(committed) == sorted(t.job_id for t in record.trials)
     assert record.data_reads == 2  # each instance read the data once
+    _assert_read_per_instance(counting, market.store, sweep, instances=2)
     market.assert_clean()
+
+
+@contextlib.contextmanager
+def _counted(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingS3]:
+    """The instances reach S3 through a counter (the launcher passes its endpoint on); the
+    launcher's own store does not, so what is counted is what the instances read."""
+    counting = CountingS3(endpoint)
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(key, counting.url)
+    try:
+        yield counting
+    finally:
+        counting.close()
+
+
+def _assert_read_per_instance(
+    counting: CountingS3, store: ObjectStore, sweep: SweepSpec, instances: int
+) -> None:
+    """Each Parquet byte fetched once per instance, whatever the trials, plus the
+    pre-flight's footer read (the last 64 KiB of each file: here most of it)."""
+    read = {k: n for k, n in counting.get_bytes.items() if k.endswith(".parquet")}
+    listed = store.list(Loc(Layout.of(sweep.base.storage).compact_bucket, "features/"))
+    sizes = {
+        f"{o.loc.bucket}/{o.loc.key}": o.size for o in listed if o.loc.key.endswith(".parquet")
+    }
+    assert read.keys() == sizes.keys()
+    once = {k: (instances * sizes[k], instances * (sizes[k] + FOOTER_READ)) for k in sizes}
+    assert all(low <= read[k] <= high for k, (low, high) in once.items()), (read, once)
 
 
 def _launch(market: Lab, sweep: SweepSpec) -> JobHandle:

@@ -54,6 +54,8 @@ def test_pruning_stops_the_bad_learning_rates_early_and_every_trial_is_a_job(
     pruned = [t for t in record.trials if t.state == "pruned"]
     assert all(t.pruned_at_step and t.pruned_at_step < (t.planned_steps or 0) for t in pruned)
     assert record.steps_saved == sum((t.planned_steps or 0) - (t.steps or 0) for t in pruned) > 0
+    written = json.loads(data_store.get(sweep_paths(_resolved_like(sweep, data_store)).sweep))
+    assert written["steps_saved"] == record.steps_saved  # in sweep.json, for any reader
     assert record.best_trial is not None and record.best_trial.params["train.lr"] == 0.003
     assert record.data_reads == 1
     # every trial is an ordinary committed job: status, report and compare read it

@@ -3,6 +3,7 @@ from `sweep.json`, the board."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.helpers import spec_dict
@@ -98,6 +99,20 @@ def test_the_leaderboard_shows_the_best_so_far_and_marks_the_best() -> None:
     assert text.splitlines()[0] == (
         "sweep sweep-x (running): 2 complete, 1 pruned of 3; best trial 1 (job-1) ic 0.35"
     )
+
+
+def test_the_steps_pruning_saved_are_in_sweep_json_and_on_the_board() -> None:
+    steps = {"steps": 40, "planned_steps": 100}
+    pruned = _trial(2, 0.001, "pruned", 0.01).model_copy(update=steps)
+    complete = _trial(0, 0.1, "complete", 0.2).model_copy(update={**steps, "steps": 100})
+    record = _record([complete, pruned])
+    written = json.loads(record.to_json())
+    assert [t["steps_saved"] for t in written["trials"]] == [0, 60]
+    assert written["steps_saved"] == 60
+    assert SweepRecord.model_validate(written) == record  # read back: derived, not stored
+    rows = leaderboard(record)
+    assert [r["steps"] for r in rows] == ["100/100", "40/100"]
+    assert render(record).splitlines()[0].endswith("; pruning saved 60 of 200 planned steps")
 
 
 def test_a_sweeps_instance_is_its_job_with_the_sweeps_limits_and_spec() -> None:

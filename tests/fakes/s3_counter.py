@@ -21,6 +21,8 @@ class CountingS3(ThreadingHTTPServer):
         self.get_bytes: Counter[str] = Counter()
         """`bucket/key` → bytes of every GET answer for it."""
         self.gets: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        """HTTP method → requests passed on (every one, whatever its answer)."""
         self._lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -38,6 +40,7 @@ class CountingS3(ThreadingHTTPServer):
         with self._lock:
             self.get_bytes.clear()
             self.gets.clear()
+            self.requests.clear()
 
     def close(self) -> None:
         self.shutdown()
@@ -60,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer = conn.getresponse()
         data = answer.read()
         conn.close()
+        with self.server._lock:
+            self.server.requests[self.command] += 1
         if self.command == "GET" and answer.status in (200, 206):
             key = unquote(urlsplit(self.path).path).lstrip("/")
             with self.server._lock:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, computed_field
 
 from trainer.errors import ObjectNotFound, PreconditionFailed, VerificationError
 from trainer.store.base import Loc, ObjectInfo, ObjectStore
@@ -630,9 +630,11 @@ class SweepTrial(Record):
     started_at: str | None = None
     ended_at: str | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def steps_saved(self) -> int:
-        """Steps the pruning rule spared: the budget less what was trained."""
+        """Steps the pruning rule spared: the budget less what was trained (written to
+        `sweep.json`; ignored when read back, as it follows from the other fields)."""
         if self.state != "pruned" or self.planned_steps is None or self.steps is None:
             return 0
         return max(self.planned_steps - self.steps, 0)
@@ -673,8 +675,10 @@ class SweepRecord(Record):
     def best_trial(self) -> SweepTrial | None:
         return next((t for t in self.trials if t.number == self.best), None)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def steps_saved(self) -> int:
+        """Training steps pruning spared, every trial together (written to `sweep.json`)."""
         return sum(t.steps_saved for t in self.trials)
 
     def counts(self) -> dict[str, int]:

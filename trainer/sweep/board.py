@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainer.store.records import SweepRecord
+from trainer.store.records import SweepRecord, SweepTrial
 
 
 def _value(v: Any) -> str:
@@ -19,8 +19,15 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _steps(t: SweepTrial) -> str:
+    if t.steps is None:
+        return "–"
+    return f"{t.steps}" if t.planned_steps is None else f"{t.steps}/{t.planned_steps}"
+
+
 def leaderboard(record: SweepRecord) -> list[dict[str, str]]:
-    """One row per trial: `trial`, each parameter, `state`, the metric, `best so far`, `job`."""
+    """One row per trial: `trial`, each parameter, `state`, the metric, `best so far`,
+    `steps` (trained of planned: a pruned trial's are what it saved) and `job`."""
     rows, best = [], None
     for t in record.trials:
         if t.state == "complete" and t.value is not None and math.isfinite(t.value):
@@ -36,6 +43,7 @@ def leaderboard(record: SweepRecord) -> list[dict[str, str]]:
                 "state": state + (" *" if t.number == record.best else ""),
                 record.metric: _value(t.value),
                 "best so far": _value(best),
+                "steps": _steps(t),
                 "job": t.job_id,
             }
         )
@@ -63,5 +71,6 @@ def summary(record: SweepRecord) -> str:
     if best is not None:
         head += f"; best trial {best.number} ({best.job_id}) {record.metric} {_value(best.value)}"
     if record.steps_saved:
-        head += f"; pruning saved {record.steps_saved} steps"
+        planned = sum(t.planned_steps or 0 for t in record.trials if t.steps is not None)
+        head += f"; pruning saved {record.steps_saved} of {planned} planned steps"
     return head
