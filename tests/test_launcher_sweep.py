@@ -16,7 +16,7 @@ import pytest
 from tests.fakes.s3_counter import CountingS3
 from tests.fakes.vast_offers import make_offer
 from tests.launcher_env import FAST_CLIENT, Lab, lab, options, tiny_spec, wait_for, with_data
-from trainer.data.plan import FOOTER_READ
+from trainer.data.footers import FOOTER_READ
 from trainer.job.artifacts import read_manifest
 from trainer.launcher.launch import JobHandle, launch_sweep
 from trainer.spec.sweep import SweepSpec, sweep_from_dict

@@ -14,6 +14,7 @@ import yaml
 from tests.fakes.s3_counter import CountingS3
 from tests.helpers import make_dataset, make_spec, spec_dict
 from trainer.cli import main
+from trainer.data.footers import FOOTER_READ
 from trainer.job.artifacts import read_manifest
 from trainer.spec.sweep import SweepSpec, sweep_from_dict
 from trainer.store import ObjectStore, open_store
@@ -22,7 +23,6 @@ from trainer.store.records import SweepRecord
 from trainer.sweep.book import read_sweep, sweep_paths
 from trainer.sweep.run import run_sweep
 
-FOOTER_READ = 64 << 10
 pytestmark = pytest.mark.slow  # each trial trains, exports and commits a model
 
 
