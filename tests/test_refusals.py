@@ -174,6 +174,32 @@ def test_a_store_lost_while_reading_data_is_infrastructure_not_data(
     assert "internal error" not in text and "dataset pre-flight failed" not in text, text
 
 
+def test_access_denied_on_a_footer_is_infrastructure_said_once(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every meta.json readable, every data.parquet's footer GET refused (a bucket policy
+    that lets HEAD through): the store refused, so exit 8, never a damaged dataset."""
+    from tests.fakes.s3_counter import CountingS3
+
+    _point_at(s3_endpoint, monkeypatch)
+    raw = spec_dict()
+    make_dataset(open_store("s3://"), spec_from_dict(raw), SMALL)
+    proxy = CountingS3(s3_endpoint)
+    try:
+        proxy.deny = lambda method, key: method == "GET" and key.endswith("/data.parquet")
+        _point_at(proxy.url, monkeypatch)
+        path = write_spec(tmp_path / "spec.yaml", raw)
+        code, text = cli("validate", str(path), "--check-data", "--store", "s3://")
+        assert code == 8, text
+        assert "internal error" not in text and "dataset pre-flight failed" not in text, text
+        assert "the store failed" in text and "credentials" in text, text
+        assert len(text.splitlines()) < 4, text  # said once, not once per partition
+        code, text = cli("run", str(path), "--store", "s3://", "--device", "cpu")
+        assert code == 8, text
+    finally:
+        proxy.close()
+
+
 def test_a_store_lost_in_the_middle_of_a_pass_is_infrastructure_not_data(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

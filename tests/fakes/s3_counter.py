@@ -1,11 +1,13 @@
 """A counting pass-through in front of the loopback S3 server: every request goes on to it
-unchanged, and the bytes of each GET's answer are added up by object key."""
+unchanged, and the bytes of each GET's answer are added up by object key. `deny` makes it
+answer chosen requests itself with S3's 403 AccessDenied, as a bucket policy would."""
 
 from __future__ import annotations
 
 import http.client
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +25,8 @@ class CountingS3(ThreadingHTTPServer):
         self.gets: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         """HTTP method → requests passed on (every one, whatever its answer)."""
+        self.deny: Callable[[str, str], bool] | None = None
+        """`(method, bucket/key)` → answer 403 AccessDenied instead of passing it on."""
         self._lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -57,6 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        key = unquote(urlsplit(self.path).path).lstrip("/")
+        if self.server.deny is not None and self.server.deny(self.command, key):
+            self._access_denied(key)
+            return
         conn = http.client.HTTPConnection(*self.server.upstream, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         conn.request(self.command, self.path, body=body, headers=headers)
@@ -66,7 +74,6 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server._lock:
             self.server.requests[self.command] += 1
         if self.command == "GET" and answer.status in (200, 206):
-            key = unquote(urlsplit(self.path).path).lstrip("/")
             with self.server._lock:
                 self.server.get_bytes[key] += len(data)
                 self.server.gets[key] += 1
@@ -82,3 +89,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def _access_denied(self, key: str) -> None:
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+            f"<Message>Access Denied</Message><Resource>/{key}</Resource></Error>"
+        ).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
