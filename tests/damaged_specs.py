@@ -200,21 +200,21 @@ def spec_damages(draw: st.DrawFn, ds: Dataset) -> Damage:
             "refuse",
             ("date=2025", "date 2025", "2025"),
             frozenset({EXIT_DATA}),
-            overrides=(f"data.dates.end={later}",),
+            overrides=(f'data.dates.end="{later}"',),
         ),
         Damage(
             "spec: a span of centuries",
             "refuse",
             ("data.dates",),
             frozenset({EXIT_SPEC}),
-            overrides=(f"data.dates.start={draw(st.sampled_from(CENTURIES_AGO))}",),
+            overrides=(f'data.dates.start="{draw(st.sampled_from(CENTURIES_AGO))}"',),
         ),
         Damage(
             "spec: end before start",
             "refuse",
             ("data.dates",),
             frozenset({EXIT_SPEC}),
-            overrides=("data.dates.end=20251101",),
+            overrides=('data.dates.end="20251101"',),
         ),
     ]
     return draw(st.sampled_from(options))

@@ -12,6 +12,7 @@ import pytest
 from tests.fakes.vast_offers import make_offer
 from tests.helpers import make_spec
 from trainer.errors import EXIT_INFRA, InfraError, SpecError, exit_code_of
+from trainer.launcher.board import Board
 from trainer.launcher.credentials import job_credentials, scope_policy, token_seconds
 from trainer.launcher.events import Progress, Reporter, status_line
 from trainer.launcher.hosts import BadHosts
@@ -327,3 +328,18 @@ def test_the_vast_key_is_found_where_the_vastai_cli_keeps_it(
     assert read_vast_key(environ={"VAST_API_KEY": "env-key"}) == "env-key"
     monkeypatch.setenv("VAST_API_KEY", "")
     assert read_vast_key() == "config-key"
+
+
+def test_a_job_that_ends_before_its_first_row_is_drawn_still_gets_its_row() -> None:
+    """Three jobs, the first of them done before the watch ever drew it: the last drawing
+    holds every job with its outcome."""
+    out = io.StringIO()
+    board = Board(out)
+    board.update("slow-1", Progress(state="training", step=3, total_steps=9))
+    board.finish("quick-0", "succeeded", 0.1234)
+    board.finish("slow-1", "succeeded", 0.2)
+    board.close()
+    last = out.getvalue().split("job ")[-1]  # the final drawing, header onwards
+    rows = {line.split()[0]: line for line in last.splitlines()[1:] if line.strip()}
+    assert "succeeded" in rows["quick-0"] and "+0.1234" in rows["quick-0"], last
+    assert "succeeded" in rows["slow-1"] and "+0.2000" in rows["slow-1"], last

@@ -117,11 +117,16 @@ class Board:
         live.refresh()
 
     def finish(self, job_id: str, state: str, val_ic: float | None) -> None:
-        """The job ended: its row keeps the last figures with the outcome as its state."""
+        """The job ended: its row keeps the last figures with the outcome as its state. A
+        job that ended before the watch drew it (quick, or already done) gets its row now:
+        every job of the command stays on the screen with its outcome."""
         with self._lock:
             last = self._rows.get(job_id)
-            if last is None:
-                return
+        if last is None:  # drawn outside the lock, as every refresh: Live's thread takes it
+            self.update(job_id, Progress(state=state, val_ic=val_ic))
+            return
+        with self._lock:
+            last = self._rows.get(job_id, last)
             fields = {**last.__dict__, "state": state, "eta_s": None}
             if val_ic is not None:
                 fields["val_ic"] = val_ic
