@@ -200,6 +200,32 @@ def test_infinite_values_drop_or_fail_naming_the_partition(
     assert any(local_store.uri(p.data) in str(err.value) for p in plan.partitions)
 
 
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        pa.array(np.arange(10, dtype=np.float32)),
+        pa.array(np.arange(10, dtype=np.float32)).slice(3, 5),  # an offset into its buffer
+        pa.array(np.linspace(-1, 1, 7)),  # float64
+        pa.array(np.arange(1_700_000_000_000, 1_700_000_000_009, dtype=np.int64)).slice(2),
+        pa.array([1.5, None, 2.5], pa.float32()),  # a null becomes NaN
+        pa.array([1, None, 3], pa.int64()),
+        pa.array([0.25, 0.5, 0.25]).dictionary_encode(),
+        pa.array([1.0, 2.0, 3.0], pa.float32()).slice(1).filter(pa.array([True, True])),
+    ],
+    ids=["f32", "f32-offset", "f64", "i64-offset", "f32-null", "i64-null", "dict", "filtered"],
+)
+def test_a_chunk_viewed_on_its_buffer_holds_what_to_numpy_gives(chunk: pa.Array) -> None:
+    from trainer.data.blocks import chunk_values, fill_column
+
+    want = np.asarray(chunk.to_numpy(zero_copy_only=False))
+    got = chunk_values(chunk)
+    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
+    out = np.full(2 * len(chunk) + 1, -1.0, np.float32)  # two chunks, one after the other
+    fill_column(out, pa.chunked_array([chunk, chunk]))
+    expected = np.concatenate([want, want, [-1.0]]).astype(np.float32)
+    assert np.array_equal(out, expected, equal_nan=True)
+
+
 def test_row_with_huge_finite_values_is_kept() -> None:
     spec = BlockSpec(("a", "b"), "label", "ts", None, None, (0, 0))
     stage = np.array([[3e38, 1.0, np.nan], [3e38, 2.0, 1.0], [1.0, np.inf, 0.0]], np.float32)

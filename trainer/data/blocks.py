@@ -287,5 +287,19 @@ def fill_column(out: np.ndarray, column: pa.ChunkedArray) -> None:
     `ChunkedArray.to_numpy()` would first concatenate into a fresh array."""
     at = 0
     for chunk in column.chunks:
-        out[at : at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        out[at : at + len(chunk)] = chunk_values(chunk)
         at += len(chunk)
+
+
+def chunk_values(chunk: pa.Array) -> np.ndarray:
+    """One chunk's values as numpy. Numbers without nulls are viewed straight on the chunk's
+    data buffer: pyarrow's `Array.to_numpy`, zero-copy as it is, spends about 3 ms a
+    million values on its first call for an array (0.1 CPU-s per million rows of 41
+    columns, a sixth of the loader's work), the view nothing. Anything else (nulls, which
+    become NaN; dictionaries; booleans) goes through `to_numpy`."""
+    kind = chunk.type
+    if chunk.null_count == 0 and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        dtype = np.dtype(kind.to_pandas_dtype())
+        data = chunk.buffers()[1]
+        return np.frombuffer(data, dtype, len(chunk), chunk.offset * dtype.itemsize)
+    return np.asarray(chunk.to_numpy(zero_copy_only=False))
