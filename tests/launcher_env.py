@@ -265,7 +265,8 @@ class Lab:
     reporter: Any = None
     """The last launch's Reporter (its events so far, also while `launch()` still runs)."""
 
-    def launch(self, spec: JobSpec, **overrides: Any) -> JobHandle:
+    def launch(self, spec: JobSpec, sweep: Any = None, **overrides: Any) -> JobHandle:
+        """`spec` launched (a sweep's base with `sweep`), `overrides` as LaunchOptions."""
         from trainer.launcher.events import Reporter
         from trainer.launcher.launch import launch
 
@@ -279,6 +280,7 @@ class Lab:
             vast_url=self.fake.url,
             client_options=client,
             reporter=self.reporter,
+            sweep=sweep,
         )
 
     def creates(self) -> int:

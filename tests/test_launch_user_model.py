@@ -19,6 +19,7 @@ from trainer.job.artifacts import verify
 from trainer.model.code import resolve_code
 from trainer.redact import MASK
 from trainer.spec import dump_spec, spec_from_dict
+from trainer.spec.sweep import SweepSpec, sweep_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
 
@@ -74,6 +75,55 @@ def test_validate_check_model_refuses_a_broken_model(
     run = run_cli(["validate", str(path), "--check-model", "--store", local_store.root])
     assert run.code == EXIT_SPEC
     assert f"error: the model code failed\n  {expected.format(code=code_dir)}" in run.stderr
+
+
+ODD_WIDTH = GOOD.replace("nn.Linear(width, 1)", "nn.Linear(width // 2 * 2, 1)")
+"""A shape bug that only an odd `width` shows: the base's width (8) trains, 7 cannot."""
+
+
+def _width_sweep(env: Lab, job_id: str, widths: list[int]) -> SweepSpec:
+    base = with_data(env.store, net_spec(tiny(job_id), write_net(env.tmp / job_id, ODD_WIDTH)))
+    raw = {
+        "sweep": {"id": job_id},
+        "base": base.model_dump(mode="json"),
+        "space": {
+            "model.params.width": {"choice": widths},
+            "train.lr": {"log_uniform": [1.0e-4, 1.0e-2]},
+        },
+        "sampler": "random",
+        "trials": 4,
+    }
+    return sweep_from_dict(raw)
+
+
+def test_a_sweep_whose_space_makes_a_broken_model_is_refused_before_any_create_request(
+    env: Lab,
+) -> None:
+    sweep = _width_sweep(env, "lt-sweep-odd", [8, 7])
+    with pytest.raises(SpecError) as info:
+        env.launch(sweep.base, sweep=sweep)
+    code = env.tmp / "lt-sweep-odd"
+    assert str(info.value).startswith(
+        "the model code failed, in the sweep's trials with space.model.params.width = 7\n"
+    )
+    assert info.value.problems[0].startswith(
+        f"model.type: {code}/net.py:11: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    )
+    assert env.creates() == 0 and env.fake.calls("search") == 0
+    assert not env.store.exists(Layout().job(sweep.sweep_id).code)  # nothing shipped either
+
+
+def test_a_sweep_dry_run_proves_each_model_its_space_can_make(env: Lab) -> None:
+    sweep = _width_sweep(env, "lt-sweep-even", [8, 16])
+    result = env.launch(sweep.base, sweep=sweep, dry_run=True).wait()
+    assert result.outcome == "dry_run"
+    proofs = [e for e in env.reporter.events if e["event"] == "model_proof"]
+    assert [(e["space"], e["parameters"]) for e in proofs] == [
+        ({"model.params.width": 8}, 12 * 8 + 8 + 8 + 1),  # 12 features, 8 wide, one out
+        ({"model.params.width": 16}, 12 * 16 + 16 + 16 + 1),
+    ]
+    said = [line for line in env.human.getvalue().splitlines() if "model ok" in line]
+    assert len(said) == 2 and said[1].endswith("(space.model.params.width = 16)"), said
 
 
 def test_launch_dry_run_proves_the_model_and_a_good_one_passes(env: Lab) -> None:

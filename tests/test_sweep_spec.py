@@ -131,6 +131,26 @@ def test_trials_are_the_base_with_their_values_each_its_own_job() -> None:
     assert moved.data.fingerprint is None  # its own pre-flight fixes its data
 
 
+def test_the_points_proven_before_renting_cover_every_value_that_changes_the_model() -> None:
+    sweep = parse_sweep(
+        BASE
+        + "space:\n"
+        + "  model.hidden: {choice: [[16], [64, 32], [8]]}\n"
+        + "  model.dropout: {uniform: [0.0, 0.5]}\n"
+        + "  data.window: {integer: [1, 32], step: 10}\n"
+        + "  train.lr: {log_uniform: [1.0e-4, 0.1]}\n"
+        + "  train.seed: {integer: [0, 9]}\n"
+        + "sampler: random\ntrials: 20\n"
+    )
+    assert sweep.proof_points() == [
+        {"model.hidden": [16], "model.dropout": 0.0, "data.window": 1},
+        {"model.hidden": [64, 32], "model.dropout": 0.5, "data.window": 31},
+        {"model.hidden": [8], "model.dropout": 0.0, "data.window": 1},
+    ]  # 31, not 32: the last window the step reaches; the learning rate and seed change no model
+    lr_only = parse_sweep(BASE + "space:\n  train.lr: {choice: [0.1, 0.01]}\nsampler: grid\n")
+    assert lr_only.proof_points() == []  # every trial trains the base's model
+
+
 def test_the_sweep_id_changes_with_the_space_not_with_the_budget() -> None:
     text = BASE + "space:\n  train.lr: {choice: [0.1, 0.01]}\nsampler: grid\n"
     a = _resolved(parse_sweep(text))

@@ -41,13 +41,13 @@ from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
 from trainer.launcher.offers import Candidate
 from trainer.launcher.prefix import check_spec_matches, write_heartbeat
+from trainer.launcher.proofs import proofs
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
 from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastAuthError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.model.code import ship
-from trainer.model.proof import prove
 from trainer.spec import JobSpec, dump_spec
 from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
@@ -204,14 +204,22 @@ class Run:
         self._rent()
 
     def _prove(self, plan: DatasetPlan) -> None:
-        """The model built, stepped and exported on real rows here, before anything is rented;
-        a broken one is a SpecError naming its file:line."""
-        proof = prove(self.spec, plan, self.store)
-        if proof is None:
-            self.reporter.emit("model_proof", skipped=True, say="model proof skipped: no torch")
-            return
-        fields = proof.model_dump(include={"rows", "parameters", "wall_s", "seconds"})
-        self.reporter.emit("model_proof", say=proof.sentence(self.spec.model.type), **fields)
+        """The model built, stepped and exported on real rows here, before anything is rented
+        (for a sweep, every model its space can make); a broken one is a SpecError naming its
+        file:line."""
+        for proven in proofs(self.spec, plan, self.store, self.sweep):
+            proof, values = proven.result, proven.values
+            if proof is None:
+                say = "model proof skipped: no torch"
+                self.reporter.emit("model_proof", skipped=True, say=say)
+                continue
+            fields: dict[str, Any] = proof.model_dump(
+                include={"rows", "parameters", "wall_s", "seconds"}
+            )
+            if proven.point:
+                fields["space"] = proven.point
+            say = proof.sentence(proven.spec.model.type) + (f" ({values})" if values else "")
+            self.reporter.emit("model_proof", say=say, **fields)
 
     def _dry_run_without_vast(self, why: VastAuthError) -> None:
         """A dry run with no Vast.ai key: the local checks and CPU steps still run, and the

@@ -31,6 +31,9 @@ from trainer.spec.yamltext import write_yaml
 FIXED_SECTIONS = ("job", "resources", "limits", "storage")
 """Sections a trial may not vary: its identity, and the instance and budget all trials share."""
 HIGHER_IS_BETTER = ("ic", "rank_ic", "hit_rate")
+MODEL_PATHS = ("model.", "data.window", "data.features", "train.loss", "train.huber_delta")
+"""Space paths that change what a trial's model is, what it reads or what it minimizes:
+every value of them that a trial may get is proven before anything is rented."""
 
 
 class SweepMeta(Section):
@@ -85,10 +88,14 @@ class Param(Section):
         return None
 
     def corners(self) -> list[Any]:
-        """The values that bound what a trial may get: each choice, or both ends."""
+        """The values that bound what a trial may get: each choice, or both ends (for
+        integers, the last one the step reaches)."""
         if self.choice is not None:
             return list(self.choice)
-        return list(self.uniform or self.log_uniform or self.integer or ())
+        if self.integer is not None:
+            values = range(self.integer[0], self.integer[1] + 1, self.step)
+            return [values[0], values[-1]] if len(values) > 1 else [values[0]]
+        return list(self.uniform or self.log_uniform or ())
 
 
 class Objective(Section):
@@ -188,6 +195,20 @@ class SweepSpec(Section):
     def sweep_id(self) -> str:
         """The explicit id, else one derived from the sweep's content (`derived_sweep_id`)."""
         return self.sweep.id or derived_sweep_id(self)
+
+    def proof_points(self) -> list[dict[str, Any]]:
+        """The values to prove a trial's model with before renting: every corner (each
+        choice, or both ends of a range) of every dimension on a `MODEL_PATHS` path appears
+        in at least one point, the dimensions dealt in step (point `i` takes corner `i` of
+        each, wrapping round), and no point twice. Empty when the space leaves the model
+        alone: then every trial trains the base's model."""
+        dims = {k: p.corners() for k, p in self.space.items() if k.startswith(MODEL_PATHS)}
+        points: list[dict[str, Any]] = []
+        for i in range(max((len(c) for c in dims.values()), default=0)):
+            point = {k: c[i % len(c)] for k, c in dims.items()}
+            if point not in points:
+                points.append(point)
+        return points
 
     def trial_spec(self, number: int, params: dict[str, Any]) -> JobSpec:
         """The JobSpec of trial `number`: the base with `params` set, named after the sweep,
