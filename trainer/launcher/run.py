@@ -41,7 +41,7 @@ from trainer.launcher.events import Reporter
 from trainer.launcher.hosts import BadHosts
 from trainer.launcher.offers import Candidate
 from trainer.launcher.prefix import check_spec_matches, write_heartbeat
-from trainer.launcher.proofs import proofs
+from trainer.launcher.proofs import Proven, proofs
 from trainer.launcher.rent import Renter, UnsureCreate, live_instances
 from trainer.launcher.result import LaunchOptions, LaunchResult, rows_used
 from trainer.launcher.session import Session
@@ -169,8 +169,8 @@ class Run:
         except VastAuthError as exc:
             if not self.options.dry_run:
                 raise
-            self._prove(plan)  # local work: a dry run without a key still proves the model
-            self._dry_run_without_vast(exc)
+            # local work: a dry run without a key still proves the model and trains here
+            self._dry_run_without_vast(exc, self._prove_and_try(plan, run_locally=True))
             return
         if live and self.options.dry_run:
             ids = ", ".join(str(i.id) for i in live)
@@ -181,9 +181,9 @@ class Run:
             self.attempts.append(self.renter.attach(live))
             self.attached.add(self.attempts[0].instance_id)
             return
-        self._prove(plan)
-        if self.options.dry_run or self.options.local_dry_run:
-            ran = local_dry_run(spec, store)
+        run_locally = self.options.dry_run or self.options.local_dry_run
+        ran = self._prove_and_try(plan, run_locally)
+        if run_locally:
             r.emit("local_dry_run", skipped=ran is None, **(ran or {}))
         self.estimate_usd = self.renter.survey(self.options.shown_offers)["estimate_usd"]
         if self.options.dry_run:
@@ -203,11 +203,41 @@ class Run:
         write_heartbeat(store, self.paths, False, [])
         self._rent()
 
-    def _prove(self, plan: DatasetPlan) -> None:
+    def _prove_and_try(self, plan: DatasetPlan, run_locally: bool) -> dict[str, Any] | None:
         """The model built, stepped and exported on real rows here, before anything is rented
-        (for a sweep, every model its space can make); a broken one is a SpecError naming its
-        file:line."""
-        for proven in proofs(self.spec, plan, self.store, self.sweep):
+        (for a sweep, every model its space can make; a broken one is a SpecError naming its
+        file:line), and with `run_locally` a few training steps on this CPU meanwhile: the
+        proof is mostly a child process starting Python and torch, so the two overlap on a
+        machine with more than one core. Events keep their order, the proofs before the local
+        run, and a failed proof is the error said, whatever the local run did."""
+        if not run_locally:
+            self._said_proofs(list(proofs(self.spec, plan, self.store, self.sweep)))
+            return None
+        found: dict[str, Any] = {}
+
+        def prove_all() -> None:
+            try:
+                found["proofs"] = list(proofs(self.spec, plan, self.store, self.sweep))
+            except Exception as exc:  # handed to the launching thread below
+                found["error"] = exc
+
+        worker = threading.Thread(target=prove_all, name="model-proof", daemon=True)
+        worker.start()
+        try:
+            ran = local_dry_run(self.spec, self.store)
+        except Exception:
+            worker.join()
+            if "error" in found:
+                raise found["error"] from None
+            raise
+        worker.join()
+        if "error" in found:
+            raise found["error"]
+        self._said_proofs(found["proofs"])
+        return ran
+
+    def _said_proofs(self, proven_models: list[Proven]) -> None:
+        for proven in proven_models:
             proof, values = proven.result, proven.values
             if proof is None:
                 say = "model proof skipped: no torch"
@@ -221,10 +251,9 @@ class Run:
             say = proof.sentence(proven.spec.model.type) + (f" ({values})" if values else "")
             self.reporter.emit("model_proof", say=say, **fields)
 
-    def _dry_run_without_vast(self, why: VastAuthError) -> None:
-        """A dry run with no Vast.ai key: the local checks and CPU steps still run, and the
-        result says what was skipped."""
-        ran = local_dry_run(self.spec, self.store)
+    def _dry_run_without_vast(self, why: VastAuthError, ran: dict[str, Any] | None) -> None:
+        """A dry run with no Vast.ai key: the local checks and CPU steps still ran (`ran`),
+        and the result says what was skipped."""
         self.reporter.emit("local_dry_run", skipped=ran is None, **(ran or {}))
         skipped = "the live-instance check, the offer search and the cost estimate"
         self.reporter.emit(
