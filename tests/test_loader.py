@@ -4,6 +4,7 @@ the purged split, non-finite rows, exact resume, read failures, the cache, ranks
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable
 
@@ -25,7 +26,7 @@ from trainer.data.loader import (
 from trainer.data.order import batch_segments, sample_units, split_units
 from trainer.data.passes import _moments, split_spec
 from trainer.data.plan import DatasetPlan, preflight
-from trainer.data.prefetch import PartitionFiles
+from trainer.data.prefetch import REMOTE_THREADS, PartitionFiles, usable_cores
 from trainer.data.synth import SynthConfig, generate
 from trainer.data.tally import Tally
 from trainer.errors import DataError
@@ -139,6 +140,19 @@ def test_order_is_a_function_of_seed_and_epoch(plan: DatasetPlan, local_store: O
     rows = [source_row[key] for key in first[:BATCH]]
     assert len({r // CFG.row_group_size for r in rows}) >= 3
     assert max(rows) - min(rows) > 2 * BATCH
+
+
+def test_reading_threads_follow_the_store_and_the_cores(
+    plan: DatasetPlan, local_store: ObjectStore, s3_store: ObjectStore
+) -> None:
+    # local reads decode: no more threads than the cores this process may use
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores() == cores
+    assert _train(plan, local_store).files_in_flight == min(REMOTE_THREADS, cores)
+    # remote reads wait on the network: as many in flight whatever the machine
+    remote = StreamingLoader(plan, s3_store, split="train", batch_size=BATCH)
+    assert remote.files_in_flight == REMOTE_THREADS
+    assert _train(plan, local_store, files_in_flight=5).files_in_flight == 5
 
 
 def test_validation_starts_after_every_training_label_window(

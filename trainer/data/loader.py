@@ -25,7 +25,7 @@ from trainer.data.order import (
 )
 from trainer.data.passes import compute_feature_stats, read_split_arrays, split_spec
 from trainer.data.plan import DatasetPlan
-from trainer.data.prefetch import BlockReader, PartitionFiles
+from trainer.data.prefetch import BlockReader, PartitionFiles, reading_threads
 from trainer.data.tally import Tally
 from trainer.data.windows import Edges, seam_rows
 from trainer.errors import DataError
@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 Split = Literal["train", "val"]
-STATE_VERSION = 2
-"""Of the position `state_dict` saves; 2 since row groups are dealt to ranks once per job."""
+STATE_VERSION = 3
+"""Of the position `state_dict` saves; 2 since row groups are dealt to ranks once per job, 3
+since each buffer's row order comes from numpy's generator."""
 _STATE_KEYS = (
     "split",
     "seed",
@@ -96,8 +97,9 @@ class StreamingLoader:
     `ts >= val_start_ms` for validation); rows with a NaN or infinite value are dropped and
     counted, or fail the job with `non_finite="fail"`.
 
-    Row groups are read straight from the store on `files_in_flight` threads, a bounded
-    number ahead, so the first batch comes after the first buffer, not after a download.
+    Row groups are read straight from the store on `files_in_flight` threads (by default
+    3 for a remote store, no more than the usable cores for a local one), a bounded number
+    ahead, so the first batch comes after the first buffer, not after a download.
     Each becomes one float32 block; on a GPU the block is copied whole (pinned memory,
     asynchronous) and batches are gathered on the device. With a `cache`, later epochs
     are served from decoded blocks; `max_rows` stops after that many rows, reading no
@@ -116,7 +118,7 @@ class StreamingLoader:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         shuffle_buffer_row_groups: int = 4,
-        files_in_flight: int = 3,
+        files_in_flight: int | None = None,
         non_finite: Literal["drop", "fail"] = "drop",
         max_rows: int | None = None,
         cache: BlockCache | None = None,
@@ -130,6 +132,8 @@ class StreamingLoader:
             problems.append(f"window must be at least 1, got {window}")
         if split not in ("train", "val"):
             problems.append(f"split must be 'train' or 'val', got {split!r}")
+        if files_in_flight is None:
+            files_in_flight = reading_threads(store)
         if batch_size < 1 or shuffle_buffer_row_groups < 1 or files_in_flight < 1:
             problems.append("batch_size, shuffle_buffer_row_groups, files_in_flight must be >= 1")
         if not 0 <= rank < world_size:

@@ -4,6 +4,7 @@ reads, recycled or pinned host memory, and the copy to the device."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Generator, Iterator, Sequence
@@ -36,6 +37,25 @@ from trainer.store.records import PartitionMeta
 LOCAL_READ_BYTES = 256 << 10
 REMOTE_READ_BYTES = 8 << 20
 LOCAL_KEEP_OPEN = 64
+REMOTE_THREADS = 3
+
+
+def reading_threads(store: ObjectStore) -> int:
+    """Reading threads when the caller names none: a remote read waits on the network, so
+    3 are in flight whatever the machine; a local one is decoding, so no more threads than
+    cores (more only take turns, at the cost of switching)."""
+    if isinstance(store.arrow_fs(), pafs.LocalFileSystem):
+        return min(REMOTE_THREADS, usable_cores())
+    return REMOTE_THREADS
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container's CPU set
+    narrows), not every core of the host."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(os.cpu_count() or 1, 1)
 
 
 @dataclass
@@ -55,12 +75,15 @@ class PartitionFiles:
 
     Columns are read a few at a time, at least `read_bytes` per read: a local read costs
     nothing per call, so single columns (decoded while still in cache); an S3 GET costs a
-    round trip, so several megabytes per request."""
+    round trip, so several megabytes per request, each read's ranges fetched together
+    (`pre_buffer`). Locally that coalescing only hands every read to Arrow's I/O threads
+    and back: about 15% more CPU for the same rows, so local files are read in place."""
 
     def __init__(self, plan: DatasetPlan, store: ObjectStore) -> None:
         self.plan, self.store = plan, store
         self._fs = store.arrow_fs()
         local = isinstance(self._fs, pafs.LocalFileSystem)
+        self.local = local
         self.read_bytes = LOCAL_READ_BYTES if local else REMOTE_READ_BYTES
         self.keep_open = LOCAL_KEEP_OPEN if local else len(plan.partitions)
         self._lock = threading.Lock()
@@ -120,7 +143,7 @@ class PartitionFiles:
                 rows = {name: stage[j] for j, name in enumerate(names[: len(spec.features) + 1])}
                 if ts is not None:
                     rows[spec.timestamp] = ts
-                pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
+                pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=not self.local)
                 nbytes = 0
                 for group, size in _column_groups(footer, unit.group, names, self.read_bytes):
                     # A few columns at a time: the decoded table and its compressed bytes
