@@ -7,6 +7,7 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import wait
 
 import numpy as np
 import pyarrow as pa
@@ -274,6 +275,58 @@ def test_resume_continues_with_exactly_the_same_batches(
         _train(plan, local_store, **{**kw, "seed": 6}).load_state_dict(state)
     with pytest.raises(ValueError, match="window"):
         _train(plan, local_store, **{**kw, "window": window + 1}).load_state_dict(state)
+
+
+def test_the_first_buffer_read_ahead_is_served_from_what_was_read(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    kw = {"seed": 5, "shuffle_buffer_row_groups": 3}
+    full = list(_train(plan, local_store, **kw).epoch_with_ts(0))
+    loader = _train(plan, local_store, **kw)
+    reads = loader.read_ahead()
+    assert len(reads) == 3
+    wait(reads)
+    for info in plan.partitions:  # every byte of the data gone, in place
+        path = local_store.path(info.data)  # type: ignore[attr-defined]
+        path.write_bytes(b"\x00" * path.stat().st_size)
+    got = []
+    with pytest.raises(DataError, match="row group"):
+        for batch in loader.epoch_with_ts(0):
+            got.append(batch)
+    first_rows = sum(r.result().rows for r in reads)
+    assert len(got) == first_rows // BATCH  # the first buffer's batches, then the failure
+    for a, b in zip(got, full, strict=False):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert loader.stats.row_groups_read == 3  # each read once; the next one failed
+
+
+@pytest.mark.parametrize("ahead_first", [True, False])
+def test_a_resumed_epoch_drops_or_takes_up_the_reads_begun_ahead(
+    plan: DatasetPlan, local_store: ObjectStore, ahead_first: bool
+) -> None:
+    kw = {"seed": 5, "shuffle_buffer_row_groups": 3}
+    full = list(_train(plan, local_store, **kw).epoch_with_ts(0))
+    first = _train(plan, local_store, **kw)
+    it = first.epoch_with_ts(0)
+    for _ in range(9):  # into the second buffer
+        next(it)
+    assert first.state_dict()["chunk"] == 1
+    resumed = _train(plan, local_store, **kw)
+    if ahead_first:  # as a job does: the head start before the checkpoint is restored
+        reads = resumed.read_ahead()
+        resumed.load_state_dict(first.state_dict())
+    else:
+        resumed.load_state_dict(first.state_dict())
+        reads = resumed.read_ahead()
+    wait(reads)
+    rest = list(resumed.epoch_with_ts(0))
+    assert len(rest) == len(full) - 9
+    for got, want in zip(rest, full[9:], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+    # a dropped read gives its memory back; a taken-up one is not read again
+    pooled = resumed.reader.buffers
+    assert len(pooled.free) <= pooled.keep
+    assert resumed.stats.row_groups_read == len(resumed.units) - 3
 
 
 def test_iteration_advances_the_epoch(plan: DatasetPlan, local_store: ObjectStore) -> None:

@@ -4,7 +4,8 @@ across ranks, cached, and served as float32 `(features, label)` batches on the d
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -210,6 +211,22 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch; the epoch counter advances when it has been read through."""
         return self.epoch(self._pos["epoch"])
+
+    def read_ahead(self, skip: Collection[Unit] = ()) -> list[Future[Block]]:
+        """Begin reading the first shuffle buffer of the epoch the next `epoch()` starts
+        with (its beginning, or the position `load_state_dict` restored), so that its row
+        groups arrive while the job still reads other things (the feature statistics, the
+        validation rows). A head start only: an epoch that starts elsewhere drops them.
+        `skip`: row groups another pass reads into the cache first (the epoch takes them
+        from there). Returns the reads, for a caller that waits."""
+        epoch, chunk = self._pos["epoch"], 0
+        if self._resume is not None:
+            epoch, chunk = self._resume["epoch"], self._resume["chunk"]
+        k = self.shuffle_buffer_row_groups if self.split == "train" else 1
+        units = self._rank_units(epoch, self.rank)
+        cached = {(u.part, u.group) for u in skip}
+        first = [u for u in units[chunk * k : (chunk + 1) * k] if (u.part, u.group) not in cached]
+        return self.reader.read_early(first)
 
     def state_dict(self) -> dict[str, Any]:
         """The position after the last batch handed out: epoch, row-group buffer, row offset

@@ -132,8 +132,7 @@ def compute_feature_stats(
     statistics are those of the rows whatever the window)."""
     spec = split_spec(plan, "train", window=window)
     population = split_units(plan, spec, time_order=False)
-    budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
-    units = _enough(sample_units(plan, population, budget), max_rows)
+    units = stats_units(plan, population, max_rows, sample_rows)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
     tally = Tally.of("feature statistics", units)
     counts: list[int] = []
@@ -159,6 +158,17 @@ def compute_feature_stats(
         tally.check()
     merged = _merge(counts, means, m2s, len(units), len(population), min_std, len(plan.features))
     return replace(merged, counts=tally.record())
+
+
+def stats_units(
+    plan: DatasetPlan,
+    population: Sequence[Unit],
+    max_rows: int | None = None,
+    sample_rows: int = STATS_SAMPLE_ROWS,
+) -> list[Unit]:
+    """The row groups `compute_feature_stats` reads, of the training split's `population`."""
+    budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
+    return _enough(sample_units(plan, population, budget), max_rows)
 
 
 def _merge(

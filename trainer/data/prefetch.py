@@ -241,6 +241,8 @@ class BlockReader:
         )
         self._threads: ThreadPoolExecutor | None = None
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._early: dict[tuple[object, ...], Future[Block]] = {}
+        """Reads begun by `read_early`, by cache key, for the next `stream` to take up."""
 
     def key(self, unit: Unit) -> tuple[object, ...]:
         """Cache key: the object, the row group, and everything that shapes the block."""
@@ -248,21 +250,51 @@ class BlockReader:
         shape = (s.lo, s.hi, s.features, s.label, s.keep_ts, s.window)
         return (self.files.uri(unit.part), unit.group, *shape)
 
-    def stream(self, units: Sequence[Unit]) -> Generator[tuple[Unit, Block, bool], None, None]:
-        """`(unit, block on the device, cache hit)` for each unit, in order."""
+    def read_early(self, units: Sequence[Unit]) -> list[Future[Block]]:
+        """Begin reading `units` now, on the reading threads, for a later `stream` that
+        starts with them: the row groups arrive while the caller does other work. A stream
+        that starts elsewhere drops them. Returns the reads, for a caller that waits."""
+        threads = self._pool()
+        for unit in units[: self.ahead]:
+            key = self.key(unit)
+            if key not in self._early:
+                self._early[key] = threads.submit(self.files.read, unit, self.spec, self.buffers)
+        return [self._early[self.key(u)] for u in units[: self.ahead]]
+
+    def _drop_early(self, keep: set[tuple[object, ...]]) -> None:
+        """Early reads this stream does not start with: cancelled, or their memory returned
+        once read (a failed one fails nothing: nothing asked for it)."""
+        for key in [k for k in self._early if k not in keep]:
+            self._early.pop(key).add_done_callback(self._release_read)
+
+    def _release_read(self, job: Future[Block]) -> None:
+        if not job.cancelled() and job.exception() is None:
+            self.release(job.result())
+
+    def _pool(self) -> ThreadPoolExecutor:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.files_in_flight, "loader-read")
+        return self._threads
+
+    def stream(self, units: Sequence[Unit]) -> Generator[tuple[Unit, Block, bool], None, None]:
+        """`(unit, block on the device, cache hit)` for each unit, in order."""
+        threads = self._pool()
+        self._drop_early({self.key(u) for u in units[: self.ahead]})
         pending: deque[tuple[Unit, Future[Block] | Block]] = deque()
         todo = iter(units)
         try:
             while True:
                 while len(pending) < self.ahead and (unit := next(todo, None)) is not None:
-                    hit = self.cache.get(self.key(unit)) if self.cache is not None else None
+                    key = self.key(unit)
+                    early = self._early.pop(key, None)
+                    hit = self.cache.get(key) if self.cache is not None else None
                     if hit is None:
-                        job: Future[Block] | Block = self._threads.submit(
+                        job: Future[Block] | Block = early or threads.submit(
                             self.files.read, unit, self.spec, self.buffers
                         )
                     else:
+                        if early is not None:  # served from the cache after all
+                            early.add_done_callback(self._release_read)
                         if hit.lease is not None:
                             hit.lease.hold()  # the consumer's hold: eviction cannot recycle it
                         job = hit
@@ -314,6 +346,7 @@ class BlockReader:
             block.lease.let_go()
 
     def close(self, wait: bool = False) -> None:
+        self._drop_early(set())
         if self._threads is not None:
             self._threads.shutdown(wait=wait, cancel_futures=True)
             self._threads = None

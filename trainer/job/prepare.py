@@ -15,7 +15,13 @@ import torch
 
 from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
-from trainer.data.passes import FeatureStats, SplitRows, compute_feature_stats, read_split
+from trainer.data.passes import (
+    FeatureStats,
+    SplitRows,
+    compute_feature_stats,
+    read_split,
+    stats_units,
+)
 from trainer.data.plan import DatasetPlan
 from trainer.data.prefetch import PartitionFiles
 from trainer.data.tally import Tally
@@ -115,9 +121,27 @@ def prepare(
 
     if shared is not None:
         data = shared.data(spec, plan, device, ranks, dry_run)
+        loader = _train_loader(
+            spec, train, plan, store, device, ranks, limit, data.files, data.cache
+        )
     else:
-        data = read_data(spec, store, plan, device, ranks, dry_run)
-    files, cache, stats, val = data.files, data.cache, data.stats, data.val
+        files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
+        cache = _cache(spec, plan, device, ranks, dry_run)
+        loader = _train_loader(spec, train, plan, store, device, ranks, limit, files, cache)
+        # The first buffer arrives while the statistics and the validation rows are read
+        # (but for the row groups the statistics put in the cache).
+        cached = (
+            stats_units(plan, loader.units, limit)
+            if cache is not None and not ranks.distributed
+            else []
+        )
+        loader.read_ahead(skip=cached)
+        try:
+            data = read_data(spec, store, plan, device, ranks, dry_run, files=files, cache=cache)
+        except BaseException:
+            loader.close()
+            raise
+    stats, val = data.stats, data.val
     val_rows = data.val_rows
     # Every row group read: the count is exact; sampled: the footers' (pro rata at the cut).
     whole = stats.row_groups == stats.of_row_groups and limit is None
@@ -136,22 +160,6 @@ def prepare(
         code=code,
         input_shape=sample,
     ).to(device)
-    loader = StreamingLoader(
-        plan,
-        store,
-        split="train",
-        batch_size=train.batch_size,
-        seed=train.seed,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-        device=device,
-        shuffle_buffer_row_groups=train.shuffle_buffer_row_groups,
-        non_finite=spec.data.non_finite,
-        max_rows=limit,
-        cache=cache,
-        files=files,
-        window=window,
-    )
     checkpointer = restored = None
     if not dry_run:
         checkpointer = Checkpointer(
@@ -180,6 +188,35 @@ def prepare(
     )
 
 
+def _train_loader(
+    spec: JobSpec,
+    train: TrainSpec,
+    plan: DatasetPlan,
+    store: ObjectStore,
+    device: torch.device,
+    ranks: Ranks,
+    limit: int | None,
+    files: PartitionFiles,
+    cache: BlockCache | None,
+) -> StreamingLoader:
+    return StreamingLoader(
+        plan,
+        store,
+        split="train",
+        batch_size=train.batch_size,
+        seed=train.seed,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        device=device,
+        shuffle_buffer_row_groups=train.shuffle_buffer_row_groups,
+        non_finite=spec.data.non_finite,
+        max_rows=limit,
+        cache=cache,
+        files=files,
+        window=spec.data.window,
+    )
+
+
 def read_data(
     spec: JobSpec,
     store: ObjectStore,
@@ -187,9 +224,13 @@ def read_data(
     device: torch.device,
     ranks: Ranks,
     dry_run: bool,
+    *,
+    files: PartitionFiles | None = None,
+    cache: BlockCache | None = None,
 ) -> DataPart:
     """The reads before the first step: the open files, the block cache, the feature
-    statistics of the training rows (warming the cache) and the validation samples."""
+    statistics of the training rows (warming the cache) and the validation samples.
+    `files` and `cache`: the job's own, opened already (both or neither)."""
     limit = DRY_RUN_ROWS if dry_run else None
     window = spec.data.window
     log.info(
@@ -199,8 +240,9 @@ def read_data(
         plan.bytes / 1e6,
         len(plan.features),
     )
-    files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
-    cache = _cache(spec, plan, device, ranks, dry_run)
+    if files is None:
+        files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
+        cache = _cache(spec, plan, device, ranks, dry_run)
     # With several ranks the sample's blocks are mostly other ranks' to serve: not cached.
     stats = compute_feature_stats(
         plan,
