@@ -1,4 +1,4 @@
-"""Batches from one shuffle buffer of blocks: each batch's rows gathered block by block
+"""Batches from shuffle buffers of blocks: each batch's rows gathered block by block
 straight into the output, with numpy on the CPU and torch on the GPU."""
 
 from __future__ import annotations
@@ -44,60 +44,70 @@ class BufferSource:
         return cls(blocks, local, [], [], rows, window)
 
 
-def gather(src: BufferSource, seg: Segment, n_features: int, with_ts: bool) -> Batch:
-    """One batch's samples, block by block, straight into their slice of the output (the
+@dataclass
+class Filling:
+    """One batch's output, allocated whole, and the samples written into it so far: a batch
+    that two buffers share is gathered straight into it, never joined from pieces (which
+    would hold a second copy of the batch while it is made)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ts: list[np.ndarray]
+    rows: int = 0
+
+    def batch(self) -> Batch:
+        """What is filled so far (all of it but for an epoch's short last batch)."""
+        n, ts = self.rows, self.ts
+        stamps = torch.from_numpy(np.concatenate(ts)) if ts else None
+        return self.x[:n], self.y[:n], stamps
+
+
+def output(src: BufferSource, rows: int, n_features: int) -> Filling:
+    """An empty batch of `rows` samples where `src` gathers (on the host or the GPU)."""
+    w = src.window
+    shape = (rows, n_features) if w == 1 else (rows, w, n_features)
+    if src.rows is None:
+        # numpy's allocation, not torch's: torch's would wake OpenMP threads for nothing
+        x, y = (
+            torch.from_numpy(np.empty(shape, np.float32)),
+            torch.from_numpy(np.empty(rows, np.float32)),
+        )
+    else:
+        device = src.rows.device
+        x = torch.empty(shape, dtype=torch.float32, device=device)
+        y = torch.empty(rows, dtype=torch.float32, device=device)
+    return Filling(x, y, [])
+
+
+def gather(src: BufferSource, seg: Segment, into: Filling, with_ts: bool) -> None:
+    """One segment's samples, block by block, straight into the next rows of `into` (the
     order inside a batch does not matter to a mean loss, only which samples share it).
     Windows are gathered the same way, `window` rows per sample ending at the listed row:
     `[n, window, F]`, one gather from the block's contiguous rows."""
-    n, s, local, w = seg.end - seg.start, seg.start, src.local, src.window
+    s, local, w, at = seg.start, src.local, src.window, into.rows - seg.start
+    n_features = into.x.shape[-1]
     runs = [(k, a, b) for k, (a, b) in enumerate(itertools.pairwise(seg.cuts)) if a < b]
-    shape = (n, n_features) if w == 1 else (n, w, n_features)
     if src.rows is None:
         # numpy's take: single-threaded, GIL-free, writing in place ("clip" skips the
         # bounds-check buffering). torch's index_select would wake OpenMP threads that
         # spin against the decoding threads for the same cores.
-        xn, yn = np.empty(shape, np.float32), np.empty(n, np.float32)
+        xn, yn = into.x.numpy(), into.y.numpy()
         offsets = np.arange(1 - w, 1, dtype=np.int64)
         for k, a, b in runs:
             rows = local[a:b] if w == 1 else (local[a:b, None] + offsets).reshape(-1)
-            out = xn[a - s : b - s].reshape(-1, n_features)
+            out = xn[at + a : at + b].reshape(-1, n_features)
             np.take(src.xs[k], rows, axis=0, out=out, mode="clip")
-            np.take(src.ys[k], local[a:b], out=yn[a - s : b - s], mode="clip")
-        x, y = torch.from_numpy(xn), torch.from_numpy(yn)
+            np.take(src.ys[k], local[a:b], out=yn[at + a : at + b], mode="clip")
     else:
-        device = src.rows.device
-        x = torch.empty(shape, dtype=torch.float32, device=device)
-        y = torch.empty(n, dtype=torch.float32, device=device)
         for k, a, b in runs:
             blk, ends = src.blocks[k], src.rows[a:b]
             picked = ends if w == 1 else window_index(ends, w)
-            torch.index_select(blk.x_stored, 0, picked, out=x[a - s : b - s].view(-1, n_features))
-            torch.index_select(blk.y_stored, 0, ends, out=y[a - s : b - s])
-    if not with_ts:
-        return x, y, None
-    ts = []
-    for k, a, b in runs:
-        stamps = src.blocks[k].ts
-        if stamps is not None:
-            ts.append(stamps.numpy()[local[a:b]])
-    return x, y, torch.from_numpy(np.concatenate(ts) if ts else np.empty(0, np.int64))
-
-
-def rows_in(pieces: list[Batch]) -> int:
-    return sum(len(p[1]) for p in pieces)
-
-
-def join(pieces: list[Batch]) -> Batch:
-    """One batch from the pieces two buffers contributed."""
-    if len(pieces) == 1:
-        return pieces[0]
-    ts = [p[2] for p in pieces if p[2] is not None]
-    return _cat([p[0] for p in pieces]), _cat([p[1] for p in pieces]), _cat(ts) if ts else None
-
-
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    """`torch.cat`, through numpy on the CPU: torch's would wake OpenMP threads that then
-    spin against the reading threads."""
-    if parts[0].is_cuda:
-        return torch.cat(parts)
-    return torch.from_numpy(np.concatenate([p.numpy() for p in parts]))
+            dest = into.x[at + a : at + b].view(-1, n_features)
+            torch.index_select(blk.x_stored, 0, picked, out=dest)
+            torch.index_select(blk.y_stored, 0, ends, out=into.y[at + a : at + b])
+    into.rows += seg.end - s
+    if with_ts:
+        for k, a, b in runs:
+            stamps = src.blocks[k].ts
+            if stamps is not None:
+                into.ts.append(stamps.numpy()[local[a:b]])

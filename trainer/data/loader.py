@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from trainer.data.batches import Batch, BufferSource, gather, join, rows_in
+from trainer.data.batches import Batch, BufferSource, Filling, gather, output
 from trainer.data.blocks import Block, Unit, resolve_device, seam_block
 from trainer.data.cache import BlockCache
 from trainer.data.order import (
@@ -284,7 +284,8 @@ class StreamingLoader:
         self.tally = Tally.of("training" if self.split == "train" else "validation", planned)
         self.tally.resumed = chunk0 > 0 or offset0 > 0
         stream = self.reader.stream(planned)
-        carry: list[Batch] = []  # a batch begun in the previous buffer
+        filling: Filling | None = None  # a batch begun in the previous buffer
+        nf = len(self.plan.features)
         try:
             for c in range(chunk0, last):
                 if done == limit:
@@ -298,15 +299,17 @@ class StreamingLoader:
                 if self.split == "train":
                     total = sum(len(s) for s in served)
                     order = row_order(total, self.seed, epoch, self.rank, c)
-                first = self.batch_size - rows_in(carry)
+                first = self.batch_size - (filling.rows if filling is not None else 0)
                 start = offset0 if c == chunk0 else 0
                 local, segments = batch_segments(served, order, start, first, self.batch_size)
                 source = BufferSource.of(pieces, local, self.device, self.window)
                 for seg in segments:
-                    carry.append(gather(source, seg, len(self.plan.features), with_ts))
-                    if rows_in(carry) < self.batch_size:
+                    if filling is None:
+                        filling = output(source, self.batch_size, nf)
+                    gather(source, seg, filling, with_ts)
+                    if filling.rows < self.batch_size:
                         break  # the buffer's short tail opens the next buffer's first batch
-                    batch, carry = join(carry), []
+                    batch, filling = filling.batch(), None
                     at_end = seg.end == len(local)
                     pos = (c + 1, 0) if at_end else (c, seg.end)
                     for out in self._deliver(batch, epoch, pos, done, limit, t0):
@@ -316,8 +319,9 @@ class StreamingLoader:
                         break
                 for block in blocks:  # every batch holds copies: the blocks are spent
                     self.reader.release(block)
-            if carry and done != limit:
-                for out in self._deliver(join(carry), epoch, (len(chunks), 0), done, limit, t0):
+            if filling is not None and filling.rows and done != limit:
+                last_batch = filling.batch()
+                for out in self._deliver(last_batch, epoch, (len(chunks), 0), done, limit, t0):
                     done += len(out[1])
                     yield out
         finally:
