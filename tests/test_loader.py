@@ -27,7 +27,7 @@ from trainer.data.loader import (
 from trainer.data.order import batch_segments, sample_units, split_units
 from trainer.data.passes import _moments, split_spec
 from trainer.data.plan import DatasetPlan, preflight
-from trainer.data.prefetch import REMOTE_THREADS, PartitionFiles, usable_cores
+from trainer.data.prefetch import READ_THREADS, PartitionFiles, usable_cores
 from trainer.data.synth import SynthConfig, generate
 from trainer.data.tally import Tally
 from trainer.errors import DataError
@@ -149,10 +149,10 @@ def test_reading_threads_follow_the_store_and_the_cores(
     # local reads decode: no more threads than the cores this process may use
     cores = len(os.sched_getaffinity(0))
     assert usable_cores() == cores
-    assert _train(plan, local_store).files_in_flight == min(REMOTE_THREADS, cores)
+    assert _train(plan, local_store).files_in_flight == min(READ_THREADS, cores)
     # remote reads wait on the network: as many in flight whatever the machine
     remote = StreamingLoader(plan, s3_store, split="train", batch_size=BATCH)
-    assert remote.files_in_flight == REMOTE_THREADS
+    assert remote.files_in_flight == READ_THREADS
     assert _train(plan, local_store, files_in_flight=5).files_in_flight == 5
 
 

@@ -37,16 +37,17 @@ from trainer.store.records import PartitionMeta
 LOCAL_READ_BYTES = 256 << 10
 REMOTE_READ_BYTES = 8 << 20
 LOCAL_KEEP_OPEN = 64
-REMOTE_THREADS = 3
+READ_THREADS = 3
+"""Row groups in flight on a remote store, and at most on a local one."""
 
 
 def reading_threads(store: ObjectStore) -> int:
     """Reading threads when the caller names none: a remote read waits on the network, so
-    3 are in flight whatever the machine; a local one is decoding, so no more threads than
-    cores (more only take turns, at the cost of switching)."""
+    `READ_THREADS` are in flight whatever the machine; a local one is decoding, so no more
+    threads than cores (more only take turns, at the cost of switching)."""
     if isinstance(store.arrow_fs(), pafs.LocalFileSystem):
-        return min(REMOTE_THREADS, usable_cores())
-    return REMOTE_THREADS
+        return min(READ_THREADS, usable_cores())
+    return READ_THREADS
 
 
 def usable_cores() -> int:
