@@ -156,7 +156,8 @@ class StreamingLoader:
         self.run = deal_run(len(self.units), world_size, window)
         self._edges: dict[tuple[int, int], Edges] = {}
         """Every row group's edges seen so far (kept across epochs: they are small)."""
-        k = shuffle_buffer_row_groups if split == "train" else 1
+        k = self.buffer_groups = shuffle_buffer_row_groups if split == "train" else 1
+        """Row groups per shuffle buffer (validation keeps time order: one at a time)."""
         self.reader = BlockReader(
             plan,
             store,
@@ -222,7 +223,7 @@ class StreamingLoader:
         epoch, chunk = self._pos["epoch"], 0
         if self._resume is not None:
             epoch, chunk = self._resume["epoch"], self._resume["chunk"]
-        k = self.shuffle_buffer_row_groups if self.split == "train" else 1
+        k = self.buffer_groups
         units = self._rank_units(epoch, self.rank)
         cached = {(u.part, u.group) for u in skip}
         first = [u for u in units[chunk * k : (chunk + 1) * k] if (u.part, u.group) not in cached]
@@ -271,7 +272,7 @@ class StreamingLoader:
         stats = self.stats = LoaderStats(rank=self.rank, world_size=self.world_size)
         units = self._rank_units(epoch, self.rank)
         stats.planned_rows = sum(u.rows for u in units)
-        k = self.shuffle_buffer_row_groups if self.split == "train" else 1
+        k = self.buffer_groups
         chunks = [units[i : i + k] for i in range(0, len(units), k)]
         seams_at = seams(self.plan, units, self.window, k)
         self._pos = {"epoch": epoch, "chunk": chunk0, "offset": offset0, "rows": done}

@@ -45,9 +45,14 @@ def reading_threads(store: ObjectStore) -> int:
     """Reading threads when the caller names none: a remote read waits on the network, so
     `READ_THREADS` are in flight whatever the machine; a local one is decoding, so no more
     threads than cores (more only take turns, at the cost of switching)."""
-    if isinstance(store.arrow_fs(), pafs.LocalFileSystem):
+    if _is_local(store.arrow_fs()):
         return min(READ_THREADS, usable_cores())
     return READ_THREADS
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    """Reads on `fs` decode files on this machine, with no round trip to pay."""
+    return isinstance(fs, pafs.LocalFileSystem)
 
 
 def usable_cores() -> int:
@@ -83,8 +88,7 @@ class PartitionFiles:
     def __init__(self, plan: DatasetPlan, store: ObjectStore) -> None:
         self.plan, self.store = plan, store
         self._fs = store.arrow_fs()
-        local = isinstance(self._fs, pafs.LocalFileSystem)
-        self.local = local
+        self.local = local = _is_local(self._fs)
         self.read_bytes = LOCAL_READ_BYTES if local else REMOTE_READ_BYTES
         self.keep_open = LOCAL_KEEP_OPEN if local else len(plan.partitions)
         self._lock = threading.Lock()
@@ -256,11 +260,13 @@ class BlockReader:
         starts with them: the row groups arrive while the caller does other work. A stream
         that starts elsewhere drops them. Returns the reads, for a caller that waits."""
         threads = self._pool()
+        reads = []
         for unit in units[: self.ahead]:
             key = self.key(unit)
             if key not in self._early:
                 self._early[key] = threads.submit(self.files.read, unit, self.spec, self.buffers)
-        return [self._early[self.key(u)] for u in units[: self.ahead]]
+            reads.append(self._early[key])
+        return reads
 
     def _drop_early(self, keep: set[tuple[object, ...]]) -> None:
         """Early reads this stream does not start with: cancelled, or their memory returned

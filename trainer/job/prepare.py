@@ -130,11 +130,8 @@ def prepare(
         loader = _train_loader(spec, train, plan, store, device, ranks, limit, files, cache)
         # The first buffer arrives while the statistics and the validation rows are read
         # (but for the row groups the statistics put in the cache).
-        cached = (
-            stats_units(plan, loader.units, limit)
-            if cache is not None and not ranks.distributed
-            else []
-        )
+        stats_cache = _stats_cache(cache, ranks)
+        cached = stats_units(plan, loader.units, limit) if stats_cache is not None else []
         loader.read_ahead(skip=cached)
         try:
             data = read_data(spec, store, plan, device, ranks, dry_run, files=files, cache=cache)
@@ -243,11 +240,10 @@ def read_data(
     if files is None:
         files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
         cache = _cache(spec, plan, device, ranks, dry_run)
-    # With several ranks the sample's blocks are mostly other ranks' to serve: not cached.
     stats = compute_feature_stats(
         plan,
         store,
-        cache=cache if not ranks.distributed else None,
+        cache=_stats_cache(cache, ranks),
         non_finite=spec.data.non_finite,
         max_rows=limit,
         files=files,
@@ -284,6 +280,12 @@ def read_data(
         100 * stats.std_error,
     )
     return DataPart(files, cache, stats, val, val_tally.record())
+
+
+def _stats_cache(cache: BlockCache | None, ranks: Ranks) -> BlockCache | None:
+    """Where the statistics pass keeps the blocks it reads: the job's cache, but for several
+    ranks, where the sample's blocks are mostly other ranks' to serve."""
+    return None if ranks.distributed else cache
 
 
 def _train_partitions(plan: DatasetPlan) -> int:
