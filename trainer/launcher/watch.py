@@ -114,6 +114,8 @@ class Watcher:
             verdict = decide(obs, a, self.rules)
             if verdict is not None:
                 self._last_lines(a, verdict)
+                # A job that ended between two polls still reports the step it ended at.
+                self._progress(a, self._own_status(a) or obs.status, obs.spent_usd)
                 return verdict
             self._report(a, obs)
             self.stop.wait(max(0.0, self.config.poll_s - (time.monotonic() - began)))
@@ -215,16 +217,18 @@ class Watcher:
             return
         self._relay(a, a.tail.catch_up(shipped.decode("utf-8", "replace")))
 
-    def _said_last_words(self, a: Attempt) -> bool:
+    def _own_status(self, a: Attempt) -> StatusDoc | None:
+        """This attempt's container's `status.json` as it is now; None when there is none
+        (or another attempt's, or the store cannot say)."""
         try:
             status = read_record(self.store, self.paths.status, StatusDoc)
         except TrainerError:
-            return False
-        return (
-            status is not None
-            and status.written_by(a.instance_id)
-            and status.state not in ("starting", "training")
-        )
+            return None
+        return status if status is not None and status.written_by(a.instance_id) else None
+
+    def _said_last_words(self, a: Attempt) -> bool:
+        status = self._own_status(a)
+        return status is not None and status.state not in ("starting", "training")
 
     def _manifest(self) -> tuple[JobManifest | None, str | None]:
         manifest = read_manifest(self.store, self.paths)
@@ -276,10 +280,14 @@ class Watcher:
                 elapsed_s=obs.now - a.created_at,
             )
         )
+        if doc is not None and doc.state == "training" and a.first_step_at is None:
+            a.first_step_at = obs.now  # this instance's first training progress
+        self._progress(a, doc, obs.spent_usd)
+
+    def _progress(self, a: Attempt, doc: StatusDoc | None, spent_usd: float) -> None:
+        """A `progress` event when the step moved since the last one."""
         if doc is None:
             return
-        if doc.state == "training" and a.first_step_at is None:
-            a.first_step_at = obs.now  # this instance's first training progress
         if doc.step != self._step:
             self._step = doc.step
             self.reporter.emit(
@@ -292,5 +300,5 @@ class Watcher:
                 total_steps=doc.total_steps,
                 latest=doc.latest.model_dump(exclude_none=True),
                 last_eval=doc.last_eval.model_dump() if doc.last_eval else None,
-                spent_usd=round(obs.spent_usd, 6),
+                spent_usd=round(spent_usd, 6),
             )
