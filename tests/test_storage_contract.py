@@ -44,6 +44,39 @@ def test_put_get_head_roundtrip(any_store: ObjectStore) -> None:
     assert head is not None and head.size == 11 and head.etag == info.etag
 
 
+def test_a_read_names_the_etag_of_the_very_version_it_returns(any_store: ObjectStore) -> None:
+    loc = Loc(ART, "ml-artifacts/leased/lease.json")
+    assert any_store.read(loc) is None
+    written = {any_store.put(loc, b"v0").etag: b"v0"}
+    got = any_store.read(loc)
+    assert got is not None and got[0] == b"v0" and got[1] == any_store.head(loc)
+    try:  # only where leases and read-modify-writes may run: s3rver rewrites in place
+        any_store.require_conditional_writes(ART)
+    except ConditionalWritesIgnored:
+        return
+    stop = threading.Event()
+
+    def rewrite() -> None:  # a holder renewing as fast as the store allows
+        n = 0
+        while not stop.is_set():
+            n += 1
+            body = f"v{n}".encode()
+            written[any_store.put(loc, body).etag] = body
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        seen = [any_store.read(loc) for _ in range(40)]
+    finally:
+        stop.set()
+        writer.join()
+    for got in seen:
+        assert got is not None
+        body, info = got
+        assert written[info.etag] == body and info.size == len(body)
+    assert len({info.etag for _, info in seen if info}) > 1, "the writer never got in"
+
+
 def test_missing_object_is_typed(any_store: ObjectStore) -> None:
     loc = Loc(ART, "ml-artifacts/nope/model.bin")
     assert any_store.head(loc) is None

@@ -50,7 +50,6 @@ from trainer.store.records import (
 
 log = logging.getLogger("quantlab.production")
 
-_READ_ATTEMPTS = 3
 _SYNC_ATTEMPTS = 4
 
 
@@ -110,23 +109,13 @@ def production_paths(layout: Layout, symbol: str) -> ProductionPaths:
 
 
 def read_live(store: ObjectStore, paths: ProductionPaths) -> Live | None:
-    """The live state, or None when the symbol has no production at all.
-
-    The etag is read BEFORE the body and confirmed after it: a body newer than the etag would
-    only make the later conditional write fail, never commit over an unseen version."""
-    loc = paths.manifest
-    for _ in range(_READ_ATTEMPTS):
-        before = store.head(loc)
-        if before is None:
-            return _legacy(store, paths)
-        try:
-            raw = store.get(loc)
-        except ObjectNotFound:
-            continue
-        after = store.head(loc)
-        if after is not None and after.etag == before.etag:
-            return Live(_parse(raw, store.uri(loc)), raw, before.etag)
-    raise PromotionConflict(f"{store.uri(loc)} kept changing while it was read; retry")
+    """The live state, or None when the symbol has no production at all. The etag is that of
+    the very body read, so a later conditional write commits over exactly what was seen."""
+    got = store.read(paths.manifest)
+    if got is None:
+        return _legacy(store, paths)
+    raw, info = got
+    return Live(_parse(raw, store.uri(paths.manifest)), raw, info.etag)
 
 
 def _legacy(store: ObjectStore, paths: ProductionPaths) -> Live | None:

@@ -70,6 +70,12 @@ class ObjectStore(abc.ABC):
         """Size and etag, or None when absent."""
 
     @abc.abstractmethod
+    def read(self, loc: Loc) -> tuple[bytes, ObjectInfo] | None:
+        """The bytes and the etag of the very version they are, from one read; None when
+        absent. What a read-modify-write or a watcher of a changing object needs: a head
+        before and after a get can disagree forever while a writer keeps rewriting."""
+
+    @abc.abstractmethod
     def _put(self, loc: Loc, data: bytes, if_absent: bool, if_match: str | None) -> ObjectInfo: ...
 
     @abc.abstractmethod

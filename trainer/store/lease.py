@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from trainer.errors import ObjectNotFound, PreconditionFailed, TrainerError
+from trainer.errors import PreconditionFailed, TrainerError
 from trainer.store.base import Loc, ObjectStore
 from trainer.store.records import LeaseRecord, parse_record, utc_now
 
@@ -150,18 +150,10 @@ class Lease:
         return True
 
     def _read(self) -> tuple[LeaseRecord, str] | None:
-        info = self.store.head(self.loc)
-        if info is None:
+        got = self.store.read(self.loc)
+        if got is None:
             return None
-        try:
-            raw = self.store.get(self.loc)
-        except ObjectNotFound:
-            return None
-        # The etag of what was read: head again, so a write between the two calls is seen as
-        # a change rather than hidden behind the older etag.
-        again = self.store.head(self.loc)
-        if again is None or again.etag != info.etag:
-            return self._read()
+        raw, info = got
         return parse_record(LeaseRecord, raw, self.store.uri(self.loc)), info.etag
 
     def _write(

@@ -92,15 +92,11 @@ def update_record(
 ) -> R:
     """Read-modify-write of a document with more than one writer: `change(current)` is applied
     to what is stored (None when absent) and written only if nothing changed meanwhile; a lost
-    race reads again. The etag is read before the body, so a newer body only fails the write."""
+    race reads again. The write names the etag of the very body that was read."""
     for _ in range(UPDATE_ATTEMPTS):
-        info = store.head(loc)
-        current = None
-        if info is not None:
-            try:
-                current = parse_record(kind, store.get(loc), store.uri(loc))
-            except ObjectNotFound:
-                continue
+        got = store.read(loc)
+        info = got[1] if got else None
+        current = parse_record(kind, got[0], store.uri(loc)) if got else None
         new = change(current)
         try:
             write_record(

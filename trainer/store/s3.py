@@ -72,6 +72,16 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             _raise(exc, "read", loc)
 
+    def read(self, loc: Loc) -> tuple[bytes, ObjectInfo] | None:
+        try:
+            r = self._client.get_object(Bucket=loc.bucket, Key=loc.key)
+            body: bytes = r["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            _raise(exc, "read", loc)
+        return body, ObjectInfo(loc, len(body), str(r["ETag"]))
+
     def head(self, loc: Loc) -> ObjectInfo | None:
         try:
             r = self._client.head_object(Bucket=loc.bucket, Key=loc.key)
