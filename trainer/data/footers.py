@@ -31,22 +31,44 @@ class RowGroup:
     NaN or null (no minimum nor maximum kept), or all of one infinity."""
 
 
-def row_group(md: pq.FileMetaData, index: int, ts_col: str) -> RowGroup:
-    rg = md.row_group(index)
-    ts_min = ts_max = None
-    no_finite = set()
-    for c in range(rg.num_columns):
-        col = rg.column(c)
-        if not col.is_stats_set or not rg.num_rows:
-            continue
-        stats = col.statistics
-        if col.path_in_schema == ts_col and stats.has_min_max:
-            ts_min, ts_max = int(stats.min), int(stats.max)
-        if col.physical_type in ("FLOAT", "DOUBLE", "INT32", "INT64") and (
-            not stats.has_min_max or (stats.min == stats.max and math.isinf(stats.min))
-        ):
-            no_finite.add(col.path_in_schema)
-    return RowGroup(index, rg.num_rows, ts_min, ts_max, frozenset(no_finite))
+NUMERIC = frozenset({"FLOAT", "DOUBLE", "INT32", "INT64"})
+
+
+def row_groups(md: pq.FileMetaData, ts_col: str) -> tuple[tuple[RowGroup, ...], int]:
+    """Every row group's summary, and how many null timestamps the statistics count. Each
+    column's path and type come from the schema, once, not from every row group."""
+    schema = md.schema
+    columns = []
+    for c in range(md.num_columns):
+        column = schema.column(c)
+        numeric = column.physical_type in NUMERIC
+        if numeric or column.path == ts_col:
+            columns.append((c, column.path, numeric))
+    groups, nulls = [], 0
+    for index in range(md.num_row_groups):
+        rg = md.row_group(index)
+        ts_min = ts_max = None
+        no_finite = set()
+        for c, path, numeric in columns:
+            col = rg.column(c)
+            if not col.is_stats_set:
+                continue
+            stats = col.statistics
+            if path == ts_col:
+                nulls += stats.null_count
+            if not rg.num_rows:
+                continue
+            if not stats.has_min_max:
+                if numeric:
+                    no_finite.add(path)
+                continue
+            low = stats.min
+            if path == ts_col:
+                ts_min, ts_max = int(low), int(stats.max)
+            if numeric and isinstance(low, float) and math.isinf(low) and stats.max == low:
+                no_finite.add(path)
+        groups.append(RowGroup(index, rg.num_rows, ts_min, ts_max, frozenset(no_finite)))
+    return tuple(groups), nulls
 
 
 def read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str]:
@@ -65,15 +87,12 @@ def read_footer(handle: pa.NativeFile, size: int) -> tuple[pq.FileMetaData, str]
 
 
 def stamps_inside(
-    md: pq.FileMetaData,
-    groups: tuple[RowGroup, ...],
-    meta: PartitionMeta,
-    ts_col: str,
-    where: str,
+    groups: tuple[RowGroup, ...], nulls: int, meta: PartitionMeta, ts_col: str, where: str
 ) -> list[str]:
     """Every row group's timestamp statistics inside meta.json's `ts_min..ts_max` (itself
-    inside the date), and no null timestamp: a day file holding another day's rows, or rows
-    with no time, is refused before anything is read (the loader checks the rows it reads)."""
+    inside the date), and no null timestamp (`nulls`, as the statistics count them): a day
+    file holding another day's rows, or rows with no time, is refused before anything is
+    read (the loader checks the rows it reads)."""
     problems = []
     bad = [g for g in groups if g.rows and g.ts_min is not None and g.ts_max is not None]
     bad = [g for g in bad if g.ts_min < meta.ts_min or g.ts_max > meta.ts_max]  # type: ignore[operator]
@@ -84,13 +103,6 @@ def stamps_inside(
             f"meta.json's ts_min..ts_max {meta.ts_min}..{meta.ts_max} for date {meta.date}"
             + (f" ({len(bad)} row groups in all)" if len(bad) > 1 else "")
         )
-    nulls = 0
-    for i in range(md.num_row_groups):
-        rg = md.row_group(i)
-        for c in range(rg.num_columns):
-            col = rg.column(c)
-            if col.path_in_schema == ts_col and col.is_stats_set and col.statistics.null_count:
-                nulls += col.statistics.null_count
     if nulls:
         problems.append(f"{where}: {nulls} null timestamp(s) in column {ts_col!r}")
     return problems
