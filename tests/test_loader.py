@@ -25,7 +25,7 @@ from trainer.data.loader import (
     read_split_arrays,
 )
 from trainer.data.order import batch_segments, sample_units, split_units
-from trainer.data.passes import _moments, split_spec
+from trainer.data.passes import _moments, split_spec, stats_units
 from trainer.data.plan import DatasetPlan, preflight
 from trainer.data.prefetch import READ_THREADS, PartitionFiles, usable_cores
 from trainer.data.synth import SynthConfig, generate
@@ -490,6 +490,47 @@ def test_the_sample_spreads_over_every_day_and_symbol(plan: DatasetPlan) -> None
     assert set(symbols) == set(SYMBOLS)
     assert len({u.group for u in picked}) > 1  # not the same hour of every day
     assert sample_units(plan, units, 10**9) == units
+
+
+def test_the_sample_takes_the_first_buffer_where_its_strata_allow(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    units = split_units(plan, split_spec(plan, "train"), time_order=False)
+    per_day = Counter(plan.partitions[u.part].part.date for u in sample_units(plan, units, 2000))
+    overlap = 0
+    for seed in range(8):
+        loader = _train(plan, local_store, seed=seed, shuffle_buffer_row_groups=3)
+        ahead = loader.first_buffer()
+        picked = sample_units(plan, units, 4 * 500, ahead)
+        assert len(set(picked)) == 4 and ahead[0] in picked  # the earliest leads its stratum
+        days = Counter(plan.partitions[u.part].part.date for u in picked)
+        assert days == per_day  # still two of each day
+        overlap += len(set(picked) & set(ahead))
+        # one pick for both days: the row group training reads first
+        assert sample_units(plan, units, 500, ahead) == [ahead[0]]
+    assert overlap > 8  # mostly more than the first one
+    assert sample_units(plan, units, 4 * 500, ()) == sample_units(plan, units, 4 * 500)
+
+
+def test_the_first_buffer_the_sample_took_is_served_from_the_cache(
+    plan: DatasetPlan, local_store: ObjectStore
+) -> None:
+    kw = {"seed": 3, "shuffle_buffer_row_groups": 3, "with_ts": False}  # as a job's
+    full = list(_train(plan, local_store, **kw).epoch(0))
+    cache = BlockCache(64 << 20)
+    loader = _train(plan, local_store, cache=cache, **kw)
+    first = loader.first_buffer()
+    sampled = stats_units(plan, loader.units, None, 4 * 500, first)
+    taken = set(sampled) & set(first)
+    assert taken and len(loader.read_ahead(skip=sampled)) == len(first) - len(taken)
+    compute_feature_stats(plan, local_store, cache=cache, sample_rows=4 * 500, first=first)
+    got = list(loader.epoch(0))
+    assert len(got) == len(full)
+    for a, b in zip(got, full, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    s = loader.stats
+    assert s.cache_hits == len(sampled)  # the whole sample, the first buffer's share included
+    assert s.row_groups_read == len(loader.units) - len(sampled)
 
 
 def test_max_rows_and_drop_last(plan: DatasetPlan, local_store: ObjectStore) -> None:

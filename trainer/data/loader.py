@@ -213,20 +213,23 @@ class StreamingLoader:
         """The current epoch; the epoch counter advances when it has been read through."""
         return self.epoch(self._pos["epoch"])
 
-    def read_ahead(self, skip: Collection[Unit] = ()) -> list[Future[Block]]:
-        """Begin reading the first shuffle buffer of the epoch the next `epoch()` starts
-        with (its beginning, or the position `load_state_dict` restored), so that its row
-        groups arrive while the job still reads other things (the feature statistics, the
-        validation rows). A head start only: an epoch that starts elsewhere drops them.
-        `skip`: row groups another pass reads into the cache first (the epoch takes them
-        from there). Returns the reads, for a caller that waits."""
+    def first_buffer(self) -> list[Unit]:
+        """The row groups of the first shuffle buffer of the epoch the next `epoch()` starts
+        with (its beginning, or the position `load_state_dict` restored), in reading order."""
         epoch, chunk = self._pos["epoch"], 0
         if self._resume is not None:
             epoch, chunk = self._resume["epoch"], self._resume["chunk"]
         k = self.buffer_groups
-        units = self._rank_units(epoch, self.rank)
+        return self._rank_units(epoch, self.rank)[chunk * k : (chunk + 1) * k]
+
+    def read_ahead(self, skip: Collection[Unit] = ()) -> list[Future[Block]]:
+        """Begin reading `first_buffer()`, so that its row groups arrive while the job still
+        reads other things (the feature statistics, the validation rows). A head start
+        only: an epoch that starts elsewhere drops them. `skip`: row groups another pass
+        reads into the cache first (the epoch takes them from there). Returns the reads,
+        for a caller that waits."""
         cached = {(u.part, u.group) for u in skip}
-        first = [u for u in units[chunk * k : (chunk + 1) * k] if (u.part, u.group) not in cached]
+        first = [u for u in self.first_buffer() if (u.part, u.group) not in cached]
         return self.reader.read_early(first)
 
     def state_dict(self) -> dict[str, Any]:

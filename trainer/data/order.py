@@ -45,13 +45,21 @@ def partition_units(plan: DatasetPlan, part: int) -> list[Unit]:
     return units
 
 
-def sample_units(plan: DatasetPlan, units: Sequence[Unit], rows: int) -> list[Unit]:
+def sample_units(
+    plan: DatasetPlan, units: Sequence[Unit], rows: int, first: Sequence[Unit] = ()
+) -> list[Unit]:
     """About `rows` rows' worth of `units`, stratified across days: every unit when they
     hold no more; otherwise the quota of units is spread evenly over the days (a day gets
     one more or one fewer than another, never none while a day gets two), and inside a day
     spread evenly over the time of day and across symbols, with an offset that moves from
     day to day so that the sample does not always read the same hour. A pure function of
-    the plan: every rank draws the same sample."""
+    the plan and `first`: every rank draws the same sample for the same `first`.
+
+    Each pick stands for a stratum: its stretch of a day's row groups, or, with fewer picks
+    than days, its run of days. `first`, the row groups training reads first (in that
+    order): a stratum holding one of them picks the earliest instead, so that the sample
+    also serves the first shuffle buffer. The training order is a uniform shuffle, so that
+    pick is a uniformly drawn row group of its stratum: the stratification stands."""
     if sum(u.rows for u in units) <= rows:
         return list(units)
     by_day: dict[str, list[Unit]] = {}
@@ -60,13 +68,28 @@ def sample_units(plan: DatasetPlan, units: Sequence[Unit], rows: int) -> list[Un
     days = sorted(by_day)
     mean_rows = sum(u.rows for u in units) / len(units)
     quota = min(max(math.ceil(rows / mean_rows), 1), len(units))
+    rank = {(u.part, u.group): i for i, u in enumerate(first)}
+
+    def pick(stratum: Sequence[Unit], default: Unit) -> Unit:
+        preferred = [u for u in stratum if (u.part, u.group) in rank]
+        return min(preferred, key=lambda u: rank[(u.part, u.group)]) if preferred else default
+
     picked: list[Unit] = []
+    run: list[Unit] = []  # with fewer picks than days: the days since the last pick
     for i, day in enumerate(days):
         # time of day first, symbols interleaved: group index, then partition
         pool = sorted(by_day[day], key=lambda u: (u.group, u.part))
         take = min(quota * (i + 1) // len(days) - quota * i // len(days), len(pool))
         offset = (i * 0.6180339887) % 1.0
-        picked += [pool[int((j + offset) * len(pool) / take)] for j in range(take)]
+        if quota < len(days):
+            run += pool
+            if take:
+                picked.append(pick(run, pool[int(offset * len(pool))]))
+                run = []
+            continue
+        for j in range(take):
+            stretch = pool[j * len(pool) // take : (j + 1) * len(pool) // take]
+            picked.append(pick(stretch, pool[int((j + offset) * len(pool) / take)]))
     return picked
 
 

@@ -117,6 +117,7 @@ def compute_feature_stats(
     files: PartitionFiles | None = None,
     sample_rows: int = STATS_SAMPLE_ROWS,
     window: int = 1,
+    first: Sequence[Unit] = (),
 ) -> FeatureStats:
     """Mean and standard deviation of the training rows (after the purge and the non-finite
     filter), from a day-stratified sample of about `sample_rows` rows in whole row groups
@@ -129,10 +130,11 @@ def compute_feature_stats(
     row groups (cluster sampling without replacement), which also covers days or hours
     that differ from each other. Blocks read go into `cache`, which epoch 1 then serves
     (`window`: the training loader's, so that they are the blocks it asks for; the
-    statistics are those of the rows whatever the window)."""
+    statistics are those of the rows whatever the window; `first`: the row groups the
+    training loader reads first, which the sample then takes where it can)."""
     spec = split_spec(plan, "train", window=window)
     population = split_units(plan, spec, time_order=False)
-    units = stats_units(plan, population, max_rows, sample_rows)
+    units = stats_units(plan, population, max_rows, sample_rows, first)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
     tally = Tally.of("feature statistics", units)
     counts: list[int] = []
@@ -165,10 +167,11 @@ def stats_units(
     population: Sequence[Unit],
     max_rows: int | None = None,
     sample_rows: int = STATS_SAMPLE_ROWS,
+    first: Sequence[Unit] = (),
 ) -> list[Unit]:
     """The row groups `compute_feature_stats` reads, of the training split's `population`."""
     budget = sample_rows if max_rows is None else min(sample_rows, max_rows)
-    return _enough(sample_units(plan, population, budget), max_rows)
+    return _enough(sample_units(plan, population, budget, first), max_rows)
 
 
 def _merge(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from trainer.data.blocks import Unit
 from trainer.data.cache import BlockCache, cache_budget
 from trainer.data.loader import StreamingLoader
 from trainer.data.passes import (
@@ -130,11 +132,15 @@ def prepare(
         loader = _train_loader(spec, train, plan, store, device, ranks, limit, files, cache)
         # The first buffer arrives while the statistics and the validation rows are read
         # (but for the row groups the statistics put in the cache).
-        stats_cache = _stats_cache(cache, ranks)
-        cached = stats_units(plan, loader.units, limit) if stats_cache is not None else []
+        # The statistics' sample takes the first buffer's row groups where it can, so that
+        # they are read once, into the cache, and the epoch takes them from there.
+        first = loader.first_buffer() if _stats_cache(cache, ranks) is not None else []
+        cached = stats_units(plan, loader.units, limit, first=first) if first else []
         loader.read_ahead(skip=cached)
         try:
-            data = read_data(spec, store, plan, device, ranks, dry_run, files=files, cache=cache)
+            data = read_data(
+                spec, store, plan, device, ranks, dry_run, files=files, cache=cache, first=first
+            )
         except BaseException:
             loader.close()
             raise
@@ -224,10 +230,12 @@ def read_data(
     *,
     files: PartitionFiles | None = None,
     cache: BlockCache | None = None,
+    first: Sequence[Unit] = (),
 ) -> DataPart:
     """The reads before the first step: the open files, the block cache, the feature
     statistics of the training rows (warming the cache) and the validation samples.
-    `files` and `cache`: the job's own, opened already (both or neither)."""
+    `files` and `cache`: the job's own, opened already (both or neither); `first`: the
+    row groups its training reads first, which the statistics' sample takes where it can."""
     limit = DRY_RUN_ROWS if dry_run else None
     window = spec.data.window
     log.info(
@@ -248,6 +256,7 @@ def read_data(
         max_rows=limit,
         files=files,
         window=window,
+        first=first,
     )
     val_tally = Tally("validation")
     val = read_split(
