@@ -396,27 +396,37 @@ def read_split_arrays(
     units = _enough(split_units(plan, spec, time_order=True), max_rows)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
     tally = (tally if tally is not None else Tally(split)).plan(units)
-    xs, ys, tss, rows = [], [], [], 0
+    # Each block's served rows are copied once, straight into their place: the footers'
+    # rows bound what is served (pages never written are never committed).
+    room = sum(u.rows for u in units) if max_rows is None else max_rows
+    x = np.empty((room, len(plan.features)), np.float32)
+    y = np.empty(room, np.float32)
+    ts = np.empty(room, np.int64)
+    rows = 0
     try:
         for unit, block, _ in reader.stream(units):
             if max_rows is not None and rows >= max_rows:
                 break
             tally.add(unit, block, reader.files.uri(unit.part))
             take = block.rows if max_rows is None else min(block.rows, max_rows - rows)
-            # copies: the blocks' memory may be reused once this pass lets go of them
-            xs.append(block.x[:take].cpu().numpy().copy())
-            ys.append(block.y[:take].cpu().numpy().copy())
+            at = slice(rows, rows + take)
+            stored_x, stored_y = block.x_stored.cpu().numpy(), block.y_stored.cpu().numpy()
+            if block.index is None:
+                x[at], y[at] = stored_x[:take], stored_y[:take]
+            else:
+                np.take(stored_x, block.index[:take], axis=0, out=x[at])
+                np.take(stored_y, block.index[:take], out=y[at])
             served_ts = block.ts_served
-            tss.append(served_ts[:take].copy() if served_ts is not None else np.empty(0, np.int64))
-            reader.release(block)
+            if served_ts is not None:
+                ts[at] = served_ts[:take]
+            reader.release(block)  # copied: its memory may serve the next
             rows += take
     finally:
         reader.close()
     if max_rows is None:
         tally.check()
-    if not xs:
-        nf = len(plan.features)
-        return np.empty((0, nf), np.float32), np.empty(0, np.float32), np.empty(0, np.int64)
-    ts = np.concatenate(tss)
-    order = np.argsort(ts, kind="stable")
-    return np.concatenate(xs)[order], np.concatenate(ys)[order], ts[order]
+    x, y, ts = x[:rows], y[:rows], ts[:rows]
+    if rows > 1 and bool((ts[1:] < ts[:-1]).any()):  # several symbols interleave in time
+        order = np.argsort(ts, kind="stable")
+        return np.take(x, order, axis=0), y[order], ts[order]
+    return x, y, ts
