@@ -4,6 +4,10 @@ schedule, the step budget, the split bounds, the row order and the early-stoppin
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +126,42 @@ def test_improvement_is_lower_loss_or_higher_ic_by_more_than_min_delta(
     metric: str, value: float, best: float | None, min_delta: float, expected: bool
 ) -> None:
     assert improved(metric, value, best, min_delta) is expected
+
+
+def test_leave_finishes_what_an_exit_finishes_then_skips_the_teardown(tmp_path: Path) -> None:
+    program = textwrap.dedent(
+        f"""
+        import atexit, logging, tempfile, threading, time
+        from pathlib import Path
+        from trainer.train.leave import leave
+
+        out = Path({str(tmp_path)!r})
+        log = logging.getLogger("quantlab.leave-test")
+        log.addHandler(logging.FileHandler(out / "log.txt"))
+        log.warning("logged before leaving")
+        folder = tempfile.TemporaryDirectory(dir=out)  # cleaned by its finalizer at exit
+        (Path(folder.name) / "x").write_text("x")
+
+        def late() -> None:
+            time.sleep(0.3)
+            (out / "thread.txt").write_text("the thread finished")
+
+        threading.Thread(target=late).start()
+        atexit.register(lambda: (out / "atexit.txt").write_text("ran"))
+
+        class Teardown:
+            def __del__(self) -> None:  # module teardown: skipped
+                (out / "teardown.txt").write_text("ran")
+
+        keep = Teardown()
+        print("on stdout", end="")
+        leave(3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "on stdout"
+    assert (tmp_path / "thread.txt").read_text() == "the thread finished"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert "logged before leaving" in (tmp_path / "log.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit.txt", "log.txt", "thread.txt"]

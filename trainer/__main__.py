@@ -1,6 +1,5 @@
 """`python -m trainer` runs the `quantlab-train` command line."""
 
-from trainer.cli import main
-from trainer.train.leave import leave
+from trainer.cli import entry
 
-leave(main())
+entry()

@@ -10,10 +10,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from trainer import __version__
 from trainer.cli import job, launch, production, report, sweep
 from trainer.errors import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_SPEC, TrainerError, exit_code_of
+from trainer.train.leave import leave
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -80,3 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def entry() -> NoReturn:
+    """The `quantlab-train` command: `main`, then `train.leave` with its exit code."""
+    leave(main())
