@@ -16,7 +16,7 @@ from trainer.data.synth import SynthConfig
 from trainer.errors import SpecError
 from trainer.model.checks import check_model
 from trainer.model.code import importable, pack
-from trainer.model.proof import ProofResult, prove
+from trainer.model.proof import ProofChild, ProofResult, prove
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout
 
@@ -112,3 +112,39 @@ def test_a_model_that_never_finishes_building_is_stopped_at_the_time_limit(
         "model.type: building net:Net, one training step and the export on 256 rows took over "
         "8 s; look for a loop that never ends or a model far too big for its data"
     ]
+
+
+@pytest.mark.slow
+def test_a_proof_process_started_ahead_proves_the_same_and_one_left_unused_is_gone(
+    local_store: ObjectStore, layout: Layout, tmp_path: Path
+) -> None:
+    code_dir = write_net(tmp_path / "models", GOOD)
+    spec = net_spec(spec_dict(job={"id": "ahead"}), code_dir)
+    make_dataset(local_store, spec, SynthConfig(rows_per_day=2_000, row_group_size=500))
+    plan = preflight(spec.data, local_store, layout)
+    fresh = prove(spec, plan, local_store)
+    child = ProofChild.start()
+    assert child is not None
+    ahead = prove(spec, plan, local_store, child=child)
+    assert fresh is not None and ahead is not None
+    assert (ahead.ok, ahead.rows, ahead.parameters, ahead.loss) == (
+        fresh.ok,
+        fresh.rows,
+        fresh.parameters,
+        fresh.loss,
+    )
+    assert child.take() is None  # used once
+    child.close()
+    source, expected, loss = BROKEN[sorted(BROKEN)[0]]
+    broken = net_spec(spec_dict(job={"id": "ahead"}), write_net(tmp_path / "bad", source), loss)
+    child = ProofChild.start()
+    with pytest.raises(SpecError) as info:
+        prove(broken, plan, local_store, child=child)
+    assert info.value.problems[0].startswith(expected.format(code=tmp_path / "bad"))
+    unused = ProofChild.start()
+    assert unused is not None
+    process = unused.take()
+    assert process is not None and process.poll() is None  # waiting for its folder
+    unused._process = process
+    unused.close()
+    assert process.poll() is not None

@@ -31,6 +31,7 @@ from trainer.launcher.result import LaunchOptions, LaunchResult
 from trainer.launcher.run import Run
 from trainer.launcher.session import open_session
 from trainer.launcher.vast import VastClient
+from trainer.model.proof import ProofChild
 from trainer.redact import Secrets
 from trainer.spec import JobSpec, load_spec
 from trainer.spec.sweep import SweepSpec, instance_spec, load_sweep
@@ -65,6 +66,40 @@ def launch(
     runs every trial, the sweep's `limits` bound the whole of it, and the launch succeeds
     when its `sweep.json` is committed (see `launch_sweep`)."""
     options = options or LaunchOptions()
+    # The model proof's process starts Python and torch while the pre-flight runs here.
+    child = ProofChild.start()
+    try:
+        return _launch(
+            spec,
+            options,
+            store,
+            vast,
+            vast_url,
+            vast_key_file,
+            reporter,
+            client_options,
+            budget,
+            sweep,
+            child,
+        )
+    finally:
+        if child is not None:
+            child.close()
+
+
+def _launch(
+    spec: JobSpec | Resolved | str | Path,
+    options: LaunchOptions,
+    store: ObjectStore | str | None,
+    vast: VastClient | None,
+    vast_url: str | None,
+    vast_key_file: str | Path | None,
+    reporter: Reporter | None,
+    client_options: Mapping[str, Any] | None,
+    budget: SharedBudget | None,
+    sweep: SweepSpec | None,
+    child: ProofChild | None,
+) -> JobHandle:
     secrets = reporter.secrets if reporter else Secrets()
     if isinstance(spec, Resolved):
         resolved: Resolved | None = spec
@@ -88,7 +123,7 @@ def launch(
         resolved = Resolved(instance_spec(sweep), resolved.plan)
     job_id = resolved.job_id
     reporter = reporter.for_job(job_id) if reporter else Reporter(job_id, secrets=secrets)
-    run = Run(resolved, session, options, reporter, sweep=sweep)
+    run = Run(resolved, session, options, reporter, sweep=sweep, proof_child=child)
     if budget is not None:
         budget.add(run.spent_so_far)
         run.shared_budget = budget.check

@@ -12,7 +12,7 @@ from typing import Any
 from trainer.data.plan import DatasetPlan
 from trainer.errors import SpecError
 from trainer.job.identity import resolve
-from trainer.model.proof import ProofResult, prove
+from trainer.model.proof import ProofChild, ProofResult, prove
 from trainer.spec import JobSpec
 from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
@@ -34,13 +34,18 @@ class Proven:
 
 
 def proofs(
-    spec: JobSpec, plan: DatasetPlan, store: ObjectStore, sweep: SweepSpec | None
+    spec: JobSpec,
+    plan: DatasetPlan,
+    store: ObjectStore,
+    sweep: SweepSpec | None,
+    child: ProofChild | None = None,
 ) -> Iterator[Proven]:
     """Prove each model in turn, yielding as each passes; the first that fails raises a
-    SpecError naming its file:line and, for a sweep, the space's values that made it."""
+    SpecError naming its file:line and, for a sweep, the space's values that made it.
+    `child`: a proof process started ahead, which the first proof uses."""
     points = sweep.proof_points() if sweep is not None else []
     if sweep is None or not points:
-        yield Proven({}, spec, prove(spec, plan, store))
+        yield Proven({}, spec, prove(spec, plan, store, child=child))
         return
     for point in points:
         trial = sweep.trial_spec(0, point)
@@ -52,7 +57,7 @@ def proofs(
             trial_plan = plan
         proven = Proven(point, trial, None)
         try:
-            result = prove(trial, trial_plan, store)
+            result = prove(trial, trial_plan, store, child=child)
         except SpecError as exc:
             raise SpecError(
                 f"{exc.headline}, in the sweep's trials with {proven.values}", exc.problems

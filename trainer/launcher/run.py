@@ -48,6 +48,7 @@ from trainer.launcher.session import Session
 from trainer.launcher.vast import VastApiError, VastAuthError, VastClient
 from trainer.launcher.watch import WatchConfig, Watcher
 from trainer.model.code import ship
+from trainer.model.proof import ProofChild
 from trainer.spec import JobSpec, dump_spec
 from trainer.spec.sweep import SweepSpec
 from trainer.store.base import ObjectStore
@@ -78,8 +79,11 @@ class Run:
         options: LaunchOptions,
         reporter: Reporter,
         sweep: SweepSpec | None = None,
+        proof_child: ProofChild | None = None,
     ) -> None:
         spec = resolved.spec
+        self.proof_child = proof_child
+        """The model proof's process, started ahead by `launch`, which closes it."""
         self.sweep = sweep
         """A sweep's instance: the job id is the sweep's, the success its `sweep.json`."""
         self.spec, self.plan, self.job_id, self.session = spec, resolved.plan, spec.job_id, session
@@ -211,13 +215,17 @@ class Run:
         machine with more than one core. Events keep their order, the proofs before the local
         run, and a failed proof is the error said, whatever the local run did."""
         if not run_locally:
-            self._said_proofs(list(proofs(self.spec, plan, self.store, self.sweep)))
+            self._said_proofs(
+                list(proofs(self.spec, plan, self.store, self.sweep, self.proof_child))
+            )
             return None
         found: dict[str, Any] = {}
 
         def prove_all() -> None:
             try:
-                found["proofs"] = list(proofs(self.spec, plan, self.store, self.sweep))
+                found["proofs"] = list(
+                    proofs(self.spec, plan, self.store, self.sweep, self.proof_child)
+                )
             except Exception as exc:  # handed to the launching thread below
                 found["error"] = exc
 

@@ -3,11 +3,14 @@ loss built from the code archive, one training step, the export, each failure to
 spec field and the researcher's `file:line`.
 
     python -m trainer.model.checks FOLDER    (FOLDER: spec.yaml, rows.npz, code.tar.gz)
+    python -m trainer.model.checks --wait    (started ahead: FOLDER comes on stdin)
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -170,5 +173,19 @@ def main(folder: Path) -> int:
     return 0 if result.ok else 2
 
 
+def wait_for_folder() -> int:
+    """Started ahead (`--wait`): the folder comes on stdin, once the launcher has it; an
+    empty stdin (the launcher needed no proof after all) ends the process. Meanwhile it
+    pays what the proof's first step and export pay once per process: the optimizer's
+    first construction imports torch's compiler, and `torch.export` its tracer."""
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    importlib.import_module("torch.export")
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0
+    os.chdir(line)  # as a child started for this folder runs in it
+    return main(Path(line))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(Path(sys.argv[1])))
+    raise SystemExit(wait_for_folder() if sys.argv[1:] == ["--wait"] else main(Path(sys.argv[1])))
