@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.launcher_env import ROOT, Lab, lab, tiny_spec, with_data
+from tests.terminal import Terminal
 from trainer.launcher.reach import ALLOW_LOCAL_STORE
 from trainer.spec import JobSpec, dump_spec
 from trainer.store import ObjectStore
@@ -35,35 +35,6 @@ def env(s3_env: dict[str, str], s3_store: ObjectStore, tmp_path: Path) -> Iterat
         pytest.skip("tmux is not installed here (Debian: apt-get install tmux)")
     with lab(s3_store, tmp_path) as found:
         yield found
-
-
-class Terminal:
-    """One tmux server of our own (its own socket), one session of a fixed size."""
-
-    def __init__(self, tmp: Path, width: int) -> None:
-        self.socket = str(tmp / f"tmux-{width}")
-        self.width = width
-
-    def tmux(self, *args: str) -> str:
-        done = subprocess.run(
-            ["tmux", "-S", self.socket, "-f", "/dev/null", *args],
-            capture_output=True, text=True, check=True, timeout=20,
-        )  # fmt: skip
-        return done.stdout
-
-    def start(self, command: str, env: dict[str, str]) -> None:
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        script = (
-            f"cd {shlex.quote(str(ROOT))} && env {exports} {command}; echo EXITED=$?; sleep 600"
-        )
-        self.tmux("new-session", "-d", "-s", "t", "-x", str(self.width), "-y", "45", script)
-
-    def capture(self, escapes: bool = False) -> str:
-        """The whole pane, scrollback included; with `escapes`, colour codes kept."""
-        return self.tmux("capture-pane", "-p", "-t", "t", "-S", "-", *(["-e"] if escapes else []))
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=20)
 
 
 def _launch_command(env: Lab, specs: list[JobSpec]) -> str:
@@ -135,7 +106,8 @@ def test_the_live_table_holds_up_in_a_real_terminal(
     ids = [s.job_id for s in specs]
     term = Terminal(tmp_path, width)
     no_color = width == 200
-    term.start(_launch_command(env, specs), _terminal_env({"NO_COLOR": "1"} if no_color else {}))
+    extra = {"NO_COLOR": "1"} if no_color else {}
+    term.start(_launch_command(env, specs), _terminal_env(extra), ROOT)
     try:
         screen = _watch(term, width, ids)
         coloured = term.capture(escapes=True)

@@ -1,15 +1,22 @@
 """The live table people watch on a terminal: one row per job, redrawn in place by `rich`.
 
 Only used when stderr is a terminal. Every other line (events, the relayed log, log records
-of the `quantlab` loggers, which write to `sys.stderr` as rich redirects it) is printed above
-the table, so nothing is drawn over, left stale or split across a redraw. Colour follows the
-terminal and `NO_COLOR` (rich reads it)."""
+of the `quantlab` loggers, which write to `sys.stderr` while the table redirects it) is printed
+above the table, so nothing is drawn over, left stale or split across a redraw. Colour follows
+the terminal and `NO_COLOR` (rich reads it).
+
+Every write to the terminal happens under one lock, and only from the thread that changed
+something: each drawing moves the cursor up by the height of the one before it, so two
+threads drawing at once (rich's own refresh thread, a job's line printed while another job's
+row is added) would leave a stale copy of the table behind."""
 
 from __future__ import annotations
 
+import io
+import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -96,59 +103,62 @@ class Board:
 
         self.console = Console(file=out, force_terminal=True, highlight=False)
         self._rows: dict[str, Progress] = {}
-        self._lock = threading.RLock()  # the refresh thread renders while update() may hold it
+        self._lock = threading.RLock()  # the rows and every write to the terminal
         self._live: Live | None = None
+        self._stderr: TextIO | None = None  # what `sys.stderr` was before the table took it
 
     def update(self, job_id: str, p: Progress) -> None:
         with self._lock:
             self._rows[job_id] = p
-            if self._live is None:
-                from rich.live import Live
-
-                self._live = Live(
-                    console=self.console,
-                    get_renderable=self._table,
-                    refresh_per_second=4,
-                    redirect_stdout=False,
-                    redirect_stderr=True,
-                )
-                self._live.start()
-            live = self._live
-        live.refresh()
+            self._draw()
 
     def finish(self, job_id: str, state: str, val_ic: float | None) -> None:
         """The job ended: its row keeps the last figures with the outcome as its state. A
         job that ended before the watch drew it (quick, or already done) gets its row now:
         every job of the command stays on the screen with its outcome."""
         with self._lock:
-            last = self._rows.get(job_id)
-        if last is None:  # drawn outside the lock, as every refresh: Live's thread takes it
-            self.update(job_id, Progress(state=state, val_ic=val_ic))
-            return
-        with self._lock:
-            last = self._rows.get(job_id, last)
+            last = self._rows.get(job_id) or Progress(state=state)
             fields = {**last.__dict__, "state": state, "eta_s": None}
             if val_ic is not None:
                 fields["val_ic"] = val_ic
             self._rows[job_id] = Progress(**fields)
-            live = self._live
-        if live is not None:
-            live.refresh()
+            self._draw()
 
     def print(self, text: str) -> None:
         """A line above the table (or plainly, before the first row)."""
-        self.console.print(text, markup=False, highlight=False, emoji=False)
+        with self._lock:
+            self.console.print(text, markup=False, highlight=False, emoji=False)
 
     def close(self) -> None:
         with self._lock:
             live, self._live = self._live, None
-        if live is not None:
+            if live is None:
+                return
             live.refresh()
             live.stop()
+            if _Above.current(self) is not None:  # not taken over since
+                sys.stderr = self._stderr
             # The last drawn line fills the width: the cursor waits past its end. Back to
             # the start of the line, so whatever is printed next starts at column 0.
             self.console.file.write("\r")
             self.console.file.flush()
+
+    def _draw(self) -> None:
+        """Redraw in place, the lock held. No refresh thread: the table changes only when a
+        row does, and a thread of rich's own would draw outside the lock."""
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(
+                console=self.console,
+                get_renderable=self._table,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+            self._stderr, sys.stderr = sys.stderr, _Above(self, sys.stderr)
+        self._live.refresh()
 
     def _table(self) -> RenderableType:
         from rich import box
@@ -169,3 +179,44 @@ class Board:
             state = Text(row.pop("state"), style=STYLES.get(p.state, ""))
             table.add_row(Text(job_id), state, *(Text(v) for v in row.values()))
         return table
+
+
+class _Above(io.TextIOBase):
+    """`sys.stderr` while the table is up: each whole line written to it is printed above the
+    table, under the board's lock. A line is held per thread until its newline, so two
+    threads writing at once never splice their lines."""
+
+    def __init__(self, board: Board, underlying: TextIO) -> None:
+        super().__init__()
+        self._board, self._underlying = board, underlying
+        self._pending = threading.local()
+
+    @staticmethod
+    def current(board: Board) -> _Above | None:
+        found = sys.stderr
+        return found if isinstance(found, _Above) and found._board is board else None
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._underlying.fileno()
+
+    def write(self, text: str) -> int:
+        lines = (getattr(self._pending, "text", "") + text).split("\n")
+        self._pending.text = lines.pop()
+        for line in lines:
+            self._board.print(line)
+        return len(text)
+
+    def flush(self) -> None:
+        held = getattr(self._pending, "text", "")
+        if held:
+            self._pending.text = ""
+            self._board.print(held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._underlying, name)
