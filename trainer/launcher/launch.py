@@ -69,66 +69,38 @@ def launch(
     # The model proof's process starts Python and torch while the pre-flight runs here.
     child = ProofChild.start()
     try:
-        return _launch(
-            spec,
-            options,
-            store,
-            vast,
-            vast_url,
-            vast_key_file,
-            reporter,
-            client_options,
-            budget,
-            sweep,
-            child,
+        secrets = reporter.secrets if reporter else Secrets()
+        if isinstance(spec, Resolved):
+            resolved: Resolved | None = spec
+            spec = spec.spec
+        else:
+            resolved = None
+            spec = spec if isinstance(spec, JobSpec) else load_spec(spec)
+        session = open_session(
+            store=store,
+            vast=vast,
+            key_file=vast_key_file,
+            url=vast_url,
+            secrets=secrets,
+            client_options=client_options,
+            read_only_buckets=(spec.storage.raw_bucket,),
         )
+        check_reachable(session.store.root, os.environ)  # before the pre-flight and any rental
+        resolved = resolved or resolve(spec, session.store)  # the pre-flight: DataError here
+        if sweep is not None:  # the base resolved fixes the sweep's id, the instance's job id
+            sweep = sweep.model_copy(update={"base": resolved.spec})
+            resolved = Resolved(instance_spec(sweep), resolved.plan)
+        job_id = resolved.job_id
+        reporter = reporter.for_job(job_id) if reporter else Reporter(job_id, secrets=secrets)
+        run = Run(resolved, session, options, reporter, sweep=sweep, proof_child=child)
+        if budget is not None:
+            budget.add(run.spent_so_far)
+            run.shared_budget = budget.check
+        run.prepare()
+        return JobHandle(run)
     finally:
         if child is not None:
             child.close()
-
-
-def _launch(
-    spec: JobSpec | Resolved | str | Path,
-    options: LaunchOptions,
-    store: ObjectStore | str | None,
-    vast: VastClient | None,
-    vast_url: str | None,
-    vast_key_file: str | Path | None,
-    reporter: Reporter | None,
-    client_options: Mapping[str, Any] | None,
-    budget: SharedBudget | None,
-    sweep: SweepSpec | None,
-    child: ProofChild | None,
-) -> JobHandle:
-    secrets = reporter.secrets if reporter else Secrets()
-    if isinstance(spec, Resolved):
-        resolved: Resolved | None = spec
-        spec = spec.spec
-    else:
-        resolved = None
-        spec = spec if isinstance(spec, JobSpec) else load_spec(spec)
-    session = open_session(
-        store=store,
-        vast=vast,
-        key_file=vast_key_file,
-        url=vast_url,
-        secrets=secrets,
-        client_options=client_options,
-        read_only_buckets=(spec.storage.raw_bucket,),
-    )
-    check_reachable(session.store.root, os.environ)  # before the pre-flight and any rental
-    resolved = resolved or resolve(spec, session.store)  # the pre-flight: DataError here
-    if sweep is not None:  # the base resolved fixes the sweep's id, the instance's job id
-        sweep = sweep.model_copy(update={"base": resolved.spec})
-        resolved = Resolved(instance_spec(sweep), resolved.plan)
-    job_id = resolved.job_id
-    reporter = reporter.for_job(job_id) if reporter else Reporter(job_id, secrets=secrets)
-    run = Run(resolved, session, options, reporter, sweep=sweep, proof_child=child)
-    if budget is not None:
-        budget.add(run.spent_so_far)
-        run.shared_budget = budget.check
-    run.prepare()
-    return JobHandle(run)
 
 
 def launch_sweep(sweep: SweepSpec | str | Path, **kwargs: Any) -> JobHandle:
