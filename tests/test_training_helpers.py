@@ -1,5 +1,6 @@
 """The pure helpers beside the loop and the loader, tested on plain values: the learning-rate
-schedule, the step budget, the split bounds, the row order and the early-stopping comparison."""
+schedule, the step budget, the split bounds, the row order, the early-stopping comparison and
+the loop's rule for the shape of a batch's predictions."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import math
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from trainer.data.blocks import Unit
 from trainer.data.order import rank_units, row_order
 from trainer.data.split import split_bounds
+from trainer.errors import SpecError
 from trainer.spec.dates import day_bounds_ms
 from trainer.spec.sections import SplitSpec, TrainSpec
-from trainer.train.loop import step_budget
+from trainer.train.loop import Validation, fit, step_budget
 from trainer.train.lr import lr_at
 from trainer.train.metrics import improved
 
@@ -126,6 +132,55 @@ def test_improvement_is_lower_loss_or_higher_ic_by_more_than_min_delta(
     metric: str, value: float, best: float | None, min_delta: float, expected: bool
 ) -> None:
     assert improved(metric, value, best, min_delta) is expected
+
+
+# -- the shape of a batch's predictions ------------------------------------------------------
+class _Batches:
+    """Batches of 4, 4 and 1 rows of 3 features, the label their sum."""
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(epoch)
+        for n in (4, 4, 1):
+            x = torch.randn(n, 3, generator=g)
+            yield x, x.sum(1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class _Quiet:
+    def on_step(self, record: dict[str, float]) -> None:
+        pass
+
+    def on_eval(self, record: dict[str, float]) -> None:
+        pass
+
+
+class _Linear(nn.Module):
+    def __init__(self, squeeze: bool) -> None:
+        super().__init__()
+        self.body, self.squeeze = nn.Linear(3, 1), squeeze
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out.squeeze() if self.squeeze else out  # squeeze(): a batch of one is a scalar
+
+
+def test_a_batch_of_one_squeezed_to_a_scalar_trains_and_a_column_of_predictions_is_refused() -> (
+    None
+):
+    train = TrainSpec(epochs=1, batch_size=4, eval_every_steps=100, warmup_steps=0)
+    val = Validation(torch.randn(8, 3), np.zeros(8, np.float32))
+    cpu = torch.device("cpu")
+    result = fit(_Linear(squeeze=True), _Batches(), val, train, cpu, 3, _Quiet())
+    assert result.state.step == 3 and result.state.rows_seen == 9
+    # [4, 1] against [4] would broadcast to [4, 4]: a loss that is silently wrong
+    with pytest.raises(SpecError, match=r"forward returned shape \[4, 1\] for 4 samples") as err:
+        fit(_Linear(squeeze=False), _Batches(), val, train, cpu, 3, _Quiet())
+    assert err.value.problems[0].startswith("model.type: ")
 
 
 def test_leave_finishes_what_an_exit_finishes_then_skips_the_teardown(tmp_path: Path) -> None:

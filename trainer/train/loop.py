@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import Diverged
+from trainer.errors import Diverged, SpecError
 from trainer.spec.sections import TrainSpec
 from trainer.train.distributed import Ranks
 from trainer.train.losses import LossFn, mse, validation_scores
@@ -168,6 +168,8 @@ def fit(
                     device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
                     pred = model(x)
+                if pred.shape != y.shape:
+                    pred = _one_per_sample(pred, y)
                 loss = loss_fn(pred.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -302,3 +304,19 @@ def memory_stats(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9}
+
+
+def _one_per_sample(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`pred` as `[batch]`. A `squeeze()` that also dropped the batch dimension of a batch of
+    one is taken as that one prediction; any other shape (`[batch, 1]`, which the loss would
+    broadcast to `[batch, batch]` and silently get wrong) is refused. The model proof refuses
+    such a model before any rental; this catches what only some batches show."""
+    if pred.numel() == 1 == y.numel():
+        return pred.reshape(y.shape)
+    raise SpecError(
+        "the model's predictions do not match the batch",
+        [
+            f"model.type: forward returned shape {list(pred.shape)} for {len(y)} samples; it "
+            "must return one prediction per sample, [batch] (squeeze only the last dimension)"
+        ],
+    )
