@@ -47,9 +47,10 @@ def _run(term: Terminal, timeout: float = 120) -> str:
 
 
 def test_tables_drawn_from_many_threads_leave_no_stale_copy_and_lose_no_line(
-    term: Terminal,
+    term: Terminal, tmp_path: Path
 ) -> None:
     screen = _run(term)
+    (tmp_path / "screen.txt").write_text(screen)  # kept with the test's files
     assert "EXITED=0" in screen, screen
     lines = screen.splitlines()
     assert len(HEADER.findall(screen)) == ROUNDS, screen  # one table per round, no stale copy

@@ -105,7 +105,10 @@ class Board:
         self._rows: dict[str, Progress] = {}
         self._lock = threading.RLock()  # the rows and every write to the terminal
         self._live: Live | None = None
-        self._stderr: TextIO | None = None  # what `sys.stderr` was before the table took it
+        # From now until `close()`, whatever writes to `sys.stderr` writes under the lock: a
+        # log record that found the plain stream before the first drawing would otherwise
+        # land after it, unaccounted for, when its thread writes.
+        self._stderr, sys.stderr = sys.stderr, _Above(self, sys.stderr)
 
     def update(self, job_id: str, p: Progress) -> None:
         with self._lock:
@@ -131,13 +134,13 @@ class Board:
 
     def close(self) -> None:
         with self._lock:
+            if _Above.current(self) is not None:  # not taken over since
+                sys.stderr = self._stderr
             live, self._live = self._live, None
             if live is None:
                 return
             live.refresh()
             live.stop()
-            if _Above.current(self) is not None:  # not taken over since
-                sys.stderr = self._stderr
             # The last drawn line fills the width: the cursor waits past its end. Back to
             # the start of the line, so whatever is printed next starts at column 0.
             self.console.file.write("\r")
@@ -157,7 +160,6 @@ class Board:
                 redirect_stderr=False,
             )
             self._live.start()
-            self._stderr, sys.stderr = sys.stderr, _Above(self, sys.stderr)
         self._live.refresh()
 
     def _table(self) -> RenderableType:
@@ -182,7 +184,7 @@ class Board:
 
 
 class _Above(io.TextIOBase):
-    """`sys.stderr` while the table is up: each whole line written to it is printed above the
+    """`sys.stderr` while the board is open: each whole line written to it is printed above the
     table, under the board's lock. A line is held per thread until its newline, so two
     threads writing at once never splice their lines."""
 
