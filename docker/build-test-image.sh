@@ -16,7 +16,10 @@
 #
 # The engine is a dockerd of its own, stopped by its PID at the end: its own data root,
 # socket and exec root, no bridge, no iptables rules, no IP forwarding; builds and the tests'
-# containers use host networking or none. Unless QUANTLAB_DOCKER_STATE=DIR names a folder to
+# containers use host networking or none. A dockerd without a bridge deletes any interface
+# named docker0, so on a machine where another engine has one, this engine gets an empty
+# bridge of its own instead (on 192.0.2.0/24, a range reserved for documentation), deleted
+# at the end, and docker0 is left as it was. Unless QUANTLAB_DOCKER_STATE=DIR names a folder to
 # keep between runs (the base image and build cache are then reused), its whole state, with
 # every image and all build cache, is deleted (it lives in a new folder under
 # QUANTLAB_DOCKER_TMP, default /var/tmp). Nothing outside that state is touched.
@@ -60,6 +63,7 @@ export DOCKER_HOST="unix://$STATE/docker.sock"
 export DOCKER_BUILDKIT=1
 DOCKERD_PID=""
 SERVER_PID=""
+OWN_BRIDGE=""
 
 cleanup() {
     local status=$?
@@ -83,6 +87,7 @@ cleanup() {
             kill -KILL "$containerd"
         fi
     fi
+    [ -n "$OWN_BRIDGE" ] && ip link delete "$OWN_BRIDGE" 2>/dev/null
     # Whatever is still mounted below the state (a debootstrap cut short, a killed daemon).
     grep -o " $STATE/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
     if [ "$KEEP" = 0 ]; then rm -rf --one-file-system "$STATE"; fi
@@ -93,9 +98,20 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start_engine() {
+    local bridge=(--bridge=none)
+    if [ -e /sys/class/net/docker0 ]; then
+        command -v ip >/dev/null || die "another engine's docker0 is here and this engine would \
+delete it: apt-get install -y iproute2, so that it can have a bridge of its own"
+        OWN_BRIDGE="qltest$$"
+        OWN_BRIDGE="${OWN_BRIDGE:0:15}"
+        # An address of its own, or dockerd gives it docker0's usual one, 172.17.0.1/16.
+        ip link add "$OWN_BRIDGE" type bridge && ip address add 192.0.2.1/24 dev "$OWN_BRIDGE" \
+            || die "cannot add the bridge $OWN_BRIDGE"
+        bridge=(--bridge="$OWN_BRIDGE")
+    fi
     "$DOCKERD" --data-root "$STATE/data" --exec-root "$STATE/exec" \
         --pidfile "$STATE/dockerd.pid" --host "$DOCKER_HOST" \
-        --bridge=none --iptables=false --ip-forward=false --ip-masq=false \
+        "${bridge[@]}" --iptables=false --ip-forward=false --ip-masq=false \
         >"$STATE/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     for _ in $(seq 120); do
