@@ -335,11 +335,12 @@ def test_a_job_that_ends_before_its_first_row_is_drawn_still_gets_its_row() -> N
     holds every job with its outcome."""
     out = io.StringIO()
     board = Board(out)
-    board.update("slow-1", Progress(state="training", step=3, total_steps=9))
+    board.update("slow-1", Progress(state="training", step=3, total_steps=9, spent_usd=0.0101))
     board.finish("quick-0", "succeeded", 0.1234)
-    board.finish("slow-1", "succeeded", 0.2)
+    board.finish("slow-1", "succeeded", 0.2, spent_usd=0.0123)  # the final cost, not the poll's
     board.close()
     last = out.getvalue().split("job ")[-1]  # the final drawing, header onwards
     rows = {line.split()[0]: line for line in last.splitlines()[1:] if line.strip()}
     assert "succeeded" in rows["quick-0"] and "+0.1234" in rows["quick-0"], last
     assert "succeeded" in rows["slow-1"] and "+0.2000" in rows["slow-1"], last
+    assert "$0.0123" in rows["slow-1"] and "$0.0101" not in last, last

@@ -121,6 +121,10 @@ def test_the_live_table_holds_up_in_a_real_terminal(
         assert "succeeded" in final_row and "+0." in final_row, final_row  # state and val IC
         summary = f"job {job_id}: succeeded"
         assert screen.count(summary) == 1 and screen.index(summary) > table_end
+        cost = re.search(rf"{summary} \(.*?\), \$(\d+\.\d{{4}})", screen) or re.search(
+            r"^cost: \$(\d+\.\d{4}) over", screen, re.M
+        )  # the summary of several jobs, or of one
+        assert cost and f"${cost.group(1)}/$" in final_row, (final_row, screen)  # one cost
         assert re.search(r"\[\d+\] .*quantlab\.train INFO eval step", screen)  # relayed log
     if no_color:
         assert not SGR_COLOUR.search(coloured), "colour codes despite NO_COLOR"

@@ -115,8 +115,11 @@ class Board:
             self._rows[job_id] = p
             self._draw()
 
-    def finish(self, job_id: str, state: str, val_ic: float | None) -> None:
-        """The job ended: its row keeps the last figures with the outcome as its state. A
+    def finish(
+        self, job_id: str, state: str, val_ic: float | None, spent_usd: float | None = None
+    ) -> None:
+        """The job ended: its row keeps the last figures with the outcome as its state, and
+        the final cost where it is known (the one the summary gives, not the last poll's). A
         job that ended before the watch drew it (quick, or already done) gets its row now:
         every job of the command stays on the screen with its outcome."""
         with self._lock:
@@ -124,13 +127,17 @@ class Board:
             fields = {**last.__dict__, "state": state, "eta_s": None}
             if val_ic is not None:
                 fields["val_ic"] = val_ic
+            if spent_usd is not None:
+                fields["spent_usd"] = spent_usd
             self._rows[job_id] = Progress(**fields)
             self._draw()
 
     def print(self, text: str) -> None:
-        """A line above the table (or plainly, before the first row)."""
+        """A line above the table (or plainly, before the first row), as written: a long one
+        is wrapped by the terminal, not broken with newlines, so a URL or a command in it
+        copies whole."""
         with self._lock:
-            self.console.print(text, markup=False, highlight=False, emoji=False)
+            self.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
     def close(self) -> None:
         with self._lock:

@@ -95,7 +95,8 @@ class Reporter:
                 self.json_out.flush()
         if event == "result" and self._board is not None:
             metrics = fields.get("metrics") or {}
-            self._board.finish(self.job_id, str(fields.get("outcome", "")), metrics.get("ic"))
+            outcome, cost = str(fields.get("outcome", "")), fields.get("cost_usd")
+            self._board.finish(self.job_id, outcome, metrics.get("ic"), cost)
         if say is not None:
             self.say(say)
 
