@@ -108,7 +108,8 @@ class Board:
         # From now until `close()`, whatever writes to `sys.stderr` writes under the lock: a
         # log record that found the plain stream before the first drawing would otherwise
         # land after it, unaccounted for, when its thread writes.
-        self._stderr, sys.stderr = sys.stderr, _Above(self, sys.stderr)
+        self._stderr, self._above = sys.stderr, _Above(self, sys.stderr)
+        sys.stderr = self._above
 
     def update(self, job_id: str, p: Progress) -> None:
         with self._lock:
@@ -141,7 +142,7 @@ class Board:
 
     def close(self) -> None:
         with self._lock:
-            if _Above.current(self) is not None:  # not taken over since
+            if sys.stderr is self._above:  # not taken over since
                 sys.stderr = self._stderr
             live, self._live = self._live, None
             if live is None:
@@ -199,11 +200,6 @@ class _Above(io.TextIOBase):
         super().__init__()
         self._board, self._underlying = board, underlying
         self._pending = threading.local()
-
-    @staticmethod
-    def current(board: Board) -> _Above | None:
-        found = sys.stderr
-        return found if isinstance(found, _Above) and found._board is board else None
 
     def writable(self) -> bool:
         return True
