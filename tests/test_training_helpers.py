@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import Quiet
 from trainer.data.blocks import Unit
 from trainer.data.order import rank_units, row_order
 from trainer.data.split import split_bounds
@@ -151,14 +152,6 @@ class _Batches:
         pass
 
 
-class _Quiet:
-    def on_step(self, record: dict[str, float]) -> None:
-        pass
-
-    def on_eval(self, record: dict[str, float]) -> None:
-        pass
-
-
 class _Linear(nn.Module):
     def __init__(self, squeeze: bool) -> None:
         super().__init__()
@@ -175,12 +168,13 @@ def test_a_batch_of_one_squeezed_to_a_scalar_trains_and_a_column_of_predictions_
     train = TrainSpec(epochs=1, batch_size=4, eval_every_steps=100, warmup_steps=0)
     val = Validation(torch.randn(8, 3), np.zeros(8, np.float32))
     cpu = torch.device("cpu")
-    result = fit(_Linear(squeeze=True), _Batches(), val, train, cpu, 3, _Quiet())
+    result = fit(_Linear(squeeze=True), _Batches(), val, train, cpu, 3, Quiet())
     assert result.state.step == 3 and result.state.rows_seen == 9
     # [4, 1] against [4] would broadcast to [4, 4]: a loss that is silently wrong
-    with pytest.raises(SpecError, match=r"forward returned shape \[4, 1\] for 4 samples") as err:
-        fit(_Linear(squeeze=False), _Batches(), val, train, cpu, 3, _Quiet())
+    with pytest.raises(SpecError, match=r"forward returned shape \[4, 1\] for 4 rows") as err:
+        fit(_Linear(squeeze=False), _Batches(), val, train, cpu, 3, Quiet())
     assert err.value.problems[0].startswith("model.type: ")
+    assert err.value.problems[0].endswith("[batch] (squeeze the last dimension)")
 
 
 def test_leave_finishes_what_an_exit_finishes_then_skips_the_teardown(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from trainer.model.proof import RESULT_FILE, ROWS_FILE, SPEC_FILE, ProofResult
 from trainer.model.registry import build_loss, build_model
 from trainer.spec import JobSpec, parse_spec
 from trainer.store.layout import JobPaths
+from trainer.train.losses import prediction_shape_problem
 
 EXPORT_HINT = (
     "torch.export traces forward once for every batch size: Python `if`, `while` or `for` "
@@ -120,13 +121,8 @@ def _check_output(
         raise problem_at(
             "model.type", site, code, f"forward returned a {type(pred).__name__}, not a tensor"
         )
-    if tuple(pred.shape) != (rows,):
-        hint = " (squeeze the last dimension)" if tuple(pred.shape) == (rows, 1) else ""
-        raise problem_at(
-            "model.type", site, code,
-            f"forward returned shape {list(pred.shape)} for {rows} rows; it must return one "
-            f"prediction per row, [batch]{hint}",
-        )  # fmt: skip
+    if (wrong := prediction_shape_problem(pred.shape, rows)) is not None:
+        raise problem_at("model.type", site, code, wrong)
     if not pred.is_floating_point():
         raise problem_at("model.type", site, code, f"forward returned {pred.dtype}, not floats")
     bad = int((~torch.isfinite(pred)).sum())

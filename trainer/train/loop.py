@@ -17,7 +17,7 @@ from torch import nn
 from trainer.errors import Diverged, SpecError
 from trainer.spec.sections import TrainSpec
 from trainer.train.distributed import Ranks
-from trainer.train.losses import LossFn, mse, validation_scores
+from trainer.train.losses import LossFn, mse, prediction_shape_problem, validation_scores
 from trainer.train.lr import lr_at
 from trainer.train.metrics import improved
 
@@ -313,10 +313,5 @@ def _one_per_sample(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     such a model before any rental; this catches what only some batches show."""
     if pred.numel() == 1 == y.numel():
         return pred.reshape(y.shape)
-    raise SpecError(
-        "the model's predictions do not match the batch",
-        [
-            f"model.type: forward returned shape {list(pred.shape)} for {len(y)} samples; it "
-            "must return one prediction per sample, [batch] (squeeze only the last dimension)"
-        ],
-    )
+    wrong = prediction_shape_problem(pred.shape, len(y))
+    raise SpecError("the model's predictions do not match the batch", [f"model.type: {wrong}"])

@@ -6,7 +6,7 @@ looked up by the model stage, which hands the loop a plain callable."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,19 @@ from trainer.train.metrics import evaluate_predictions
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`(pred [batch], target [batch]) -> scalar`, lower is better."""
+
+
+def prediction_shape_problem(shape: Sequence[int], rows: int) -> str | None:
+    """What is wrong with predictions of `shape` for a batch of `rows`; None: nothing. The
+    model proof and the training step both say it in these words."""
+    if tuple(shape) == (rows,):
+        return None
+    hint = " (squeeze the last dimension)" if tuple(shape) == (rows, 1) else ""
+    return (
+        f"forward returned shape {list(shape)} for {rows} rows; it must return one "
+        f"prediction per row, [batch]{hint}"
+    )
+
 
 BUILTIN_LOSSES = ("mse", "huber", "ic")
 
