@@ -9,21 +9,10 @@ import logging
 import sys
 import threading
 
+from trainer.cli import _Stderr as StderrHandler
 from trainer.launcher.board import Board, Progress
 
 THREADS, STEPS = 6, 6
-
-
-class _FollowsStderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """As the CLI's handler: whatever `sys.stderr` is at each record."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> object:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
 
 
 def one_round(r: int, log: logging.Logger) -> None:
@@ -52,7 +41,7 @@ def one_round(r: int, log: logging.Logger) -> None:
 def main(rounds: int) -> None:
     sys.setswitchinterval(1e-6)  # threads switch as often as they can
     log = logging.getLogger("quantlab.hammer")
-    handler = _FollowsStderr()
+    handler = StderrHandler()  # the CLI's: whatever `sys.stderr` is at each record
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

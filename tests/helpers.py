@@ -35,6 +35,16 @@ from trainer.store.records import (
 )
 
 
+class Quiet:
+    """A progress sink for `train.loop.fit` that keeps nothing."""
+
+    def on_step(self, record: dict[str, float]) -> None:
+        pass
+
+    def on_eval(self, record: dict[str, float]) -> None:
+        pass
+
+
 def spec_dict(
     dates: tuple[str, str] = ("20251201", "20251203"),
     symbols: tuple[str, ...] = ("btcusdt",),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import write_day
+from tests.helpers import Quiet, write_day
 from trainer.data.blocks import BlockSpec, Unit
 from trainer.data.loader import BlockCache, StreamingLoader
 from trainer.data.order import seams
@@ -226,14 +226,6 @@ class PartitionGuard(nn.Module):
             raise AssertionError("a window mixed two partitions")
         self.windows += len(x)
         return self.head(x.mean(dim=1)).squeeze(-1)
-
-
-class Quiet:
-    def on_step(self, record: dict[str, float]) -> None:
-        pass
-
-    def on_eval(self, record: dict[str, float]) -> None:
-        pass
 
 
 def test_a_model_that_fails_on_a_mixed_window_trains_to_the_end_with_windows_of_64(
