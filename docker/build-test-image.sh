@@ -102,8 +102,7 @@ start_engine() {
     if [ -e /sys/class/net/docker0 ]; then
         command -v ip >/dev/null || die "another engine's docker0 is here and this engine would \
 delete it: apt-get install -y iproute2, so that it can have a bridge of its own"
-        OWN_BRIDGE="qltest$$"
-        OWN_BRIDGE="${OWN_BRIDGE:0:15}"
+        OWN_BRIDGE="qltest$$"  # at most 13 characters: an interface name takes 15
         # An address of its own, or dockerd gives it docker0's usual one, 172.17.0.1/16.
         ip link add "$OWN_BRIDGE" type bridge && ip address add 192.0.2.1/24 dev "$OWN_BRIDGE" \
             || die "cannot add the bridge $OWN_BRIDGE"
