@@ -118,6 +118,7 @@ def compute_feature_stats(
     sample_rows: int = STATS_SAMPLE_ROWS,
     window: int = 1,
     first: Sequence[Unit] = (),
+    sample: Sequence[Unit] | None = None,
 ) -> FeatureStats:
     """Mean and standard deviation of the training rows (after the purge and the non-finite
     filter), from a day-stratified sample of about `sample_rows` rows in whole row groups
@@ -131,10 +132,14 @@ def compute_feature_stats(
     that differ from each other. Blocks read go into `cache`, which epoch 1 then serves
     (`window`: the training loader's, so that they are the blocks it asks for; the
     statistics are those of the rows whatever the window; `first`: the row groups the
-    training loader reads first, which the sample then takes where it can)."""
+    training loader reads first, which the sample then takes where it can; `sample`: the
+    row groups to read, `stats_units` of the same arguments, chosen already by a caller
+    that reads ahead around them)."""
     spec = split_spec(plan, "train", window=window)
     population = split_units(plan, spec, time_order=False)
-    units = stats_units(plan, population, max_rows, sample_rows, first)
+    units = sample
+    if units is None:
+        units = stats_units(plan, population, max_rows, sample_rows, first)
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
     tally = Tally.of("feature statistics", units)
     counts: list[int] = []

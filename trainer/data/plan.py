@@ -161,7 +161,7 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
     where = store.uri(layout.feature_dir(part, data.featureset))
     problems: list[str] = []
     try:
-        meta_raw = _small_object(store, meta_loc)
+        meta_raw = store.get_small(meta_loc)
     except ObjectNotFound:
         if store.head(data_loc) is None:
             return _Footer(None, None, [], missing=part)
@@ -220,21 +220,6 @@ def _inspect(part: Partition, data: DataSpec, store: ObjectStore, layout: Layout
         problems += out_of_order(groups, f"{where}: date {part.date}, symbol {part.symbol}")
     info = PartitionInfo(part, data_loc, meta, md.num_rows, size, groups, md, footer_sha256)
     return _Footer(info, schema, problems)
-
-
-def _small_object(store: ObjectStore, loc: Loc) -> bytes:
-    """A small object read through the store's Arrow filesystem, the way the footer is read
-    next: over S3 a third of boto3's CPU per request, most of it outside the GIL, which the
-    pre-flight's threads share with every other partition's. When Arrow fails, the store's
-    own read says why (no credentials, say, where Arrow only says "access denied")."""
-    try:
-        with store.arrow_fs().open_input_stream(store.arrow_path(loc)) as f:
-            data: bytes = f.readall()
-            return data
-    except FileNotFoundError:
-        raise ObjectNotFound(f"{store.uri(loc)} does not exist") from None
-    except OSError:
-        return store.get(loc)
 
 
 def _agree(

@@ -135,11 +135,11 @@ def prepare(
         # The statistics' sample takes the first buffer's row groups where it can, so that
         # they are read once, into the cache, and the epoch takes them from there.
         first = loader.first_buffer() if _stats_cache(cache, ranks) is not None else []
-        cached = stats_units(plan, loader.units, limit, first=first) if first else []
-        loader.read_ahead(skip=cached)
+        picked = stats_units(plan, loader.units, limit, first=first) if first else None
+        loader.read_ahead(skip=picked or ())
         try:
             data = read_data(
-                spec, store, plan, device, ranks, dry_run, files=files, cache=cache, first=first
+                spec, store, plan, device, ranks, dry_run, files=files, cache=cache, sample=picked
             )
         except BaseException:
             loader.close()
@@ -230,12 +230,13 @@ def read_data(
     *,
     files: PartitionFiles | None = None,
     cache: BlockCache | None = None,
-    first: Sequence[Unit] = (),
+    sample: Sequence[Unit] | None = None,
 ) -> DataPart:
     """The reads before the first step: the open files, the block cache, the feature
     statistics of the training rows (warming the cache) and the validation samples.
-    `files` and `cache`: the job's own, opened already (both or neither); `first`: the
-    row groups its training reads first, which the statistics' sample takes where it can."""
+    `files` and `cache`: the job's own, opened already (both or neither); `sample`: the
+    row groups the statistics read (`passes.stats_units`), chosen by a caller that reads
+    ahead around them; None: the statistics choose."""
     limit = DRY_RUN_ROWS if dry_run else None
     window = spec.data.window
     log.info(
@@ -256,7 +257,7 @@ def read_data(
         max_rows=limit,
         files=files,
         window=window,
-        first=first,
+        sample=sample,
     )
     val_tally = Tally("validation")
     val = read_split(

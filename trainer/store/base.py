@@ -61,9 +61,12 @@ class ObjectStore(abc.ABC):
     def uri(self, loc: Loc) -> str:
         """Where the object really is, for messages: `s3://b/k` or `file:///dir/b/k`."""
 
-    @abc.abstractmethod
     def get(self, loc: Loc) -> bytes:
         """The object's bytes; ObjectNotFound when absent."""
+        got = self.read(loc)
+        if got is None:
+            raise ObjectNotFound(f"{self.uri(loc)} does not exist")
+        return got[0]
 
     @abc.abstractmethod
     def head(self, loc: Loc) -> ObjectInfo | None:
@@ -80,6 +83,20 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def _upload(self, loc: Loc, path: Path) -> None: ...
+
+    def get_small(self, loc: Loc) -> bytes:
+        """A small object read through the Arrow filesystem, as the Parquet footers are read
+        next: over S3 a third of boto3's CPU per request, most of it outside the GIL, which
+        the pre-flight's threads share with every other partition's. When Arrow fails, `get`
+        says why (no credentials, say, where Arrow only says "access denied")."""
+        try:
+            with self.arrow_fs().open_input_stream(self.arrow_path(loc)) as f:
+                data: bytes = f.readall()
+                return data
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.uri(loc)} does not exist") from None
+        except OSError:
+            return self.get(loc)
 
     def get_many(self, locs: Sequence[Loc]) -> list[bytes | None]:
         """The bytes of each object, read concurrently, in order; None for an absent one."""

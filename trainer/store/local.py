@@ -45,14 +45,6 @@ class LocalStore(ObjectStore):
         tail = "/" if loc.key.endswith("/") else ""
         return f"file://{self.path(loc)}{tail}"
 
-    def get(self, loc: Loc) -> bytes:
-        try:
-            return self.path(loc).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectNotFound(f"{self.uri(loc)} does not exist") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.uri(loc)}: {exc.strerror}") from None
-
     def read(self, loc: Loc) -> tuple[bytes, ObjectInfo] | None:
         # One open file: every write renames a new file into place, so what the descriptor
         # reads is the very version its fstat names.

@@ -65,13 +65,6 @@ class S3Store(ObjectStore):
     def uri(self, loc: Loc) -> str:
         return str(loc)
 
-    def get(self, loc: Loc) -> bytes:
-        try:
-            body: bytes = self._client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-            return body
-        except (ClientError, BotoCoreError) as exc:
-            _raise(exc, "read", loc)
-
     def read(self, loc: Loc) -> tuple[bytes, ObjectInfo] | None:
         try:
             r = self._client.get_object(Bucket=loc.bucket, Key=loc.key)
