@@ -115,6 +115,9 @@ def test_launch_wait_json_commits_reports_and_destroys_then_is_already_done(
     assert states[0] == "pending" and "running" in states
     line = r"^lt-happy  \w+  attempt 1/3  instance \d+ \(1× RTX 3090\)  \$0\.\d{4}/\$5  "
     assert re.search(line, run.stderr, re.M)
+    # The verdict's poll reports too: the last line has the outcome, the last step, the budget.
+    last = [ln for ln in run.stderr.splitlines() if ln.startswith("lt-happy  ")][-1]
+    assert re.match(r"lt-happy  succeeded  attempt 1/3  .*\$0\.\d{4}/\$5  .*step (\d+)/\1 ", last)
 
     # The result says the result: metrics, rows and the report command, in the NDJSON line
     # and in the summary people read (on stderr with --json), printed once.

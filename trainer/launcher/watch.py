@@ -114,10 +114,14 @@ class Watcher:
             verdict = decide(obs, a, self.rules)
             if verdict is not None:
                 self._last_lines(a, verdict)
-                # A job that ended between two polls still reports the step it ended at.
-                self._progress(a, self._own_status(a) or obs.status, obs.spent_usd)
+                # A job that ended between two polls still reports the step it ended at, and
+                # one that ended before its first report still gets its row (budget, try).
+                self._report(a, obs, self._own_status(a) or obs.status)
                 return verdict
             self._report(a, obs)
+            doc = obs.status
+            if doc is not None and doc.state == "training" and a.first_step_at is None:
+                a.first_step_at = obs.now  # this instance's first training progress
             self.stop.wait(max(0.0, self.config.poll_s - (time.monotonic() - began)))
         return Verdict(Ending.CANCELLED, "stop requested")
 
@@ -255,10 +259,11 @@ class Watcher:
             return None
         return record
 
-    # -- no verdict yet: say how it goes -------------------------------------------------
-    def _report(self, a: Attempt, obs: Observation) -> None:
-        """The status line, and a `progress` event whenever the step moved."""
-        doc = obs.status
+    # -- say how it goes (each poll, and once more at the verdict) ---------------------
+    def _report(self, a: Attempt, obs: Observation, doc: StatusDoc | None = None) -> None:
+        """The status line, and a `progress` event whenever the step moved; `doc` is the
+        status to show where it is newer than the poll's."""
+        doc = doc or obs.status
         state = doc.state if doc is not None else (a.state or "pending")
         limits = self.rules.limits
         self.reporter.progress(
@@ -280,8 +285,6 @@ class Watcher:
                 elapsed_s=obs.now - a.created_at,
             )
         )
-        if doc is not None and doc.state == "training" and a.first_step_at is None:
-            a.first_step_at = obs.now  # this instance's first training progress
         self._progress(a, doc, obs.spent_usd)
 
     def _progress(self, a: Attempt, doc: StatusDoc | None, spent_usd: float) -> None:
