@@ -523,7 +523,7 @@ def test_the_first_buffer_the_sample_took_is_served_from_the_cache(
     sampled = stats_units(plan, loader.units, None, 4 * 500, first)
     taken = set(sampled) & set(first)
     assert taken and len(loader.read_ahead(skip=sampled)) == len(first) - len(taken)
-    compute_feature_stats(plan, local_store, cache=cache, sample_rows=4 * 500, first=first)
+    compute_feature_stats(plan, local_store, cache=cache, sample=sampled)
     got = list(loader.epoch(0))
     assert len(got) == len(full)
     for a, b in zip(got, full, strict=True):

@@ -117,7 +117,6 @@ def compute_feature_stats(
     files: PartitionFiles | None = None,
     sample_rows: int = STATS_SAMPLE_ROWS,
     window: int = 1,
-    first: Sequence[Unit] = (),
     sample: Sequence[Unit] | None = None,
 ) -> FeatureStats:
     """Mean and standard deviation of the training rows (after the purge and the non-finite
@@ -131,15 +130,12 @@ def compute_feature_stats(
     row groups (cluster sampling without replacement), which also covers days or hours
     that differ from each other. Blocks read go into `cache`, which epoch 1 then serves
     (`window`: the training loader's, so that they are the blocks it asks for; the
-    statistics are those of the rows whatever the window; `first`: the row groups the
-    training loader reads first, which the sample then takes where it can; `sample`: the
-    row groups to read, `stats_units` of the same arguments, chosen already by a caller
-    that reads ahead around them)."""
+    statistics are those of the rows whatever the window; `sample`: the row groups to
+    read, chosen already by a caller with `stats_units`, which can make the sample take
+    the row groups the training loader reads first and read ahead around them)."""
     spec = split_spec(plan, "train", window=window)
     population = split_units(plan, spec, time_order=False)
-    units = sample
-    if units is None:
-        units = stats_units(plan, population, max_rows, sample_rows, first)
+    units = stats_units(plan, population, max_rows, sample_rows) if sample is None else sample
     reader = _reader(plan, store, spec, cache, non_finite, files, units)
     tally = Tally.of("feature statistics", units)
     counts: list[int] = []
