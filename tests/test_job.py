@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from tests.helpers import (
     commit_without_training,
@@ -40,12 +41,16 @@ from trainer.errors import (
     exit_code_of,
 )
 from trainer.job.artifacts import SAMPLE_ROWS, read_manifest, verify, write_failure
+from trainer.job.identity import resolve
+from trainer.job.prepare import prepare
 from trainer.job.run import run_job
 from trainer.promotion.candidate import check_sample
 from trainer.spec import spec_from_dict
 from trainer.store import ObjectStore
 from trainer.store.layout import Layout, Partition
 from trainer.store.records import FailureRecord, JobMetrics, read_record
+from trainer.train.distributed import Ranks
+from trainer.train.loop import TrainState
 from trainer.train.metrics import pearson
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -384,3 +389,35 @@ def test_each_progress_line_is_logged_once_on_the_terminal_and_in_train_log(
         lines = [line for line in shown.splitlines() if "samples: train" in line]
         assert len(lines) == 1, shown  # not echoed back as if the job had printed it
     assert "quantlab.user" not in log
+
+
+def test_a_resumed_job_reads_ahead_where_it_resumes(local_store: ObjectStore) -> None:
+    """The head start a job gives its first buffer goes to the buffer a checkpoint resumes
+    in, not to the epoch's first one, which it would read only to drop; the statistics'
+    sample is still the one the interrupted run took."""
+    train = {"epochs": 1, "batch_size": 256, "shuffle_buffer_row_groups": 2}
+    raw = spec_dict(job={"id": "resumes"}, train=train)
+    raw["data"]["cache_gb"] = 0  # no cache: the head start is a read of the whole buffer
+    spec = spec_from_dict(raw)
+    make_dataset(local_store, spec)
+    resolved = resolve(spec, local_store)
+    cpu = torch.device("cpu")
+    fresh = prepare(resolved.spec, local_store, resolved.plan, cpu, Ranks(), dry_run=False)
+    start = fresh.loader.first_buffer()
+    batches = iter(fresh.loader.epoch(0))
+    while fresh.loader.state_dict()["chunk"] == 0:
+        next(batches)
+    assert fresh.checkpointer is not None and fresh.loader.reader.early_dropped == 0
+    optimizer = torch.optim.SGD(fresh.model.parameters(), lr=0.1)
+    fresh.checkpointer.save(TrainState(step=7), fresh.model, optimizer)
+    fresh.loader.close(wait=True)
+
+    resumed = prepare(resolved.spec, local_store, resolved.plan, cpu, Ranks(), dry_run=False)
+    try:
+        assert resumed.restored is not None and resumed.restored.step == 7
+        assert resumed.loader.first_buffer() != start  # the second buffer
+        rest = sum(len(y) for _, y in resumed.loader.epoch(0))
+        assert rest > 0 and resumed.loader.reader.early_dropped == 0  # taken up, none dropped
+        assert resumed.stats_rows == fresh.stats_rows
+    finally:
+        resumed.loader.close(wait=True)

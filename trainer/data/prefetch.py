@@ -248,6 +248,8 @@ class BlockReader:
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._early: dict[tuple[object, ...], Future[Block]] = {}
         """Reads begun by `read_early`, by cache key, for the next `stream` to take up."""
+        self.early_dropped = 0
+        """Row groups read early that no stream took up: reading spent for nothing."""
 
     def key(self, unit: Unit) -> tuple[object, ...]:
         """Cache key: the object, the row group, and everything that shapes the block."""
@@ -273,6 +275,7 @@ class BlockReader:
         once read (a failed one fails nothing: nothing asked for it)."""
         for key in [k for k in self._early if k not in keep]:
             self._early.pop(key).add_done_callback(self._release_read)
+            self.early_dropped += 1
 
     def _release_read(self, job: Future[Block]) -> None:
         if not job.cancelled() and job.exception() is None:

@@ -37,7 +37,7 @@ from trainer.spec.sections import TrainSpec
 from trainer.store.base import ObjectStore
 from trainer.store.layout import Layout
 from trainer.store.records import PassRows
-from trainer.train.checkpoint import Checkpointer
+from trainer.train.checkpoint import Checkpointer, Found
 from trainer.train.distributed import Ranks
 from trainer.train.loop import Restored, step_budget
 from trainer.train.losses import LossFn
@@ -119,23 +119,30 @@ def prepare(
         train = train.model_copy(update={**update, "shuffle_buffer_row_groups": 1})
     limit = DRY_RUN_ROWS if dry_run else None
     window = spec.data.window
-    layout = Layout.of(spec.storage)
 
     if shared is not None:
         data = shared.data(spec, plan, device, ranks, dry_run)
         loader = _train_loader(
             spec, train, plan, store, device, ranks, limit, data.files, data.cache
         )
+        checkpointer, found = _checkpoint(spec, store, train, loader, ranks, dry_run)
+        if found is not None:
+            found.position(loader)
     else:
         files = PartitionFiles(plan, store)  # every reader below uses the pre-flight's footers
         cache = _cache(spec, plan, device, ranks, dry_run)
         loader = _train_loader(spec, train, plan, store, device, ranks, limit, files, cache)
+        checkpointer, found = _checkpoint(spec, store, train, loader, ranks, dry_run)
         # The first buffer arrives while the statistics and the validation rows are read
         # (but for the row groups the statistics put in the cache).
         # The statistics' sample takes the first buffer's row groups where it can, so that
-        # they are read once, into the cache, and the epoch takes them from there.
+        # they are read once, into the cache, and the epoch takes them from there. It is
+        # chosen before the loader moves to a checkpoint's position, so that a resumed job
+        # has the statistics of the run it continues; its reads ahead start where it resumes.
         first = loader.first_buffer() if _stats_cache(cache, ranks) is not None else []
         picked = stats_units(plan, loader.units, limit, first=first) if first else None
+        if found is not None:
+            found.position(loader)
         loader.read_ahead(skip=picked or ())
         try:
             data = read_data(
@@ -163,16 +170,7 @@ def prepare(
         code=code,
         input_shape=sample,
     ).to(device)
-    checkpointer = restored = None
-    if not dry_run:
-        checkpointer = Checkpointer(
-            store,
-            layout.job(spec.job_id),
-            train.checkpoint,
-            loader,
-            epoch_boundaries_only=ranks.distributed,
-        )
-        restored = checkpointer.restore(model)
+    restored = checkpointer.restore(model, found) if checkpointer is not None else None
     steps_per_epoch = math.ceil(n_train / (train.batch_size * ranks.world_size))
     return Prepared(
         train=train,
@@ -189,6 +187,28 @@ def prepare(
         restored=restored,
         max_steps=step_budget(train, steps_per_epoch),
     )
+
+
+def _checkpoint(
+    spec: JobSpec,
+    store: ObjectStore,
+    train: TrainSpec,
+    loader: StreamingLoader,
+    ranks: Ranks,
+    dry_run: bool,
+) -> tuple[Checkpointer | None, Found | None]:
+    """The job's checkpointer and the checkpoint it resumes from; neither for a dry run,
+    which saves nothing and resumes nothing."""
+    if dry_run:
+        return None, None
+    checkpointer = Checkpointer(
+        store,
+        Layout.of(spec.storage).job(spec.job_id),
+        train.checkpoint,
+        loader,
+        epoch_boundaries_only=ranks.distributed,
+    )
+    return checkpointer, checkpointer.find()
 
 
 def _train_loader(

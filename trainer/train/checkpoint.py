@@ -12,7 +12,8 @@ import io
 import logging
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ commit too, and training on to the end would only spend the money."""
 
 class Checkpointer:
     """Called by the loop after every step; saves when `every_steps` or `every_minutes` says
-    so (or when asked to), and restores the latest checkpoint at start."""
+    so (or when asked to). Before training, `find` reads the latest checkpoint and
+    `restore` loads it."""
 
     def __init__(
         self,
@@ -127,8 +129,10 @@ class Checkpointer:
             log.warning("old checkpoints not deleted: %s", exc)
 
     # -- restoring -----------------------------------------------------------------------
-    def restore(self, model: nn.Module) -> Restored | None:
-        """Load the latest checkpoint into `model` and the loader; None when there is none."""
+    def find(self) -> Found | None:
+        """The latest checkpoint, read and verified; None when there is none (or it does not
+        match its pointer). Read before the model exists, so that the loader can read ahead
+        where the job resumes; `restore` applies the rest."""
         pointer = read_record(self.store, self.paths.checkpoint_pointer, CheckpointPointer)
         if pointer is None:
             return None
@@ -142,10 +146,17 @@ class Checkpointer:
                 "checkpoint %s does not match its pointer; starting fresh", self.store.uri(loc)
             )
             return None
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return Found(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+
+    def restore(self, model: nn.Module, found: Found | None) -> Restored | None:
+        """Load `found` into `model` and every RNG (the loader's position is
+        `Found.position`, set before its reads ahead); None for a fresh start. The
+        checkpoint interval counts from here, the start of training."""
+        self._last_save = time.monotonic()
+        if found is None:
+            return None
+        blob = found.blob
         model.load_state_dict(blob["model"])
-        if blob["loader"] is not None:
-            self.loader.load_state_dict(blob["loader"])
         rng = blob["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -155,3 +166,17 @@ class Checkpointer:
         state = TrainState(**blob["train_state"])
         log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
         return Restored(state, blob["optimizer"])
+
+
+@dataclass(frozen=True)
+class Found:
+    """A checkpoint read back whole: the model, the optimizer, the training state, the
+    loader's position and every RNG state."""
+
+    blob: dict[str, Any]
+
+    def position(self, loader: BatchSource) -> None:
+        """Move `loader` to where the checkpoint was taken: its next epoch yields what the
+        interrupted run would have yielded next."""
+        if self.blob["loader"] is not None:
+            loader.load_state_dict(self.blob["loader"])
