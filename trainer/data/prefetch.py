@@ -189,14 +189,11 @@ def _column_groups(
     compressed bytes each (with their sizes)."""
     rg = footer.row_group(group)
     wanted = set(names)
+    columns = (rg.column(c) for c in range(rg.num_columns))
     chunks = sorted(
-        (
-            rg.column(c).data_page_offset,
-            rg.column(c).path_in_schema,
-            rg.column(c).total_compressed_size,
-        )
-        for c in range(rg.num_columns)
-        if rg.column(c).path_in_schema in wanted
+        (col.data_page_offset, col.path_in_schema, col.total_compressed_size)
+        for col in columns
+        if col.path_in_schema in wanted
     )
     found = {name for _, name, _ in chunks}
     missing = [n for n in names if n not in found]
