@@ -263,7 +263,7 @@ class Watcher:
     def _report(self, a: Attempt, obs: Observation, doc: StatusDoc | None = None) -> None:
         """The status line, and a `progress` event whenever the step moved; `doc` is the
         status to show where it is newer than the poll's."""
-        doc = doc or obs.status
+        doc = doc if doc is not None else obs.status
         state = doc.state if doc is not None else (a.state or "pending")
         limits = self.rules.limits
         self.reporter.progress(
